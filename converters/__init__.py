@@ -1,0 +1,1 @@
+"""Everything that touches PyTorch lives here: checkpoint reading, reference models, weight mapping."""
