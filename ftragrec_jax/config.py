@@ -213,7 +213,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        detail = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise ConfigError(f"{path}:{line} invalid YAML ({detail})") from None
     if obj is None:
         return {}
     if not isinstance(obj, dict):
