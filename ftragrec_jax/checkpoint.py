@@ -1,0 +1,259 @@
+"""The model directory: DIR/model.json + DIR/params/ (Orbax) + optional DIR/vocab.json.
+
+A model directory is written whole into a temporary sibling and renamed into place, so a reader
+sees either the previous complete model or the new complete one, never a mix. Parameters are
+saved as host numpy arrays: no device or sharding is recorded, so a model written on a CPU
+restores on a GPU machine and back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ftragrec_jax.data.vocab import Vocab, write_json_atomic
+from ftragrec_jax.errors import CheckpointError, FtragrecError
+
+FORMAT = "ftragrec-jax/model/v1"
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+VOCAB_JSON = "vocab.json"
+MODELS = ("duorec", "ftragrec")
+
+
+def _numpy_tree(params) -> Any:
+    def leaf(x):
+        try:
+            return np.asarray(x)
+        except Exception as e:
+            raise CheckpointError(f"params: leaf of type {type(x).__name__} is not an array ({e})") from None
+
+    tree = jax.tree_util.tree_map(leaf, params)
+    if not jax.tree_util.tree_leaves(tree):
+        raise CheckpointError("params: the parameter tree is empty")
+    return tree
+
+
+def _checked_meta(meta: dict) -> dict:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"model meta: expected a dict, got {type(meta).__name__}")
+    out = {"format": FORMAT, "model": None, "encoder": None, "ftragrec": None, "dataset": None, "source": None}
+    out.update(meta)
+    out["format"] = FORMAT
+    if out.get("model") not in MODELS:
+        raise CheckpointError(f"model meta: 'model' must be one of {MODELS}, got {out.get('model')!r}")
+    if not isinstance(out.get("encoder"), dict):
+        raise CheckpointError("model meta: 'encoder' must be a dict of EncoderConfig fields")
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model meta: not JSON-serialisable ({e})") from None
+    return out
+
+
+def _orbax():
+    import orbax.checkpoint as ocp  # imported lazily: it is slow to import and only needed here
+
+    return ocp
+
+
+def _save_params(path: Path, tree) -> None:
+    ocp = _orbax()
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        ckptr.save(path, tree)
+        ckptr.wait_until_finished()
+    finally:
+        ckptr.close()
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / MODEL_JSON).is_file() or (path / PARAMS_DIR).is_dir()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
+    """Write a complete model directory at `path`, replacing an existing model directory atomically.
+
+    `params` is a pure-dict tree (`nnx.to_pure_dict(nnx.state(model, nnx.Param))`); `meta` holds at
+    least "model" and "encoder" (EncoderConfig fields). Refuses to replace a non-empty folder that
+    is not a model directory, so a typo cannot delete someone's data.
+    """
+    dest = Path(path).absolute()
+    meta = _checked_meta(meta)
+    tree = _numpy_tree(params)
+    if dest.exists() and not dest.is_dir():
+        raise CheckpointError(f"{dest}: exists and is not a directory")
+    if dest.is_dir() and any(dest.iterdir()) and not _is_model_dir(dest):
+        raise CheckpointError(f"{dest}: refusing to replace a non-empty folder that is not a model directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)
+        _save_params(tmp / PARAMS_DIR, tree)
+        if vocab is not None:
+            vocab.save(tmp / VOCAB_JSON)
+        write_json_atomic(tmp / MODEL_JSON, meta)  # last, so its presence means "complete"
+        for name in (MODEL_JSON, VOCAB_JSON):
+            if (tmp / name).exists():
+                os.chmod(tmp / name, 0o644)  # mkstemp files are private; a model is meant to be shared
+        _fsync_dir(tmp)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    if not dest.exists():
+        os.rename(tmp, dest)
+    else:
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+        os.rmdir(old)
+        os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            os.rename(old, dest)  # put the previous model back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(dest.parent)
+
+
+def _int_keys(tree):
+    """Orbax returns dict keys as strings; nnx list indices are ints, so restore those."""
+    if isinstance(tree, dict):
+        items = {k: _int_keys(v) for k, v in tree.items()}
+        if items and all(isinstance(k, str) and k.isdigit() for k in items):
+            return {int(k): v for k, v in items.items()}
+        return items
+    return np.asarray(tree)
+
+
+def read_meta(path) -> dict:
+    """model.json of a model directory, checked for format and required keys."""
+    src = Path(path) / MODEL_JSON
+    if not Path(path).is_dir():
+        raise CheckpointError(f"{path}: model directory does not exist")
+    try:
+        with open(src, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{src}: missing: {path} is not a complete model directory") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{src}: unreadable model description ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{src}: expected format {FORMAT!r}")
+    if meta.get("model") not in MODELS or not isinstance(meta.get("encoder"), dict):
+        raise CheckpointError(f"{src}: needs 'model' in {MODELS} and an 'encoder' dict")
+    return meta
+
+
+def load_model(path) -> tuple[dict, dict, Vocab | None]:
+    """(meta, params as a pure dict of numpy arrays, vocab or None) from a model directory."""
+    path = Path(path).absolute()
+    meta = read_meta(path)
+    params_dir = path / PARAMS_DIR
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir}: missing: {path} is not a complete model directory")
+    ckptr = _orbax().StandardCheckpointer()
+    try:
+        tree = ckptr.restore(params_dir)
+    except Exception as e:  # Orbax raises many types for a damaged checkpoint
+        raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from None
+    finally:
+        ckptr.close()
+    params = _int_keys(tree)
+    vocab = None
+    if (path / VOCAB_JSON).exists():
+        try:
+            vocab = Vocab.load(path / VOCAB_JSON)
+        except FtragrecError as e:
+            raise CheckpointError(str(e)) from None
+    return meta, params, vocab
+
+
+def _flatten(tree, prefix=()) -> dict[tuple, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, prefix + (str(k),)))
+        return out
+    return {prefix: tree}
+
+
+def assign_params(model, params: dict, source: str = "params") -> None:
+    """Fill `model`'s nnx.Param leaves from a pure dict; every leaf must be present with its shape."""
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    template = nnx.to_pure_dict(state)
+    want, got = _flatten(template), _flatten(params)
+    missing = sorted(".".join(k) for k in want.keys() - got.keys())
+    extra = sorted(".".join(k) for k in got.keys() - want.keys())
+    if missing or extra:
+        raise CheckpointError(
+            f"{source}: parameter tree does not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    for key, ref in want.items():
+        arr = np.asarray(got[key])
+        if arr.shape != tuple(ref.shape):
+            raise CheckpointError(f"{source}: {'.'.join(key)} has shape {arr.shape}, the model expects {tuple(ref.shape)}")
+    filled = jax.tree_util.tree_map(lambda ref, arr: np.asarray(arr, dtype=ref.dtype), template, _like(template, params))
+    nnx.replace_by_pure_dict(state, filled)
+    nnx.update(model, state)
+
+
+def _like(template, tree):
+    """`tree` re-keyed with the template's key types (int list indices vs Orbax's strings)."""
+    if isinstance(template, dict):
+        by_str = {str(k): v for k, v in tree.items()}
+        return {k: _like(v, by_str[str(k)]) for k, v in template.items()}
+    return tree
+
+
+def encoder_from_model_dir(path):
+    """(SequenceEncoder with the saved weights, meta, vocab|None) from a model directory.
+
+    For an FTragrec model the encoder's weights are the `encoder` subtree of its parameters.
+    """
+    from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+
+    meta, params, vocab = load_model(path)
+    try:
+        cfg = EncoderConfig(**meta["encoder"])
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{Path(path) / MODEL_JSON}: bad 'encoder' settings ({e})") from None
+    if meta["model"] == "ftragrec":
+        if "encoder" not in params:
+            raise CheckpointError(f"{Path(path) / PARAMS_DIR}: FTragrec parameters have no 'encoder' subtree")
+        params = params["encoder"]
+    encoder = build_encoder(cfg, seed=0)
+    assign_params(encoder, params, str(Path(path) / PARAMS_DIR))
+    return encoder, meta, vocab
+
+
+def check_vocab_compat(meta: dict, n_items: int, source: str = "model") -> None:
+    """A model's item table must have exactly the dataset's item rows (padding included)."""
+    have = (meta.get("encoder") or {}).get("n_items")
+    if have != n_items:
+        raise CheckpointError(
+            f"{source}: checkpoint has {have} item rows but the dataset vocabulary has {n_items} "
+            f"(padding included); the model was trained on a different item set"
+        )

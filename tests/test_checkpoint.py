@@ -1,0 +1,129 @@
+"""Model directory: bit-exact round trip, atomic replacement, clear errors for incomplete dirs."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ftragrec_jax import checkpoint
+from ftragrec_jax.checkpoint import check_vocab_compat, encoder_from_model_dir, load_model, save_model
+from ftragrec_jax.data.vocab import Vocab
+from ftragrec_jax.errors import CheckpointError
+from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+
+CFG = EncoderConfig(n_items=13, max_seq_length=6, hidden_size=8, n_layers=2, n_heads=2, inner_size=16)
+
+
+def _model(seed=0, cfg=CFG):
+    enc = build_encoder(cfg, seed)
+    return enc, nnx.to_pure_dict(nnx.state(enc, nnx.Param)), {"model": "duorec", "encoder": dataclasses.asdict(cfg)}
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    enc, params, meta = _model()
+    vocab = Vocab(("[PAD]",) + tuple(f"i{k}" for k in range(12)), ("[PAD]", "u1"))
+    save_model(tmp_path / "m", params, {**meta, "dataset": {"name": "toy"}}, vocab)
+    meta2, params2, vocab2 = load_model(tmp_path / "m")
+    assert meta2["format"] == checkpoint.FORMAT and meta2["dataset"] == {"name": "toy"} and meta2["source"] is None
+    assert vocab2 == vocab
+    assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(jax.tree_util.tree_map(np.asarray, params))
+    for a, b in zip(_leaves(params), _leaves(params2)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    enc2, _, _ = encoder_from_model_dir(tmp_path / "m")
+    seq = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]], np.int32)
+    lens = np.array([3, 6], np.int32)
+    assert np.array_equal(np.asarray(enc(seq, lens)), np.asarray(enc2(seq, lens)))
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dirs left behind
+
+
+def test_replace_is_atomic(tmp_path, monkeypatch):
+    _, params_a, meta = _model(0)
+    _, params_b, _ = _model(1)
+    dest = tmp_path / "m"
+    save_model(dest, params_a, meta)
+    save_model(dest, params_b, meta)  # replacing a model dir works
+    assert np.array_equal(_leaves(load_model(dest)[1])[0], _leaves(params_b)[0])
+
+    def crash(path, tree):
+        path.mkdir()
+        (path / "half-written").write_text("x")
+        raise KeyboardInterrupt  # e.g. Ctrl-C halfway through the parameter write
+
+    monkeypatch.setattr(checkpoint, "_save_params", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(dest, params_a, meta)
+    assert np.array_equal(_leaves(load_model(dest)[1])[0], _leaves(params_b)[0])  # old model intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_refuses_to_clobber_other_folders(tmp_path):
+    _, params, meta = _model()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        save_model(tmp_path / "data", params, meta)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        save_model(tmp_path / "file", params, meta)
+    with pytest.raises(CheckpointError, match="'model'"):
+        save_model(tmp_path / "m", params, {"encoder": meta["encoder"]})
+    assert (tmp_path / "data" / "precious.txt").exists() and not (tmp_path / "m").exists()
+
+
+def test_incomplete_dirs(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    _, params, meta = _model()
+    save_model(tmp_path / "m", params, meta)
+    broken = tmp_path / "no_json"
+    shutil.copytree(tmp_path / "m", broken)
+    (broken / "model.json").unlink()
+    with pytest.raises(CheckpointError, match="model.json: missing"):
+        load_model(broken)
+    broken = tmp_path / "no_params"
+    shutil.copytree(tmp_path / "m", broken)
+    shutil.rmtree(broken / "params")
+    with pytest.raises(CheckpointError, match="params: missing"):
+        load_model(broken)
+    broken = tmp_path / "bad_params"
+    shutil.copytree(tmp_path / "m", broken)
+    for f in (broken / "params").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")  # every parameter file emptied
+    with pytest.raises(CheckpointError, match="cannot restore"):
+        load_model(broken)
+    broken = tmp_path / "bad_json"
+    shutil.copytree(tmp_path / "m", broken)
+    (broken / "model.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="expected format"):
+        load_model(broken)
+
+
+def test_encoder_shape_mismatch(tmp_path):
+    _, params, meta = _model()
+    bigger = dataclasses.replace(CFG, hidden_size=16, inner_size=32)
+    save_model(tmp_path / "m", params, {**meta, "encoder": dataclasses.asdict(bigger)})
+    with pytest.raises(CheckpointError, match="has shape"):
+        encoder_from_model_dir(tmp_path / "m")
+    fewer = dict(params, layers={0: params["layers"][0]})
+    save_model(tmp_path / "m2", fewer, meta)
+    with pytest.raises(CheckpointError, match="missing"):
+        encoder_from_model_dir(tmp_path / "m2")
+    save_model(tmp_path / "m3", params, {**meta, "encoder": {**meta["encoder"], "n_heads": 3}})
+    with pytest.raises(CheckpointError, match="n_heads"):
+        encoder_from_model_dir(tmp_path / "m3")
+
+
+def test_vocab_compat():
+    meta = {"model": "duorec", "encoder": {"n_items": 12102}}
+    check_vocab_compat(meta, 12102, "ckpt")
+    with pytest.raises(CheckpointError, match="12102 item rows but the dataset vocabulary has 12101"):
+        check_vocab_compat(meta, 12101, "ckpt")
