@@ -208,9 +208,11 @@ class _NumpyDType:
         self.dtype = dt
 
     def __setstate__(self, state):
-        order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
-        if order in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(order)
+        # numpy's state is (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise CheckpointError(f"numpy.dtype: unexpected pickled state {state!r:.80}")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
 
 
 def _dtype_of(x) -> np.dtype:
@@ -263,11 +265,32 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_mod, "_reconstruct")] = _numpy_reconstruct
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# Objects whose pickled state BUILD may set: each has a __setstate__ that only records or checks data.
+_BUILDABLE = (StandIn, _OrderedDict, _NumpyDType, _NumpyArray)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (data.pkl is small), so BUILD can be restricted too.
+
+    BUILD is pickle's "set attributes" step; unrestricted it would let a file rewrite a tensor
+    header after it was checked, or patch this module's functions and classes.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, source: str, persistent: Callable[[Any], Any] | None):
         super().__init__(file, encoding="utf-8")
         self.source = source
         self._persistent = persistent
+
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, _BUILDABLE):
+            raise CheckpointError(f"{self.source}: pickle BUILD on {type(inst).__name__} is not allowed")
+        inst.__setstate__(state)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         # Protocol-2 pickles (torch.save's) use Python-2 names (__builtin__, commands); map them
@@ -289,7 +312,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def _unpickle(data: bytes | io.BufferedIOBase, source: str, persistent=None):
+def _unpickle(data, source: str, persistent=None):
     f = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         return _RestrictedUnpickler(f, source, persistent).load()
@@ -297,10 +320,8 @@ def _unpickle(data: bytes | io.BufferedIOBase, source: str, persistent=None):
         raise
     except RecursionError:
         raise CheckpointError(f"{source}: pickle nests too deeply") from None
-    except (pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{source}: corrupt or truncated pickle ({e})") from None
-    except Exception as e:  # anything our stand-ins reject on malformed arguments
-        raise CheckpointError(f"{source}: malformed pickle ({type(e).__name__}: {e})") from None
+    except Exception as e:  # bad opcodes, truncation, or arguments our stand-ins reject
+        raise CheckpointError(f"{source}: corrupt, truncated or malformed pickle ({type(e).__name__}: {e})") from None
 
 
 def _storage_ref(pid, source: str, legacy: bool) -> _StorageRef:
@@ -380,6 +401,23 @@ class _ZipArchive:
         return self.cache[ref.key]
 
 
+class _BoundedReader:
+    """File reads capped at the bytes left, so a pickle's declared length never sizes an allocation."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def _left(self, n) -> int:
+        left = max(self.size - self.f.tell(), 0)
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n=-1) -> bytes:
+        return self.f.read(self._left(n))
+
+    def readline(self, n=-1) -> bytes:
+        return self.f.readline(self._left(n))
+
+
 class _LegacyArchive:
     """Pre-1.6 stream: magic, protocol, sys_info, object pickle, key list, then raw storages."""
 
@@ -391,16 +429,16 @@ class _LegacyArchive:
         self.byteorder = "little"  # legacy storages are always written little-endian
 
     def load(self):
-        src = str(self.path)
-        if _unpickle(self.f, src) != LEGACY_MAGIC:
+        src, stream = str(self.path), _BoundedReader(self.f, self.size)
+        if _unpickle(stream, src) != LEGACY_MAGIC:
             raise CheckpointError(f"{src}: not a PyTorch checkpoint (bad magic number)")
-        if _unpickle(self.f, src) != LEGACY_PROTOCOL:
+        if _unpickle(stream, src) != LEGACY_PROTOCOL:
             raise CheckpointError(f"{src}: unsupported legacy torch protocol")
-        sys_info = _unpickle(self.f, src)
+        sys_info = _unpickle(stream, src)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointError(f"{src}: big-endian legacy checkpoints are not supported")
-        obj = _unpickle(self.f, src, self._persistent)
-        keys = _unpickle(self.f, src)
+        obj = _unpickle(stream, src, self._persistent)
+        keys = _unpickle(stream, src)
         if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(self.refs):
             raise CheckpointError(f"{src}: storage key list does not match the tensors in the pickle")
         for key in keys:
@@ -445,6 +483,9 @@ class _Plain:
         if math.prod(t.shape) == 0:
             return np.zeros(t.shape, ref.dtype)
         base = np.frombuffer(self.archive.storage_bytes(ref), dtype)
+        last = t.offset + sum((s - 1) * st for s, st in zip(t.shape, t.stride))
+        if len(base) != ref.numel or last >= len(base):  # re-checked: as_strided trusts its arguments
+            raise CheckpointError(f"{self.archive.path}: tensor view {t.shape} does not fit storage {ref.key!r}")
         view = np.lib.stride_tricks.as_strided(
             base[t.offset :], t.shape, tuple(s * dtype.itemsize for s in t.stride), writeable=False
         )

@@ -197,7 +197,7 @@ def test_bad_files(tmp_path, shared_dir):
         "empty.pth": (b"", "not a PyTorch checkpoint"),
         "truncated.pth": (real[: len(real) // 2], "truncated or corrupt zip"),
         "zipmagic.pth": (b"PK\x03\x04" + b"\0" * 100, "truncated or corrupt zip"),
-        "picklejunk.pth": (b"\x80\x02garbage", "corrupt or truncated pickle|bad magic"),
+        "picklejunk.pth": (b"\x80\x02garbage", "corrupt, truncated or malformed pickle"),
         "nonckpt.pth": (forge.evil_pickle([1, 2, 3]), "bad magic"),
     }
     for name, (data, match) in cases.items():
@@ -260,3 +260,54 @@ def test_numpy_scalars_and_arrays(tmp_path):
     forge.write_zip(path, forge.evil_pickle({"o": np.array([1, "x"], dtype=object)}), {})
     with pytest.raises(CheckpointError):
         load_pickled(path)
+
+
+def _build(target: bytes, state: bytes) -> bytes:
+    return target + state + b"b"  # BUILD: set state on the object below it
+
+
+@pytest.mark.parametrize("case", ["tensor-shape", "function-attr", "class-attr", "dtype-object"])
+def test_build_cannot_tamper_with_reader_objects(tmp_path, case):
+    """BUILD (pickle's 'set attributes') may only feed stand-ins; it must not rewrite a checked
+    tensor header after validation, nor patch the reader's own functions or classes."""
+    checked = forge.tensor("0", 6, (6,), (1,))
+    if case == "tensor-shape":
+        body = _build(checked, forge.dict_of({"shape": forge.tup([forge.integer(10**6)])}))
+    elif case == "function-attr":
+        slot = forge.dict_of({"__defaults__": forge.tup([forge.string("zlib")])})
+        body = _build(forge.glob("_codecs", "encode"), forge.tup([b"N", slot]))
+    elif case == "class-attr":
+        slot = forge.dict_of({"qualname": forge.string("x")})
+        body = _build(forge.glob("collections", "OrderedDict"), forge.tup([b"N", slot]))
+    else:
+        body = _build(forge.glob("numpy", "dtype") + forge.tup([forge.string("f8")]) + forge.REDUCE,
+                      forge.dict_of({"dtype": forge.string("O")}))
+    path = tmp_path / "build.pth"
+    forge.write_zip(path, forge.program(forge.dict_of({"w": body})), {"0": np.zeros(6, np.float32).tobytes()})
+    with pytest.raises(CheckpointError, match="BUILD|state"):
+        load_pickled(path)
+    from converters import safe_pickle
+
+    assert safe_pickle._codecs_encode.__defaults__ == ("utf-8", "strict")
+    assert not hasattr(safe_pickle._OrderedDict, "qualname")
+
+
+@pytest.mark.parametrize("container", ["legacy-stream", "zip"])
+def test_huge_declared_pickle_lengths_allocate_nothing(tmp_path, container):
+    import struct
+
+    # BINBYTES8 and FRAME both declare a 1 TiB payload that is not there.
+    for body in (b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc",
+                 b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N."):
+        path = tmp_path / "huge.pth"
+        if container == "zip":
+            forge.write_zip(path, body, {})
+        else:
+            path.write_bytes(body)
+        tracemalloc.start()
+        try:
+            with pytest.raises(CheckpointError):
+                read_torch_checkpoint(path)
+            assert tracemalloc.get_traced_memory()[1] < 16 * 2**20
+        finally:
+            tracemalloc.stop()
