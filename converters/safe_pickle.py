@@ -363,6 +363,9 @@ class _ZipArchive:
     def _read(self, info: zipfile.ZipInfo, limit: int) -> bytes:
         if info.file_size > limit:
             raise CheckpointError(f"{self.path}: record {info.filename} is {info.file_size} bytes (limit {limit})")
+        if info.compress_type != zipfile.ZIP_STORED:
+            # torch.save never compresses; refusing keeps memory bounded by the file size (no zip bombs)
+            raise CheckpointError(f"{self.path}: record {info.filename} is compressed, torch.save never compresses")
         try:
             with self.zf.open(info) as f:
                 data = f.read(limit + 1)

@@ -311,3 +311,16 @@ def test_huge_declared_pickle_lengths_allocate_nothing(tmp_path, container):
             assert tracemalloc.get_traced_memory()[1] < 16 * 2**20
         finally:
             tracemalloc.stop()
+
+
+def test_compressed_records_are_refused(tmp_path):
+    # 64 MiB of zeros compresses to ~64 KiB: a zip bomb if records were decompressed blindly.
+    path = tmp_path / "bomb.pth"
+    numel = 16 * 2**20
+    pkl = forge.program(forge.dict_of({"w": forge.tensor("0", numel, (numel,), (1,))}))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", pkl, compress_type=zipfile.ZIP_STORED)
+        zf.writestr("archive/data/0", bytes(4 * numel))
+    assert path.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match="compressed"):
+        read_torch_checkpoint(path)
