@@ -1,0 +1,71 @@
+"""Training-state checkpoints under RUN/checkpoints/: what a restarted run needs to continue bit-identically.
+
+One Orbax step per completed epoch, named by the number of completed epochs. Each holds the arrays
+(params, optimizer state, the task's host state) and a JSON record of the loop: global step, best valid
+score and epoch, patience counter, the per-epoch history (so metrics.jsonl can be rebuilt) and the config.
+The data position needs no storage: an epoch's order is a pure function of (seed, epoch), and dropout keys
+are `fold_in(seed key, global step)`.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a process killed
+mid-write leaves a temporary folder that is ignored (and removed on the next start), never a half checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftragrec_jax.errors import CheckpointError
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # slow import; only runs that checkpoint need it
+
+    return ocp
+
+
+class TrainCheckpoints:
+    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+        ocp = _ocp()
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            # synchronous: the next step donates the params buffers, and a checkpoint is small
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("arrays", "loop"))
+
+    def latest(self) -> int | None:
+        """Completed epochs of the newest complete checkpoint, or None."""
+        self._mgr.reload()
+        return self._mgr.latest_step()
+
+    def save(self, epochs_done: int, arrays: dict, loop: dict) -> None:
+        ocp = _ocp()
+        self._mgr.save(epochs_done, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays), loop=ocp.args.JsonSave(loop)), force=True)
+        self._mgr.wait_until_finished()
+
+    def restore(self, epochs_done: int, like: dict) -> tuple[dict, dict]:
+        """(arrays shaped and placed like `like`, loop record) of a checkpoint."""
+        ocp = _ocp()
+        try:
+            out = self._mgr.restore(epochs_done, args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(like), loop=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
+            raise CheckpointError(
+                f"{self.directory / str(epochs_done)}: cannot restore the training state "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"delete that folder to fall back to an older checkpoint") from None
+        return out["arrays"], out["loop"]
+
+    def close(self) -> None:
+        self._mgr.close()
+
+
+def arrays_like(params, opt_state, host_state: dict | None) -> dict[str, Any]:
+    tree = {"params": params, "opt_state": opt_state}
+    if host_state is not None:
+        tree["host"] = host_state
+    return tree

@@ -1,0 +1,64 @@
+"""Training-state checkpoints: exact round trip, newest complete one wins, a half-written one is ignored."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+import yaml
+from flax import nnx
+
+from ftragrec_jax.config import load_config
+from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+from ftragrec_jax.train.run_dir import RunDir
+from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
+
+
+def tiny_state(seed):
+    enc = build_encoder(EncoderConfig(n_items=20, max_seq_length=4, hidden_size=8, n_layers=1, n_heads=2,
+                                      inner_size=8), seed)
+    params = nnx.state(enc, nnx.Param)
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+    grads = jax.tree.map(lambda x: x * 0 + 1.0, params)
+    _, opt = tx.update(grads, opt, params)  # non-trivial moments
+    return params, opt
+
+
+def test_round_trip_and_latest(tmp_path):
+    p1, o1 = tiny_state(1)
+    p2, o2 = tiny_state(2)
+    ck = TrainCheckpoints(tmp_path / "ck")
+    assert ck.latest() is None
+    ck.save(1, arrays_like(p1, o1, None), {"step": 10, "history": [{"loss": 1.5}]})
+    ck.save(2, arrays_like(p2, o2, {"keys": np.arange(6.0).reshape(2, 3)}), {"step": 20, "history": []})
+    ck.close()
+
+    # a half-written newer checkpoint (what a SIGKILL during a save leaves behind) is ignored
+    (tmp_path / "ck" / "3.orbax-checkpoint-tmp-123").mkdir()
+    ck = TrainCheckpoints(tmp_path / "ck")
+    assert ck.latest() == 2
+    like = arrays_like(*tiny_state(0), {"keys": np.zeros((2, 3))})
+    arrays, loop = ck.restore(2, like)
+    assert loop == {"step": 20, "history": []}
+    for a, b in zip(jax.tree.leaves((p2, o2)), jax.tree.leaves((arrays["params"], arrays["opt_state"]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.structure(arrays["opt_state"]) == jax.tree.structure(o2)
+    np.testing.assert_array_equal(np.asarray(arrays["host"]["keys"]), np.arange(6.0).reshape(2, 3))
+    arrays, loop = ck.restore(1, arrays_like(*tiny_state(0), None))
+    assert loop["step"] == 10
+    np.testing.assert_array_equal(np.asarray(arrays["params"]["item_embedding"]["embedding"]),
+                                  np.asarray(p1["item_embedding"]["embedding"]))
+    ck.close()
+
+
+def test_run_dir_refuses_a_different_config(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.check_or_write_config(load_config(None, ["epochs=2"])) is False
+    assert yaml.safe_load(run.config_yaml.read_text())["epochs"] == 2
+    # extending the run or hiding progress bars is a resume; changing what was computed is not
+    assert run.check_or_write_config(load_config(None, ["epochs=5", "show_progress=false"])) is True
+    with pytest.raises(ConfigError, match=r"config.yaml.*'?learning_rate"):
+        run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.01"]))
