@@ -479,9 +479,15 @@ class _Plain:
     def __init__(self, archive):
         self.archive = archive
         self.active: set[int] = set()
+        # Views of one storage are copied out separately, so a small pickle could ask for the same
+        # big storage thousands of times; cap the total at a few times the file's own size.
+        self.budget = 4 * os.path.getsize(archive.path) + 256 * 2**20
 
     def tensor(self, t: _TensorRef) -> np.ndarray:
         ref = t.storage
+        self.budget -= math.prod(t.shape) * ref.dtype.itemsize
+        if self.budget < 0:
+            raise CheckpointError(f"{self.archive.path}: tensors would take far more memory than the file holds")
         dtype = ref.dtype.newbyteorder(">" if self.archive.byteorder == "big" else "<")
         if math.prod(t.shape) == 0:
             return np.zeros(t.shape, ref.dtype)
@@ -513,8 +519,10 @@ class _Plain:
         try:
             if isinstance(x, dict):
                 return {self(k) if not isinstance(k, str) else k: self(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple, set, frozenset)):
-                return type(x)(self(v) for v in x) if not isinstance(x, (set, frozenset)) else [self(v) for v in x]
+            if isinstance(x, tuple):
+                return tuple(self(v) for v in x)
+            if isinstance(x, (list, set, frozenset)):
+                return [self(v) for v in x]
             if isinstance(x, StandIn):
                 if x.state is None and len(x.args) == 1 and isinstance(x.args[0], (int, str)):
                     return f"{x.qualname}({x.args[0]!r})"  # an enum member such as ModelType(2)
@@ -553,8 +561,12 @@ def _load(path, select: Callable[[Any, _Plain], Any]):
         plain = _Plain(archive)
         try:
             return select(obj, plain), archive
+        except CheckpointError:
+            raise
         except RecursionError:
             raise CheckpointError(f"{path}: pickle nests too deeply") from None
+        except (TypeError, ValueError, OverflowError) as e:  # e.g. a tensor used as a dict key
+            raise CheckpointError(f"{path}: malformed checkpoint content ({type(e).__name__}: {e})") from None
 
 
 def load_pickled(path) -> Any:

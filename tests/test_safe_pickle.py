@@ -324,3 +324,13 @@ def test_compressed_records_are_refused(tmp_path):
     assert path.stat().st_size < 2**20
     with pytest.raises(CheckpointError, match="compressed"):
         read_torch_checkpoint(path)
+
+
+def test_shared_storage_amplification_is_capped(tmp_path):
+    # 4000 views of one 1 MiB storage would copy out ~4 GiB from a ~1 MiB file.
+    numel = 2**18
+    views = {f"w{i}": forge.tensor("0", numel, (numel,), (1,)) for i in range(4000)}
+    path = tmp_path / "amp.pth"
+    forge.write_zip(path, forge.program(forge.dict_of(views)), {"0": bytes(4 * numel)})
+    with pytest.raises(CheckpointError, match="far more memory"):
+        read_torch_checkpoint(path)
