@@ -171,7 +171,12 @@ class SequenceEncoder(nnx.Module):
         """Hidden states at every position, [B, L, hidden]."""
         length = item_seq.shape[-1]
         keys = _keys(dropout_key, 1 + len(self.layers))
-        x = self.item_embedding(item_seq) + self.position_embedding.embedding[None, :length]
+        emb = self.item_embedding(item_seq)
+        # DuoRec's nn.Embedding(padding_idx=0): looking up id 0 sends no gradient to row 0 (the row
+        # still learns through the full-sort logits). Matters when an output is read at a padded
+        # position, e.g. a length pointing past the items.
+        emb = jnp.where((item_seq > 0)[..., None], emb, jax.lax.stop_gradient(emb))
+        x = emb + self.position_embedding.embedding[None, :length]
         x = dropout(self.layer_norm(x), self.config.hidden_dropout_prob, keys[0])
         mask = attention_mask(item_seq)
         for layer, k in zip(self.layers, keys[1:]):
