@@ -24,12 +24,13 @@ def ragged_sequences(rng: np.random.Generator, batch: int, max_len: int, n_items
 def random_batch(rng, batch: int, max_len: int, n_items: int) -> dict[str, np.ndarray]:
     seq, seq_len = ragged_sequences(rng, batch, max_len, n_items)
     sem, sem_len = ragged_sequences(rng, batch, max_len, n_items)
+    order = rng.permutation(batch)  # so the same-target rows' lengths don't line up with item_seq's
     return {
         "item_seq": seq,
         "item_seq_len": seq_len,
         "target": rng.integers(1, n_items, size=batch).astype(np.int32),
-        "sem_aug": sem[rng.permutation(batch)],
-        "sem_aug_lengths": sem_len,
+        "sem_aug": sem[order],
+        "sem_aug_lengths": sem_len[order],
     }
 
 

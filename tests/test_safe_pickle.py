@@ -334,3 +334,37 @@ def test_shared_storage_amplification_is_capped(tmp_path):
     forge.write_zip(path, forge.program(forge.dict_of(views)), {"0": bytes(4 * numel)})
     with pytest.raises(CheckpointError, match="far more memory"):
         read_torch_checkpoint(path)
+
+
+def _fuzz_seed_pickle() -> bytes:
+    sd = {"a": forge.tensor("0", 6, (2, 3), (3, 1)), "b": forge.tensor("0", 6, (3,), (2,), offset=1)}
+    cfg = forge.glob("recbole.config.configurator", "Config") + forge.EMPTY_TUPLE + b"\x81" + forge.dict_of(
+        {"final_config_dict": forge.dict_of({"n_heads": forge.integer(2), "dataset": forge.string("x")})}) + b"b"
+    return forge.program(forge.dict_of({"config": cfg, "epoch": forge.integer(3), "state_dict": forge.dict_of(sd)}))
+
+
+def test_fuzzed_pickles_give_data_or_checkpoint_error(tmp_path):
+    """Random byte edits of a valid checkpoint pickle: a result or a CheckpointError, nothing else."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    seed = _fuzz_seed_pickle()
+    data0 = np.arange(6, dtype=np.float32).tobytes()
+    path = tmp_path / "fuzz.pth"
+    forge.write_zip(path, seed, {"0": data0})
+    ok = read_torch_checkpoint(path)
+    assert ok.config == {"n_heads": 2, "dataset": "x"} and ok.state_dict["b"].tolist() == [1.0, 3.0, 5.0]
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+                      st.integers(0, len(seed)))
+    def check(edits, cut):
+        pkl = bytearray(seed)
+        for pos, val in edits:
+            pkl[pos] = val
+        forge.write_zip(path, bytes(pkl[: max(cut, 1)] if cut < len(seed) // 4 else pkl), {"0": data0})
+        try:
+            read_torch_checkpoint(path)
+        except CheckpointError:
+            pass
+
+    check()
