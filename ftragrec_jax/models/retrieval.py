@@ -1,0 +1,205 @@
+"""Nearest-neighbour search over the knowledge base: the one place that decides what a query may retrieve.
+
+Exclusion rule (both backends): a query of user u with untruncated prefix length l never retrieves an entry
+with user == u and prefix_len >= l. That excludes its own sample and every later sample of the same user,
+whose sequences contain the query's target; without it training learns to copy labels.
+
+Backends return ids only, int32 [B, top_k] in descending score order, -1 where fewer than top_k entries are
+allowed (the model masks those):
+- `exact`: inside the jitted graph; scores are computed one chunk of `chunk_size` keys at a time and merged
+  into a running top-k, so memory is O(B · chunk_size) whatever the base size.
+- `faiss`: a FAISS index searched on the host through `jax.pure_callback` with a static [B, top_k] result.
+  It over-fetches `top_k + overfetch` candidates, drops excluded ones, and re-searches only the rows that
+  still lack top_k allowed candidates with a larger fetch, so for a Flat index the result equals `exact`.
+Queries are cut from the autodiff graph (`stop_gradient`): ids are integers and carry no gradient; the model
+recomputes scores of the retrieved ids in-graph, which is where gradients flow.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftragrec_jax.errors import ConfigError
+
+BACKENDS = ("exact", "faiss")
+
+
+class Memory(NamedTuple):
+    """Device-side knowledge base (a pytree: pass it into jitted steps as an argument, never close over it)."""
+
+    h: jax.Array  # float32 [N, H]: frozen encoder output of each entry (also the cached seq_output of train samples)
+    keys: jax.Array  # float32 [N, H]: g(h)/|g(h)| with g as of the last refresh (what the index searches)
+    target: jax.Array  # int32 [N]: the entry's target item
+    user: jax.Array  # int32 [N]
+    prefix_len: jax.Array  # int32 [N]: untruncated prefix length
+
+
+def excluded(q_user, q_prefix, e_user, e_prefix):
+    """[B, M] bool: entry j is forbidden for query i (same user and prefix not shorter). Works on np and jnp."""
+    return (e_user[None, :] == q_user[:, None]) & (e_prefix[None, :] >= q_prefix[:, None])
+
+
+# --- exact, in-graph ------------------------------------------------------------------------------------
+
+def _block_top_k(query, keys, e_user, e_prefix, q_user, q_prefix, offset, k):
+    scores = query @ keys.T
+    scores = jnp.where(excluded(q_user, q_prefix, e_user, e_prefix), -jnp.inf, scores)
+    kk = min(k, keys.shape[0])
+    top, idx = jax.lax.top_k(scores, kk)
+    return top, (idx + offset).astype(jnp.int32)
+
+
+def _merge(top_a, ids_a, top_b, ids_b, k):
+    # `a` (earlier, smaller ids) first: lax.top_k keeps the earlier of equal values, so ties go to smaller ids
+    scores = jnp.concatenate([top_a, top_b], axis=1)
+    ids = jnp.concatenate([ids_a, ids_b], axis=1)
+    top, pos = jax.lax.top_k(scores, k)
+    return top, jnp.take_along_axis(ids, pos, axis=1)
+
+
+def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536):
+    """(ids int32 [B, top_k], scores float32 [B, top_k]); ids -1 and score -inf where nothing is allowed."""
+    query = jax.lax.stop_gradient(query)
+    keys = jax.lax.stop_gradient(keys)
+    n, b = keys.shape[0], query.shape[0]
+    c = max(1, min(int(chunk_size), n))
+    n_full = n // c
+    top = jnp.full((b, top_k), -jnp.inf, query.dtype)
+    ids = jnp.full((b, top_k), -1, jnp.int32)
+
+    if n_full:
+        def body(carry, i):
+            start = i * c
+            blk = _block_top_k(query, jax.lax.dynamic_slice_in_dim(keys, start, c),
+                               jax.lax.dynamic_slice_in_dim(e_user, start, c),
+                               jax.lax.dynamic_slice_in_dim(e_prefix, start, c), q_user, q_prefix, start, top_k)
+            return _merge(*carry, *blk, top_k), None
+
+        if n_full == 1:
+            (top, ids), _ = body((top, ids), 0)
+        else:
+            (top, ids), _ = jax.lax.scan(body, (top, ids), jnp.arange(n_full, dtype=jnp.int32))
+    if n_full * c < n:
+        s = n_full * c
+        blk = _block_top_k(query, keys[s:], e_user[s:], e_prefix[s:], q_user, q_prefix, s, top_k)
+        top, ids = _merge(top, ids, *blk, top_k)
+    ids = jnp.where(jnp.isfinite(top), ids, -1)
+    return ids, top
+
+
+# --- FAISS on the host ----------------------------------------------------------------------------------
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss-cpu is a runtime dependency
+        raise ConfigError("retrieval_backend='faiss' needs the faiss-cpu package (pip install faiss-cpu)") from e
+    return faiss
+
+
+def make_faiss_index(factory: str, dim: int):
+    """An inner-product index from a factory string; ConfigError if FAISS rejects the string."""
+    faiss = _faiss()
+    if not isinstance(factory, str) or not factory.strip():
+        raise ConfigError(f"config key 'faiss_index': expected a FAISS index factory string, got {factory!r}")
+    try:
+        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as e:  # FAISS raises RuntimeError with a multi-line C++ message
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config key 'faiss_index': FAISS rejects factory string {factory!r} ({first})") from None
+
+
+def check_faiss_factory(factory: str, dim: int) -> None:
+    make_faiss_index(factory, dim)
+
+
+class FaissSearcher:
+    """A FAISS index plus the entries' user/prefix arrays for the exclusion rule, searched on the host.
+
+    The jitted step calls `search_host` through `jax.pure_callback` and reads the index at run time, so
+    `build` (a refresh between epochs) swaps the index without recompiling the step.
+    """
+
+    def __init__(self, factory: str, dim: int, *, top_k: int, nprobe: int = 16, overfetch: int = 32):
+        make_faiss_index(factory, dim)  # fail early on a bad string
+        self.factory, self.dim, self.top_k = factory, int(dim), int(top_k)
+        self.nprobe, self.overfetch = int(nprobe), int(overfetch)
+        self.index = None
+        self.user = self.prefix_len = None
+
+    def build(self, keys, user, prefix_len) -> float:
+        """(Re)build the index from unit-norm keys [N, H]; returns seconds taken."""
+        t0 = time.perf_counter()
+        keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32))
+        index = make_faiss_index(self.factory, self.dim)
+        if not index.is_trained:
+            try:
+                index.train(keys)
+            except Exception as e:
+                raise ConfigError(
+                    f"config key 'faiss_index': cannot train {self.factory!r} on {len(keys)} keys "
+                    f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
+        index.add(keys)
+        try:
+            _faiss().extract_index_ivf(index).nprobe = self.nprobe
+        except Exception:  # not an IVF index: nprobe does not apply
+            pass
+        self.index = index
+        self.user = np.asarray(user, dtype=np.int32)
+        self.prefix_len = np.asarray(prefix_len, dtype=np.int32)
+        return time.perf_counter() - t0
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def search_host(self, query, q_user, q_prefix) -> np.ndarray:
+        """numpy in, int32 [B, top_k] out (-1 where fewer allowed entries exist)."""
+        if self.index is None:
+            raise RuntimeError("FaissSearcher.search_host called before build()")
+        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
+        qu, qp = np.asarray(q_user), np.asarray(q_prefix)
+        out = np.full((q.shape[0], self.top_k), -1, dtype=np.int32)
+        rows = np.arange(q.shape[0])
+        fetch = min(self.top_k + self.overfetch, self.ntotal)
+        while rows.size:
+            _, cand = self.index.search(q[rows], fetch)
+            ok = cand >= 0
+            safe = np.where(ok, cand, 0)
+            ok &= ~((self.user[safe] == qu[rows, None]) & (self.prefix_len[safe] >= qp[rows, None]))
+            pos = np.cumsum(ok, axis=1) - 1  # order-preserving compaction of the allowed candidates
+            take = ok & (pos < self.top_k)
+            r, c = np.nonzero(take)
+            out[rows[r], pos[r, c]] = cand[r, c]
+            short = ok.sum(axis=1) < self.top_k
+            if fetch >= self.ntotal or not short.any():
+                break
+            rows, fetch = rows[short], min(fetch * 4, self.ntotal)
+        return out
+
+
+def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix):
+    """FAISS search from inside jit / grad: int32 [B, top_k] through a host callback with a static shape."""
+    query = jax.lax.stop_gradient(query)
+    shape = jax.ShapeDtypeStruct((query.shape[0], searcher.top_k), jnp.int32)
+    return jax.pure_callback(searcher.search_host, shape, query, q_user, q_prefix, vmap_method="sequential")
+
+
+def retrieve(query, q_user, q_prefix, memory: Memory, *, backend: str, top_k: int, chunk_size: int = 65536,
+             searcher: FaissSearcher | None = None):
+    """The retrieval used by training and evaluation: ids int32 [B, top_k], -1 = no neighbour."""
+    if backend == "exact":
+        return exact_search(query, q_user, q_prefix, memory.keys, memory.user, memory.prefix_len,
+                            top_k=top_k, chunk_size=chunk_size)[0]
+    if backend == "faiss":
+        if searcher is None:
+            raise ConfigError("retrieval_backend='faiss' needs a built FaissSearcher (see KnowledgeBase)")
+        if searcher.top_k != top_k:
+            raise ConfigError(f"config key 'top_k': searcher was built for {searcher.top_k}, model asks {top_k}")
+        return faiss_search(searcher, query, q_user, q_prefix)
+    raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")

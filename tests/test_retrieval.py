@@ -1,0 +1,129 @@
+"""Retrieval backends against a naive numpy reference; the exclusion rule; the FAISS callback under jit/grad."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.retrieval import FaissSearcher, Memory, exact_search, faiss_search, retrieve
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _base(seed, n=700, b=37, h=16, n_users=40):
+    rng = np.random.default_rng(seed)
+    keys = _unit(rng.normal(size=(n, h)))
+    user = rng.integers(1, n_users, n).astype(np.int32)
+    prefix = rng.integers(1, 30, n).astype(np.int32)
+    # queries near some entries of their own user, so the exclusion rule has something to exclude
+    src = rng.integers(0, n, b)
+    q = _unit(keys[src] + 0.05 * rng.normal(size=(b, h)))
+    return q, user[src], prefix[src], keys, user, prefix
+
+
+def naive_top_k(q, q_user, q_prefix, keys, user, prefix, k):
+    """np.argsort(-scores) with the exclusion rule applied entry by entry."""
+    scores = q @ keys.T
+    out = np.full((len(q), k), -1, np.int32)
+    for i in range(len(q)):
+        allowed = [j for j in np.argsort(-scores[i], kind="stable")
+                   if not (user[j] == q_user[i] and prefix[j] >= q_prefix[i])]
+        out[i, :min(k, len(allowed))] = allowed[:k]
+    return out
+
+
+@pytest.mark.parametrize("chunk", [64, 700, 100000, 333])
+def test_exact_matches_naive_reference(chunk):
+    q, qu, qp, keys, user, prefix = _base(0)
+    ids, scores = jax.jit(lambda *a: exact_search(*a, top_k=5, chunk_size=chunk))(q, qu, qp, keys, user, prefix)
+    ref = naive_top_k(q, qu, qp, keys, user, prefix, 5)
+    np.testing.assert_array_equal(np.asarray(ids), ref)
+    np.testing.assert_allclose(np.asarray(scores), np.take_along_axis(q @ keys.T, ref, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_exclusion_rule_both_backends():
+    q, qu, qp, keys, user, prefix = _base(1)
+    # make the query's own sample the best match: it must still never come back
+    keys = keys.copy()
+    keys[:37] = q
+    user, prefix = user.copy(), prefix.copy()
+    user[:37], prefix[:37] = qu, qp
+    searcher = FaissSearcher("Flat", 16, top_k=5, overfetch=0)  # overfetch 0 forces the re-search path
+    searcher.build(keys, user, prefix)
+    for ids in (np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5)[0]),
+                searcher.search_host(q, qu, qp)):
+        assert (ids >= 0).all()
+        bad = (user[ids] == qu[:, None]) & (prefix[ids] >= qp[:, None])
+        assert not bad.any()
+        assert not (ids == np.arange(37)[:, None]).any()
+        np.testing.assert_array_equal(ids, naive_top_k(q, qu, qp, keys, user, prefix, 5))
+
+
+def test_fewer_allowed_than_k_gives_minus_one():
+    keys = _unit(np.random.default_rng(2).normal(size=(6, 8)))
+    user = np.array([1, 1, 1, 1, 2, 2], np.int32)
+    prefix = np.array([1, 2, 3, 4, 1, 2], np.int32)
+    q, qu, qp = keys[:2], np.array([1, 2], np.int32), np.array([2, 1], np.int32)
+    ref = naive_top_k(q, qu, qp, keys, user, prefix, 5)  # query 0 may see entry 0 and user 2's two: 3 allowed
+    assert (ref[0] >= 0).sum() == 3 and (ref[1] >= 0).sum() == 4
+    searcher = FaissSearcher("Flat", 8, top_k=5)
+    searcher.build(keys, user, prefix)
+    np.testing.assert_array_equal(searcher.search_host(q, qu, qp), ref)
+    np.testing.assert_array_equal(np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5, chunk_size=4)[0]),
+                                  ref)
+
+
+def test_faiss_flat_equals_exact_and_ivf_recall():
+    q, qu, qp, keys, user, prefix = _base(3, n=4000, b=128, h=16)
+    exact = np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=10, chunk_size=1024)[0])
+    flat = FaissSearcher("Flat", 16, top_k=10, overfetch=8)
+    flat.build(keys, user, prefix)
+    got = flat.search_host(q, qu, qp)
+    same = (got == exact).mean()
+    assert same >= 0.999, same  # ties aside (none expected on random floats)
+    for nprobe, floor in ((1, 0.0), (8, 0.6), (32, 0.999)):
+        ivf = FaissSearcher("IVF32,Flat", 16, top_k=10, nprobe=nprobe)
+        ivf.build(keys, user, prefix)
+        ids = ivf.search_host(q, qu, qp)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+        print(f"IVF32,Flat nprobe={nprobe}: recall@10 vs exact = {recall:.3f}")
+        assert recall >= floor
+
+
+def test_faiss_callback_under_jit_and_grad():
+    q, qu, qp, keys, user, prefix = _base(4)
+    searcher = FaissSearcher("Flat", 16, top_k=5)
+    searcher.build(keys, user, prefix)
+    memory = Memory(h=jnp.asarray(keys), keys=jnp.asarray(keys), target=jnp.zeros(len(keys), jnp.int32),
+                    user=jnp.asarray(user), prefix_len=jnp.asarray(prefix))
+    ref = naive_top_k(q, qu, qp, keys, user, prefix, 5)
+
+    def loss(w, backend):
+        query = q * w
+        ids = retrieve(query, qu, qp, memory, backend=backend, top_k=5, searcher=searcher)
+        return jnp.sum(query[:, None, :] * memory.h[ids]), ids
+
+    for backend in ("faiss", "exact"):
+        (value, ids), grad = jax.jit(jax.value_and_grad(lambda w: loss(w, backend), has_aux=True))(
+            jnp.float32(1.0))
+        np.testing.assert_array_equal(np.asarray(ids), ref)
+        expected = float(np.sum(q[:, None, :] * keys[ref]))
+        assert np.isclose(float(value), expected, rtol=1e-5)
+        assert np.isclose(float(grad), expected, rtol=1e-5)  # d/dw of w·const: ids carry no gradient
+    # the index is read at run time: a rebuilt index changes results without recompiling
+    f = jax.jit(lambda x: faiss_search(searcher, x, qu, qp))
+    before = np.asarray(f(q))
+    searcher.build(-keys, user, prefix)
+    assert not np.array_equal(np.asarray(f(q)), before)
+
+
+def test_bad_factory_string_is_config_error():
+    with pytest.raises(ConfigError, match="faiss_index"):
+        FaissSearcher("NotAnIndex,,7", 16, top_k=5)
+    searcher = FaissSearcher("IVF4096,Flat", 16, top_k=5)
+    keys = _unit(np.random.default_rng(0).normal(size=(100, 16)))
+    with pytest.raises(ConfigError, match="faiss_index"):
+        searcher.build(keys, np.zeros(100, np.int32), np.zeros(100, np.int32))
