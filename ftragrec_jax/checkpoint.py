@@ -1,16 +1,19 @@
 """The model directory: DIR/model.json + DIR/params/ (Orbax) + optional DIR/vocab.json.
 
-A model directory is written whole into a temporary sibling and renamed into place, so a reader
-sees either the previous complete model or the new complete one, never a mix. Parameters are
-saved as host numpy arrays: no device or sharding is recorded, so a model written on a CPU
-restores on a GPU machine and back.
+A model directory is written whole into a temporary sibling and swapped into place (an atomic
+exchange on Linux), so a reader sees either the previous complete model or the new complete one,
+never a mix; a save killed halfway leaves only a hidden temp sibling, removed by the next save.
+Parameters are saved as host numpy arrays: no device or sharding is recorded, so a model written
+on a CPU restores on a GPU machine and back.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,7 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
     if dest.is_dir() and any(dest.iterdir()) and not _is_model_dir(dest):
         raise CheckpointError(f"{dest}: refusing to replace a non-empty folder that is not a model directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)
@@ -119,10 +123,25 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
     return dest
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(tmp, dest)
-    else:
+    elif _exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous model
+    else:  # two renames: DEST is briefly absent, never half-written
         old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
         os.rmdir(old)
         os.rename(dest, old)
@@ -133,6 +152,14 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
             raise
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(dest.parent)
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Temp dirs of an earlier save of the same DEST that was killed before it finished."""
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in dest.parent.glob(f".{dest.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _int_keys(tree):

@@ -127,3 +127,50 @@ def test_vocab_compat():
     check_vocab_compat(meta, 12102, "ckpt")
     with pytest.raises(CheckpointError, match="12102 item rows but the dataset vocabulary has 12101"):
         check_vocab_compat(meta, 12101, "ckpt")
+
+
+def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
+    _, params_a, meta = _model(0)
+    _, params_b, _ = _model(1)
+    save_model(tmp_path / "m", params_a, meta)
+    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)  # e.g. not Linux
+    save_model(tmp_path / "m", params_b, meta)
+    assert np.array_equal(_leaves(load_model(tmp_path / "m")[1])[0], _leaves(params_b)[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+_SAVER = """
+import sys, numpy as np
+from ftragrec_jax.checkpoint import save_model
+dest = sys.argv[1]
+for i in range(1, 10**6):
+    params = {"w": np.full((256, 64), i, np.float32), "layers": {0: {"b": np.full(64, i, np.float32)}}}
+    save_model(dest, params, {"model": "duorec", "encoder": {"n_items": 256}, "source": {"iteration": i}})
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.9])
+def test_sigkill_mid_save_leaves_a_complete_model(tmp_path, delay):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    dest = tmp_path / "m"
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(dest)], cwd=ROOT, stdout=subprocess.PIPE,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"  # first model complete: now kill mid-way through later saves
+        time.sleep(delay)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    meta, params, _ = load_model(dest)
+    i = meta["source"]["iteration"]
+    assert i >= 1 and (params["w"] == i).all() and (params["layers"][0]["b"] == i).all()
+    save_model(dest, params, meta)  # the next save clears what the killed one left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
