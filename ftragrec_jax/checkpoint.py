@@ -10,6 +10,7 @@ on a CPU restores on a GPU machine and back.
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import os
 import shutil
@@ -156,10 +157,9 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 
 def _remove_leftovers(dest: Path) -> None:
     """Temp dirs of an earlier save of the same DEST that was killed before it finished."""
-    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in dest.parent.glob(f".{dest.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _int_keys(tree):
