@@ -165,3 +165,12 @@ def test_cli_config_contradictions_and_existing_dest(tmp_path, shared_dir, real_
     assert r.returncode != 0 and "already exists" in r.stderr
     assert (dest / "model.json").read_text() == before
     assert json.loads(before)["encoder"]["n_items"] == 12102
+
+
+def test_export_refuses_incomplete_model_dir(tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "params").mkdir()
+    for src in (tmp_path / "nope", tmp_path / "half"):
+        assert flax_to_duorec.main([str(src), str(tmp_path / "out.pth")]) == 2
+        assert "error: " in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
