@@ -1,0 +1,43 @@
+"""Fixed-shape batches: every batch has exactly batch_size rows, so one compiled step serves the epoch."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ftragrec_jax.data.samples import FIELDS, SequenceSamples
+from ftragrec_jax.errors import ConfigError
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: expected >= 1")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The same order for the same (seed, epoch) on any machine and numpy version: bit generator
+    streams are stable across numpy releases (Generator methods such as permutation are not)."""
+    bits = np.random.PCG64(np.random.SeedSequence([int(seed) & (2**63 - 1), int(epoch)])).random_raw(n)
+    return np.argsort(bits, kind="stable")
+
+
+def iterate_batches(samples: SequenceSamples, batch_size: int, *, seed: int | None = None, epoch: int = 0,
+                    drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Dicts of numpy arrays: the SequenceSamples fields, `index` (row in `samples`) and `mask`
+    (float32, 1 = real row). A short last batch is padded with copies of its first row, mask 0."""
+    n = len(samples)
+    total = num_batches(n, batch_size, drop_last)
+    order = np.arange(n) if seed is None else epoch_permutation(n, seed, epoch)
+    for b in range(total):
+        index = order[b * batch_size:(b + 1) * batch_size]
+        real = len(index)
+        mask = np.ones(batch_size, dtype=np.float32)
+        if real < batch_size:
+            index = np.concatenate([index, np.full(batch_size - real, index[0], dtype=index.dtype)])
+            mask[real:] = 0.0
+        batch = {f: getattr(samples, f)[index] for f in FIELDS}
+        batch["index"] = index.astype(np.int64)
+        batch["mask"] = mask
+        yield batch
