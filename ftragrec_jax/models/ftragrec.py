@@ -1,0 +1,236 @@
+"""FTragrec: retrieval-augmented fine-tuning of a retriever g on top of a frozen DuoRec encoder (issue 5).
+
+For an input with frozen representation s = encoder(seq) (dropout off):
+  q = g(s)/|g(s)|; ids = top_k entries of the knowledge base by q·key (exclusion rule in retrieval.py);
+  key_j = g(h_j)/|g(h_j)| recomputed HERE from the stored h_j with the current g, so g gets gradients from
+  both sides and never sees stale keys within a step; cos_j = q·key_j; neighbours with cos_j <
+  quality_threshold (or id -1) are invalid; P_ret = softmax(cos/temperature) over valid neighbours;
+  knowledge = Σ_j P_ret_j · E[target_j]; enhanced = (1-a)·s + a·knowledge with a = alpha, or 0 for a
+  sample with no valid neighbour (counted as `fallback_fraction`); scores = enhanced · Eᵀ over all items.
+Loss: rec_loss = CE(s·Eᵀ) (constant for g, logged), enhanced_rec_loss = CE(enhanced·Eᵀ),
+  kl_loss = mean over rows with a neighbour of Σ_j P_ret·(log(P_ret+1e-8) − log(P_rec+1e-8)) with
+  P_rec = softmax(s·E[target_j]) over the same valid neighbours;
+  total = rec_loss + enhanced_rec_weight·enhanced_rec_loss + kl_small_weight·kl_loss.
+CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
+E (the item table) and s are frozen: both are cut from the autodiff graph, so backward only touches g.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
+from ftragrec_jax.models.retriever import Retriever, embed
+from ftragrec_jax.optim import keep_frozen
+
+KL_EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class FTragrecHParams:
+    """The FTragrec model hyperparameters (issue 5 names and defaults); `from_config` maps a run Config."""
+
+    top_k: int = 5
+    retriever_layers: int = 1
+    retriever_inner_size: int = 256
+    retriever_temperature: float = 0.07
+    quality_threshold: float = 0.6
+    alpha: float = 0.15
+    enhanced_rec_weight: float = 0.5
+    kl_small_weight: float = 0.03
+    retrieval_backend: str = "faiss"
+    faiss_index: str = "Flat"
+    nprobe: int = 16
+    faiss_overfetch: int = 32  # extra FAISS candidates fetched per query to survive the exclusion filter
+    retrieval_chunk_size: int = 65536
+
+    def __post_init__(self):
+        def need(key, ok, expected):
+            if not ok:
+                raise ConfigError(f"config key {key!r}: expected {expected}, got {getattr(self, key)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for key in ("top_k", "retriever_layers", "retriever_inner_size", "nprobe", "retrieval_chunk_size"):
+            need(key, is_int(getattr(self, key)) and getattr(self, key) >= 1, "an integer >= 1")
+        need("faiss_overfetch", is_int(self.faiss_overfetch) and self.faiss_overfetch >= 0, "an integer >= 0")
+        need("retriever_temperature", self.retriever_temperature > 0, "a number > 0")
+        need("alpha", 0.0 <= self.alpha <= 1.0, "a number in [0, 1]")
+        need("quality_threshold", -1.0 <= self.quality_threshold <= 1.0, "a cosine in [-1, 1]")
+        for key in ("enhanced_rec_weight", "kl_small_weight"):
+            need(key, getattr(self, key) >= 0, "a number >= 0")
+        need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "FTragrecHParams":
+        """Pick the fields of this class from any object with attributes of the same names (a run Config)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+
+
+def validate_setup(hp: FTragrecHParams, *, n_base: int, hidden_size: int, encoder_cfg=None,
+                   n_items: int | None = None) -> None:
+    """Checks that need the data or the pretrained model; run before training starts."""
+    if hp.top_k > n_base:
+        raise ConfigError(f"config key 'top_k': expected at most the knowledge-base size {n_base}, got {hp.top_k}")
+    if hp.retrieval_backend == "faiss":
+        check_faiss_factory(hp.faiss_index, hidden_size)
+    if encoder_cfg is not None:
+        if n_items is not None and encoder_cfg.n_items != n_items:
+            raise ConfigError(f"config key 'pretrained': checkpoint has {encoder_cfg.n_items} item rows, "
+                              f"the dataset has {n_items} (same .inter file and k-core settings?)")
+        if encoder_cfg.hidden_size != hidden_size:
+            raise ConfigError(f"config key 'pretrained': checkpoint has hidden_size {encoder_cfg.hidden_size}, "
+                              f"config says {hidden_size}")
+
+
+class FTragrec(nnx.Module):
+    """Parameter tree: encoder.* (frozen DuoRec) and retriever.* (g, the only trainable part)."""
+
+    def __init__(self, encoder, hp: FTragrecHParams, *, rngs: nnx.Rngs):
+        self.encoder = encoder
+        self.retriever = Retriever(encoder.config.hidden_size, hp.retriever_inner_size, hp.retriever_layers,
+                                   encoder.config.initializer_range, rngs=rngs)
+
+
+def build_ftragrec(encoder, hp: FTragrecHParams, seed: int = 0) -> FTragrec:
+    return FTragrec(encoder, hp, rngs=nnx.Rngs(params=seed))
+
+
+def _masked_softmax(logits, valid):
+    """softmax over valid entries of the last axis; all-zero rows where nothing is valid (no NaN, no grad leak)."""
+    m = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    e = jnp.where(valid, jnp.exp(jnp.where(valid, logits, 0.0) - m), 0.0)
+    total = e.sum(axis=-1, keepdims=True)
+    return e / jnp.where(total > 0, total, 1.0)
+
+
+def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams) -> dict:
+    """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none."""
+    valid = ids >= 0
+    safe = jnp.where(valid, ids, 0)
+    keys = embed(retriever, h[safe])  # [B, k, H], fresh keys from the current g
+    cos = jnp.einsum("bh,bkh->bk", query, keys)
+    valid = valid & (cos >= hp.quality_threshold)
+    p_ret = _masked_softmax(cos / hp.retriever_temperature, valid)
+    has = valid.any(axis=-1)
+    target_emb = item_table[target[safe]]  # [B, k, H]
+    knowledge = jnp.einsum("bk,bkh->bh", p_ret, target_emb)
+    a = jnp.where(has, hp.alpha, 0.0)[:, None].astype(seq_output.dtype)
+    enhanced = (1.0 - a) * seq_output + a * knowledge
+    return {"valid": valid, "cos": cos, "p_ret": p_ret, "has": has, "target_emb": target_emb,
+            "knowledge": knowledge, "enhanced": enhanced}
+
+
+def _ce(logits, target):
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams):
+    """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test."""
+    seq_output = jax.lax.stop_gradient(seq_output)
+    item_table = jax.lax.stop_gradient(item_table)
+    h = jax.lax.stop_gradient(h)
+    mask = jnp.asarray(mask, seq_output.dtype)
+    query = embed(retriever, seq_output)
+    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp)
+    n_real = jnp.maximum(mask.sum(), 1.0)
+    rec = (_ce(seq_output @ item_table.T, target) * mask).sum() / n_real
+    enhanced = (_ce(nb["enhanced"] @ item_table.T, target) * mask).sum() / n_real
+    p_rec = _masked_softmax(jnp.einsum("bh,bkh->bk", seq_output, nb["target_emb"]), nb["valid"])
+    p_ret = nb["p_ret"]
+    kl_rows = jnp.where(nb["valid"], p_ret * (jnp.log(p_ret + KL_EPS) - jnp.log(p_rec + KL_EPS)), 0.0).sum(-1)
+    with_nb = mask * nb["has"].astype(mask.dtype)
+    kl = (kl_rows * with_nb).sum() / jnp.maximum(with_nb.sum(), 1.0)
+    total = rec + hp.enhanced_rec_weight * enhanced + hp.kl_small_weight * kl
+    aux = {
+        "loss": total, "rec_loss": rec, "enhanced_rec_loss": enhanced, "kl_loss": kl,
+        "fallback_fraction": 1.0 - with_nb.sum() / n_real,
+        "neighbours": (nb["valid"].sum(-1) * mask).sum() / n_real,
+    }
+    return total, aux
+
+
+def _query_side(model, batch, memory: Memory, hp, seq_output, searcher):
+    if seq_output is None:  # uncached: the frozen encoder, dropout off
+        seq_output = model.encoder(batch["item_seq"], batch["item_seq_len"])
+    seq_output = jax.lax.stop_gradient(seq_output)
+    query = embed(model.retriever, seq_output)
+    ids = retrieve(query, batch["user"], batch["prefix_len"], memory, backend=hp.retrieval_backend,
+                   top_k=hp.top_k, chunk_size=hp.retrieval_chunk_size, searcher=searcher)
+    return seq_output, ids
+
+
+def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams, seq_output=None,
+                  searcher: FaissSearcher | None = None):
+    """(total, aux) for one batch. `seq_output` [B, H]: the cached frozen encoder output of the batch rows
+    (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
+    seq_output, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
+    mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
+    return ftragrec_terms(model.retriever, seq_output, ids, memory.h, memory.target,
+                          model.encoder.item_table(), batch["target"], mask, hp)
+
+
+def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
+                    searcher: FaissSearcher | None = None):
+    """Full-sort scores [B, n_items] from the enhanced representation (evaluation)."""
+    seq_output, ids = _query_side(model, batch, memory, hp, None, searcher)
+    query = embed(model.retriever, seq_output)
+    table = model.encoder.item_table()
+    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp)
+    return nb["enhanced"] @ table.T
+
+
+def make_train_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTransformation, *, rest=None,
+                    searcher: FaissSearcher | None = None, cached: bool = True):
+    """jitted pure step(params, opt_state, batch, memory) -> (params, opt_state, aux); params and opt_state are
+    donated. cached=True reads seq_output from memory.h[batch["index"]] (the base built from the training
+    split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch."""
+
+    def merge(params):
+        return nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
+
+    def step(params, opt_state, batch, memory):
+        def loss_fn(p):
+            seq = memory.h[batch["index"]] if cached else None
+            return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher)
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        new_params = keep_frozen(optax.apply_updates(params, updates), params)
+        return new_params, opt_state, aux
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None):
+    """jitted scores(params, memory, batch) -> [B, n_items]; use `score_fn(scorer, params, memory)` to get
+    the evaluator's `(item_seq, item_seq_len, batch) -> scores` callable."""
+
+    def scores(params, memory, batch):
+        model = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
+        return ftragrec_scores(model, batch, memory, hp=hp, searcher=searcher)
+
+    return jax.jit(scores)
+
+
+EVAL_FIELDS = ("item_seq", "item_seq_len", "user", "prefix_len")
+
+
+def score_fn(scorer, params, memory: Memory):
+    def fn(item_seq, item_seq_len, batch):
+        missing = [k for k in ("user", "prefix_len") if k not in batch]
+        if missing:
+            raise ConfigError(f"FTragrec evaluation: batch lacks {missing} (needed by the exclusion rule)")
+        b = {"item_seq": item_seq, "item_seq_len": item_seq_len, "user": batch["user"],
+             "prefix_len": batch["prefix_len"]}
+        return scorer(params, memory, b)
+
+    return fn

@@ -1,0 +1,144 @@
+"""FTragrec's knowledge base: every training sample encoded once by the frozen encoder, plus its retrieval key.
+
+Per entry: h_j (frozen encoder output, dropout off, float32 [N, H]), target item, user, untruncated prefix
+length, and key_j = g(h_j)/|g(h_j)| with g as of the last refresh. Entry i of a base built from the training
+split IS training sample i, so `memory.h` doubles as the cached `seq_output` of the training samples (the
+encoder is frozen and deterministic).
+
+Encoding and key computation run in fixed-size jitted chunks (the last chunk padded) so memory stays bounded
+and one compilation serves every chunk. `refresh_keys` recomputes all keys with the current g and rebuilds the
+FAISS index; it runs between epochs, outside jit, and returns its wall time for the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory
+from ftragrec_jax.models.retriever import embed
+
+SAMPLE_FIELDS = ("item_seq", "item_seq_len", "target", "user", "prefix_len")
+
+
+def _field(samples, name):
+    value = samples[name] if isinstance(samples, dict) else getattr(samples, name)
+    return np.asarray(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _apply_fn(graphdef, kind):
+    def encode(state, item_seq, item_seq_len):
+        return nnx.merge(graphdef, state)(item_seq, item_seq_len)
+
+    def keys(state, h):
+        return embed(nnx.merge(graphdef, state), h)
+
+    return jax.jit(encode if kind == "encode" else keys)
+
+
+def _chunked(fn, state, arrays, chunk_size):
+    """Apply a jitted fn to row chunks of numpy arrays; the last chunk is padded so every call has one shape."""
+    n = len(arrays[0])
+    if n == 0:
+        raise ConfigError("knowledge base: no samples to encode")
+    c = max(1, min(int(chunk_size), n))
+    out = []
+    for start in range(0, n, c):
+        part = [a[start:start + c] for a in arrays]
+        m = len(part[0])
+        if m < c:
+            part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
+        out.append(np.asarray(fn(state, *part))[:m])
+    return np.concatenate(out).astype(np.float32)
+
+
+def encode_samples(encoder, item_seq, item_seq_len, *, chunk_size: int = 2048) -> np.ndarray:
+    """Frozen encoder output, dropout off, float32 [N, H]."""
+    graphdef, state = nnx.split(encoder)
+    fn = _apply_fn(graphdef, "encode")
+    return _chunked(fn, state, [np.asarray(item_seq, np.int32), np.asarray(item_seq_len, np.int32)], chunk_size)
+
+
+def compute_keys(retriever, h, *, chunk_size: int = 65536) -> np.ndarray:
+    """g(h)/|g(h)| for every row of h, float32 [N, H]."""
+    graphdef, state = nnx.split(retriever)
+    return _chunked(_apply_fn(graphdef, "keys"), state, [np.asarray(h, np.float32)], chunk_size)
+
+
+class KnowledgeBase:
+    """Host arrays of the base, their device copy (`memory`, a pytree for jitted steps), and the FAISS index."""
+
+    def __init__(self, h, target, user, prefix_len, keys, *, backend: str = "faiss", faiss_index: str = "Flat",
+                 nprobe: int = 16, top_k: int = 5, faiss_overfetch: int = 32, n_train: int | None = None):
+        if backend not in BACKENDS:
+            raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
+        self.h = np.asarray(h, np.float32)
+        self.target = np.asarray(target, np.int32)
+        self.user = np.asarray(user, np.int32)
+        self.prefix_len = np.asarray(prefix_len, np.int32)
+        self.keys = np.asarray(keys, np.float32)
+        n = len(self.h)
+        if not all(len(a) == n for a in (self.target, self.user, self.prefix_len, self.keys)):
+            raise ConfigError("knowledge base: h, target, user, prefix_len and keys must have the same length")
+        self.n_train = n if n_train is None else int(n_train)
+        self.backend = backend
+        self.searcher = (FaissSearcher(faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe,
+                                       overfetch=faiss_overfetch) if backend == "faiss" else None)
+        self.index_seconds = self._sync()
+
+    @classmethod
+    def build(cls, encoder, retriever, samples, *, encode_chunk_size: int = 2048, key_chunk_size: int = 65536,
+              **options) -> "KnowledgeBase":
+        """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g."""
+        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
+        h = encode_samples(encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size)
+        keys = compute_keys(retriever, h, chunk_size=key_chunk_size)
+        return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, **options)
+
+    def __len__(self) -> int:
+        return len(self.h)
+
+    def _sync(self) -> float:
+        """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
+        self.memory = Memory(h=jnp.asarray(self.h), keys=jnp.asarray(self.keys), target=jnp.asarray(self.target),
+                             user=jnp.asarray(self.user), prefix_len=jnp.asarray(self.prefix_len))
+        if self.searcher is None:
+            return 0.0
+        return self.searcher.build(self.keys, self.user, self.prefix_len)
+
+    def refresh_keys(self, retriever, *, chunk_size: int = 65536) -> float:
+        """Recompute every key with the current g and rebuild the index (between epochs). Returns seconds."""
+        t0 = time.perf_counter()
+        self.keys = compute_keys(retriever, self.h, chunk_size=chunk_size)
+        self.index_seconds = self._sync()
+        return time.perf_counter() - t0
+
+    def extend(self, encoder, retriever, samples, *, encode_chunk_size: int = 2048) -> float:
+        """Append more samples (validation, before testing: extend_memory_with_valid). Returns seconds."""
+        t0 = time.perf_counter()
+        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
+        h = encode_samples(encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size)
+        self.h = np.concatenate([self.h, h])
+        for name in ("target", "user", "prefix_len"):
+            setattr(self, name, np.concatenate([getattr(self, name), arrays[name].astype(np.int32)]))
+        self.keys = np.concatenate([self.keys, compute_keys(retriever, h)])
+        self.index_seconds = self._sync()
+        return time.perf_counter() - t0
+
+    def state(self) -> dict:
+        """Host arrays a resumed run needs to search exactly as before (keys depend on g at the last refresh)."""
+        return {"keys": self.keys}
+
+    def restore_state(self, state: dict) -> None:
+        keys = np.asarray(state["keys"], np.float32)
+        if keys.shape != self.keys.shape:
+            raise ConfigError(f"knowledge base: stored keys have shape {keys.shape}, expected {self.keys.shape}")
+        self.keys = keys
+        self.index_seconds = self._sync()

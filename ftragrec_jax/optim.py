@@ -1,0 +1,61 @@
+"""The FTragrec freeze mask, in one place: which parameters train, and the optimizer that enforces it.
+
+Labels come from parameter paths. A path is trainable only if its first component is listed in
+`TRAINABLE`; everything else, including any parameter added later that nobody thought about, is frozen
+("no schedule means frozen"). Frozen leaves go to `optax.set_to_zero()`, which keeps no optimizer state, so
+Adam holds moment buffers for the retriever only. `keep_frozen` additionally returns the frozen input
+buffers themselves after the update, so frozen leaves stay bit-identical (x + 0.0 would turn -0.0 into +0.0).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+TRAINABLE = ("retriever",)  # top-level modules of FTragrec whose parameters are fine-tuned
+TRAIN, FROZEN = "train", "frozen"
+
+
+def path_names(path) -> tuple[str, ...]:
+    """A jax key path as plain strings: ('retriever', 'layers', '0', 'dense_1', 'kernel', ...)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def is_trainable(path) -> bool:
+    names = path_names(path)
+    return bool(names) and names[0] in TRAINABLE
+
+
+def param_labels(params):
+    """A tree shaped like `params` with "train" or "frozen" at every leaf."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: TRAIN if is_trainable(p) else FROZEN, params)
+
+
+def label_counts(params) -> dict[str, int]:
+    """Number of array leaves per label; every leaf gets exactly one label by construction."""
+    counts = {TRAIN: 0, FROZEN: 0}
+    for label in jax.tree_util.tree_leaves(param_labels(params)):
+        counts[label] += 1
+    return counts
+
+
+def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Adam on the retriever (RecBole-style L2 added to the gradient when weight_decay > 0), zero elsewhere."""
+    train = optax.adam(learning_rate)
+    if weight_decay > 0:
+        train = optax.chain(optax.add_decayed_weights(weight_decay), train)
+    return optax.multi_transform({TRAIN: train, FROZEN: optax.set_to_zero()}, param_labels)
+
+
+def keep_frozen(new_params, old_params):
+    """new_params with every frozen leaf replaced by the corresponding old leaf (bit-identical, aliasable)."""
+    return jax.tree_util.tree_map_with_path(lambda p, new, old: new if is_trainable(p) else old,
+                                            new_params, old_params)
