@@ -15,6 +15,11 @@ Not run by the tests, and it needs things the project does not ship. How referen
 "ml100kraw" the same file under another name (no normalisation); "Beauty" is amazon/Beauty.txt written as
 an atomic file with the position in the line as timestamp. SSL_AUG is off because DuoRec's
 semantic_augmentation fails on current numpy and does not change the split.
+
+eval_case.npz / eval_case.json: 300 rows of float32 scores over 120 items (numpy default_rng(7) normal, the
+targets' scores shifted up by 0, 1.5 or 3 so ranks spread; no target ties) and what RecBole 0.2.1's
+TopKEvaluator returns for them with topk [1, 5, 10, 20, 50, 100], metric_decimal_place 4 and 15, in chunks of
+64 rows after its trainer's full-sort step (score[:, 0] = -inf, target score swapped into column 0).
 """
 
 from __future__ import annotations

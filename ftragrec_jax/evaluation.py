@@ -1,0 +1,130 @@
+"""Full-sort evaluation: each sample's target is ranked against every item (padding excluded).
+
+Tie rule (explicit, deterministic): items with a strictly higher score rank above the target; among items
+with the SAME score as the target, lower item ids rank first. So
+    rank = 1 + #{i != target: s_i > s_t} + #{i < target: s_i == s_t},   i over real items (1..n_items-1),
+which is the target's position in `np.argsort(-scores[1:], kind="stable")`. RecBole 0.2.1 instead moves the
+target's score to column 0, flips the columns and calls torch.topk, which defines no order among equal values
+(on CPU, torch 2.13, its order differed from index order in 68 of 90 random tie cases we tried), so RecBole's
+result under ties depends on the torch build and device. Without ties involving the target, both agree.
+
+Memory: scores exist for one chunk of `batch_size` rows at a time, never users x items at once; the rank is
+computed on the device by one jitted function per chunk and only [batch_size] ints come back.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftragrec_jax.data.batches import iterate_batches
+from ftragrec_jax.data.samples import SequenceSamples, UserHistory
+from ftragrec_jax.errors import FtragrecError
+from ftragrec_jax.metrics import single_target_metrics, summarize
+
+PROTOCOL = "full_sort"  # RecBole's: rank among all items, history not masked
+PROTOCOL_MASKED = "full_sort_mask_history"  # S3-Rec/ICLRec-style: the user's earlier items are not ranked
+TIE_RULE = "lower_id_first"
+
+
+class EvalResult(dict):
+    """RecBole-named metrics (`recall@10`: float, ...) that also carry how they were obtained."""
+
+    def __init__(self, metrics: dict, *, protocol: str, n_samples: int, ks: tuple):
+        super().__init__(metrics)
+        self.protocol = protocol
+        self.n_samples = n_samples
+        self.ks = ks
+        self.ties = TIE_RULE
+
+    def to_json(self) -> dict:
+        return {"protocol": self.protocol, "ties": self.ties, "n_samples": self.n_samples,
+                "metrics": dict(self)}
+
+
+def split_history(dataset, split: str) -> UserHistory:
+    """The history to mask for `split` ("valid"/"test"): every user's chronological items; each sample
+    masks only the items before its own target (its untruncated prefix), so one table serves both splits."""
+    if split not in ("train", "valid", "test"):
+        raise FtragrecError(f"split={split!r}: expected 'valid' or 'test'")
+    return dataset.history
+
+
+@functools.partial(jax.jit, static_argnames=("mask_history",))
+def target_ranks(scores, target, history, *, mask_history: bool):
+    """1-based rank of each row's target under the tie rule above, and whether the row had a NaN score.
+    history: int32 [B, H] item ids to exclude (0 = none), ignored unless mask_history."""
+    n_items = scores.shape[1]
+    ids = jnp.arange(n_items, dtype=jnp.int32)[None, :]
+    target = target.astype(jnp.int32)[:, None]
+    s_t = jnp.take_along_axis(scores, target, axis=1)
+    rival = (ids != 0) & (ids != target)
+    if mask_history:
+        rows = jnp.arange(scores.shape[0])[:, None]
+        hidden = jnp.zeros(scores.shape, dtype=bool).at[rows, history].set(True)
+        rival &= ~hidden  # the target itself stays rankable even if it was seen before
+    above = rival & ((scores > s_t) | ((scores == s_t) & (ids < target)))
+    rank = 1 + jnp.sum(above, axis=1, dtype=jnp.int32)
+    bad = jnp.any(jnp.isnan(scores) & (rival | (ids == target)), axis=1)
+    return rank, bad
+
+
+def full_sort_evaluate(score_fn, samples: SequenceSamples, n_items: int, *, ks=(5, 10, 20, 50),
+                       batch_size: int = 1024, history: UserHistory | None = None) -> EvalResult:
+    """RecBole metrics at every K in ks over `samples`.
+
+    score_fn(item_seq, item_seq_len, batch) -> [B, n_items] scores (jax or numpy); column 0 is padding and
+    never ranked. Batches have a fixed size (the last one padded, its extra rows ignored).
+    history: a UserHistory (dataset.history) to hide each sample's earlier items from the ranking.
+    """
+    ranks = sample_ranks(score_fn, samples, n_items, batch_size=batch_size, history=history)
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise FtragrecError(f"ks={ks}: expected positive cut-offs")
+    metrics = summarize(single_target_metrics(ranks, ks), ks, columns=range(len(ks)))
+    return EvalResult(metrics, protocol=PROTOCOL if history is None else PROTOCOL_MASKED,
+                      n_samples=len(samples), ks=ks)
+
+
+def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size: int = 1024,
+                 history: UserHistory | None = None) -> np.ndarray:
+    """int64 [N]: every sample's target rank (1 = top) among the real items."""
+    if len(samples) == 0:
+        raise FtragrecError("nothing to evaluate: 0 samples (users need at least 3 interactions for a test "
+                            "sample and 4 for a valid one)")
+    if n_items < 2:
+        raise FtragrecError(f"n_items={n_items}: expected padding plus at least one item")
+    if int(samples.target.max()) >= n_items or int(samples.target.min()) < 1:
+        raise FtragrecError(f"targets outside 1..{n_items - 1}: the samples do not belong to this catalogue")
+    width = 1
+    if history is not None:
+        width = max(1, int(samples.prefix_len.max()))
+        width = 32 * math.ceil(width / 32)  # few distinct shapes across splits, so few compilations
+    out = np.empty(len(samples), dtype=np.int64)
+    pending = None  # one chunk in flight: the next chunk is dispatched before this one's ranks are fetched
+    for batch in iterate_batches(samples, batch_size):
+        scores = score_fn(batch["item_seq"], batch["item_seq_len"], batch)
+        if tuple(scores.shape) != (batch_size, n_items):
+            raise FtragrecError(f"score_fn returned shape {tuple(scores.shape)}, expected ({batch_size}, {n_items})")
+        hist = (np.zeros((batch_size, 1), np.int32) if history is None
+                else history.prefix_matrix(batch["user"], batch["prefix_len"], width))
+        result = target_ranks(scores, batch["target"], hist, mask_history=history is not None)
+        if pending is not None:
+            _collect(out, *pending)
+        pending = (batch, result)
+    _collect(out, *pending)
+    return out
+
+
+def _collect(out: np.ndarray, batch: dict, result) -> None:
+    rank, bad = jax.device_get(result)
+    real = batch["mask"] > 0
+    if bad[real].any():
+        row = int(batch["index"][real][np.argmax(bad[real])])
+        raise FtragrecError(f"score_fn returned NaN scores (sample {row}); a model with non-finite "
+                            f"parameters cannot be evaluated")
+    out[batch["index"][real]] = rank[real]
