@@ -280,3 +280,41 @@ def load_torch_state_into_encoder(sd: Mapping[str, np.ndarray], encoder) -> list
 def encoder_to_torch_state(encoder) -> dict[str, np.ndarray]:
     """Exact inverse of load_torch_state_into_encoder: DuoRec state_dict keys -> float32 numpy arrays."""
     return to_torch_state(encoder, ENCODER_TABLE, encoder.config.n_layers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FTragrec retriever g (added by the FTragrec work; the table above is untouched).
+# torch: retriever_encoder.layer.{i}.{dense_1,dense_2,LayerNorm} (converters/torch_ftragrec.py), beside the
+# DuoRec keys at the top level. Flax: the `retriever` submodule of FTragrec, paths layers.{i}.*.
+# ---------------------------------------------------------------------------------------------------------
+
+_RL = "retriever_encoder.layer.{i}"
+RETRIEVER_TABLE: list[Entry] = [
+    *_linear(f"{_RL}.dense_1", "layers.{i}.dense_1"),
+    *_linear(f"{_RL}.dense_2", "layers.{i}.dense_2"),
+    *_layer_norm(f"{_RL}.LayerNorm", "layers.{i}.layer_norm"),
+]
+_RETRIEVER_KEY = re.compile(r"^retriever_encoder\.")
+_RETRIEVER_LAYER_KEY = re.compile(r"^retriever_encoder\.layer\.(\d+)\.")
+
+
+def retriever_layers_in_state_dict(sd: Mapping[str, np.ndarray]) -> int:
+    """Number of retriever blocks in a PyTorch FTragrec state_dict (0: a plain DuoRec checkpoint)."""
+    ids = sorted({int(m.group(1)) for k in sd if (m := _RETRIEVER_LAYER_KEY.match(k))})
+    if ids and ids != list(range(len(ids))):
+        raise CheckpointError(f"state_dict: retriever layer indices {ids} are not 0..n-1")
+    return len(ids)
+
+
+def load_torch_state_into_retriever(sd: Mapping[str, np.ndarray], retriever) -> list[str]:
+    """Copy retriever_encoder.* weights into a Flax Retriever in place; returns the keys not used."""
+    n = len(retriever.layers)
+    found = retriever_layers_in_state_dict(sd)
+    if found != n:
+        raise CheckpointError(f"state_dict: {found} retriever_encoder layers, the model has retriever_layers={n}")
+    return load_torch_state(sd, retriever, RETRIEVER_TABLE, n, key_filter=lambda k: bool(_RETRIEVER_KEY.match(k)))
+
+
+def retriever_to_torch_state(retriever) -> dict[str, np.ndarray]:
+    """Exact inverse of load_torch_state_into_retriever."""
+    return to_torch_state(retriever, RETRIEVER_TABLE, len(retriever.layers))

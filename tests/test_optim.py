@@ -1,0 +1,65 @@
+"""The freeze mask: labels cover every leaf, frozen leaves stay bit-identical, Adam keeps retriever moments only."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_train_step
+from ftragrec_jax.models.knowledge_base import KnowledgeBase
+from ftragrec_jax.optim import FROZEN, TRAIN, is_trainable, label_counts, make_optimizer, param_labels, path_names
+from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
+
+
+def _model(hp):
+    return build_ftragrec(small_encoder(50, 8), hp, seed=3)
+
+
+def _leaves(tree):
+    return {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_every_parameter_has_a_label_and_only_the_retriever_trains():
+    hp = FTragrecHParams(retriever_layers=2)
+    _, params, _ = nnx.split(_model(hp), nnx.Param, ...)
+    labels = param_labels(params)
+    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_l = jax.tree_util.tree_flatten_with_path(labels)[0]
+    assert [p for p, _ in flat_p] == [p for p, _ in flat_l]
+    for path, label in flat_l:
+        assert label in (TRAIN, FROZEN)
+        assert (label == TRAIN) == (path_names(path)[0] == "retriever")
+    counts = label_counts(params)
+    assert counts[TRAIN] == 2 * 6  # two FeedForward blocks: dense_1, dense_2, layer_norm x (kernel|scale, bias)
+    assert counts[FROZEN] == len(flat_p) - counts[TRAIN] > 0
+    # a parameter nobody listed is frozen ("no schedule means frozen")
+    assert not is_trainable((jax.tree_util.DictKey("new_head"), jax.tree_util.DictKey("kernel")))
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_n_steps_change_only_the_retriever(backend):
+    hp = FTragrecHParams(retrieval_backend=backend, quality_threshold=0.0, top_k=3)
+    samples = make_samples(1, 30, 50, 8)
+    model = _model(hp)
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend=backend, top_k=hp.top_k)
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    before = _leaves(params)
+    tx = make_optimizer(1e-2)
+    opt_state = tx.init(params)
+    # Adam's moments exist for retriever leaves only (set_to_zero keeps no state)
+    retriever_shapes = sorted(v.shape for k, v in before.items() if k[0] == "retriever")
+    moment_shapes = sorted(x.shape for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0)
+    assert moment_shapes == sorted(retriever_shapes * 2)
+    step = make_train_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)
+        params, opt_state, aux = step(params, opt_state, batch, kb.memory)
+        assert np.isfinite(float(aux["loss"]))
+    after = _leaves(params)
+    assert before.keys() == after.keys()
+    for key, old in before.items():
+        if key[0] == "retriever":
+            assert not np.array_equal(after[key], old), f"retriever leaf {key} did not change"
+        else:
+            assert after[key].tobytes() == old.tobytes(), f"frozen leaf {key} changed"
