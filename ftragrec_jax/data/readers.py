@@ -11,6 +11,7 @@ import gzip
 import logging
 import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def _read_text_lines(path: str | os.PathLike) -> list[str]:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read: {e}") from None
     try:
         text = raw.decode("utf-8")
