@@ -1,0 +1,84 @@
+"""DuoRec pretraining (and SASRec with lmd_sem = 0) as a trainer task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+from flax import nnx
+
+from ftragrec_jax.config import Config
+from ftragrec_jax.train.task import Task
+
+
+def adam(cfg: Config) -> optax.GradientTransformation:
+    """torch.optim.Adam as RecBole uses it: weight_decay is L2 added to the gradient, not AdamW."""
+    tx = optax.adam(cfg.learning_rate)
+    if cfg.weight_decay > 0:
+        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
+    return tx
+
+
+class DuoRecTask(Task):
+    model = "duorec"
+    batch_fields = ("item_seq", "item_seq_len", "target", "mask", "index")
+
+    def __init__(self, cfg: Config, dataset):
+        from ftragrec_jax.models.duorec import make_same_target_sampler
+        from ftragrec_jax.models.encoder import build_encoder
+
+        self.cfg = cfg
+        self.dataset_settings = cfg.dataset_settings()
+        self.encoder_cfg = cfg.encoder_config(dataset.n_items)
+        self.tx = adam(cfg)
+        encoder = build_encoder(self.encoder_cfg, seed=cfg.seed)
+        self.graphdef, self._init_params, self.rest = nnx.split(encoder, nnx.Param, ...)
+        # the training sequences live on the device once; the step gathers same-target positives from them
+        self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
+        self._score = jax.jit(self._scores)
+
+    def merge(self, params):
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def init(self):
+        params = self._init_params
+        return params, self.tx.init(params)
+
+    def step_data(self):
+        return self._sampler
+
+    def train_step(self, params, opt_state, batch, key, sampler=None):
+        from ftragrec_jax.models.duorec import duorec_loss
+
+        def loss_fn(p):
+            return duorec_loss(self.merge(p), batch, key, lmd_sem=self.cfg.lmd_sem, tau=self.cfg.tau,
+                               same_target=sampler)
+
+        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {**terms, "grad_norm": optax.tree.norm(grads)}
+
+    def _scores(self, params, item_seq, item_seq_len):
+        encoder = self.merge(params)
+        return encoder.scores(encoder(item_seq, item_seq_len))
+
+    def score_fn(self, params):
+        return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)
+
+    def model_meta(self) -> dict:
+        return {"model": "duorec", "encoder": dataclasses.asdict(self.encoder_cfg),
+                "dataset": self.dataset_settings, "ftragrec": None,
+                "source": {"objective": {"lmd_sem": self.cfg.lmd_sem, "tau": self.cfg.tau}}}
+
+    def export_params(self, params) -> dict:
+        return nnx.to_pure_dict(jax.device_get(params))
+
+    def import_params(self, pure: dict, like):
+        from ftragrec_jax.checkpoint import assign_params
+
+        encoder = self.merge(like)
+        assign_params(encoder, pure)
+        _, params, _ = nnx.split(encoder, nnx.Param, ...)
+        return params

@@ -1,0 +1,253 @@
+"""The one training loop, shared by DuoRec pretraining and FTragrec fine-tuning.
+
+Per step the host only slices the next batch and copies it to the device; the jitted step is dispatched
+asynchronously, so that copy overlaps the previous step. Step metrics stay on the device and are fetched
+once per epoch, where NaN/Inf is checked. Everything random is a pure function of the seed: the epoch's data
+order of (seed, epoch), dropout and sampling keys of (seed, global step). So a run resumed from the
+checkpoint of epoch N computes exactly what the uninterrupted run computed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftragrec_jax import parallel
+from ftragrec_jax.config import Config
+from ftragrec_jax.errors import FtragrecError
+from ftragrec_jax.train.evaluate import evaluate_split, format_metrics, protocol_info
+from ftragrec_jax.train.run_dir import RunDir
+from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
+from ftragrec_jax.train.task import Task
+
+# Steps allowed in flight before the host waits: keeps the progress bar honest and memory bounded,
+# while the device always has the next step queued.
+MAX_IN_FLIGHT = 2
+
+
+class NonFiniteError(FtragrecError):
+    """A loss term or the gradient norm became NaN/Inf; training stopped before saving anything from it."""
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, task: Task, dataset, run: RunDir, logger):
+        self.cfg, self.task, self.dataset, self.run, self.log = cfg, task, dataset, run, logger
+        self.mesh = parallel.make_mesh(cfg.mesh)
+        parallel.check_batch_divides(cfg.train_batch_size, self.mesh)
+        self.base_key = jax.random.key(cfg.seed, impl="unsafe_rbg")
+        self._step = jax.jit(self._keyed_step, donate_argnums=(0, 1))
+        self._compiled = None
+
+    def _keyed_step(self, params, opt_state, batch, step, base_key, data):
+        return self.task.train_step(params, opt_state, batch, jax.random.fold_in(base_key, step), data)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, run, log = self.cfg, self.run, self.log
+        params, opt_state = self.task.init()
+        params, opt_state = parallel.replicate((params, opt_state), self.mesh)
+        ckpts = TrainCheckpoints(run.checkpoints)
+        try:
+            params, opt_state, loop = self._restore(ckpts, params, opt_state)
+            for warning in self.task.warnings():
+                log.warning("warning: %s", warning)
+            start = loop["epochs_done"]
+            if loop["stopped"]:
+                log.info("run already finished (%s); evaluating the best model", loop["stopped"])
+            for epoch in range(start, cfg.epochs):
+                if loop["stopped"]:
+                    break
+                params, opt_state = self._epoch(epoch, params, opt_state, loop, ckpts)
+            if not loop["stopped"] and loop["epochs_done"] >= cfg.epochs:
+                loop["stopped"] = f"reached epochs={cfg.epochs}"
+        finally:
+            ckpts.close()
+        return self._final(params, loop)
+
+    def _restore(self, ckpts: TrainCheckpoints, params, opt_state):
+        loop = {"epochs_done": 0, "step": 0, "best_score": None, "best_epoch": None, "patience": 0,
+                "history": [], "stopped": None, "train_time_s": 0.0}
+        latest = ckpts.latest()
+        if latest is None:
+            if self.run.metrics_jsonl.exists():  # a run killed before its first checkpoint
+                self.run.rewrite_metrics([])
+            return params, opt_state, loop
+        like = arrays_like(params, opt_state, self.task.host_state())
+        arrays, stored = ckpts.restore(latest, like)
+        loop.update(stored)
+        # a longer `epochs` on a run that stopped by reaching the old limit continues it
+        if loop["stopped"] and loop["stopped"].startswith("reached epochs") and self.cfg.epochs > latest:
+            loop["stopped"] = None
+        if "host" in arrays:
+            self.task.restore_host_state(arrays["host"])
+        self.run.rewrite_metrics(loop["history"])
+        self._ensure_latest_model(arrays["params"], latest - 1, loop)
+        self.log.info("resuming from %s: %d epochs done, global step %d, best %s=%s (epoch %s)",
+                      ckpts.directory / str(latest), latest, loop["step"], self.cfg.valid_metric,
+                      loop["best_score"], loop["best_epoch"])
+        return arrays["params"], arrays["opt_state"], loop
+
+    def _ensure_latest_model(self, params, epoch: int, loop: dict) -> None:
+        """A kill between the checkpoint and the latest_model write leaves latest_model one epoch behind."""
+        from ftragrec_jax.checkpoint import read_meta
+        from ftragrec_jax.errors import CheckpointError
+
+        try:
+            current = (read_meta(self.run.latest_model).get("source") or {}).get("epoch") == epoch
+        except CheckpointError:
+            current = False
+        if not current:
+            valid = loop["history"][-1].get("valid") if loop["history"] else None
+            self._save_model(self.run.latest_model, params, epoch, valid)
+
+    def _epoch(self, epoch: int, params, opt_state, loop: dict, ckpts: TrainCheckpoints):
+        cfg, log, task = self.cfg, self.log, self.task
+        from ftragrec_jax.data.batches import iterate_batches, num_batches
+
+        hook_info = task.begin_epoch(params, epoch) or {}
+        train = self.dataset.train
+        n_batches = num_batches(len(train), cfg.train_batch_size, False)
+        step0 = loop["step"]
+        local = parallel.process_slice(cfg.train_batch_size) if jax.process_count() > 1 else slice(None)
+        t0 = time.perf_counter()
+        step_metrics, in_flight, compile_time = [], deque(), 0.0
+        data = task.step_data()
+        data = None if data is None else parallel.replicate(data, self.mesh)
+        with _progress(n_batches, f"Train {epoch:>3}", cfg.show_progress) as bar:
+            for i, batch in enumerate(iterate_batches(train, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)):
+                fed = parallel.put_batch({k: _narrow(batch[k][local]) for k in task.batch_fields}, self.mesh)
+                args = (params, opt_state, fed, np.uint32(step0 + i), self.base_key, data)
+                if self._compiled is None:  # compile once, ahead of time, so epoch times exclude it
+                    tc = time.perf_counter()
+                    self._compiled = self._step.lower(*args).compile()
+                    compile_time = time.perf_counter() - tc
+                    log.info("compiled the train step in %.1fs", compile_time)
+                params, opt_state, metrics = self._compiled(*args)
+                step_metrics.append(metrics)
+                in_flight.append(metrics["loss"])
+                if len(in_flight) > MAX_IN_FLIGHT:
+                    in_flight.popleft().block_until_ready()
+                bar.update(1)
+        fetched = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *step_metrics)) if step_metrics else {}
+        train_time = time.perf_counter() - t0 - compile_time
+        self._check_finite(fetched, epoch, step0, loop)
+        loop["step"] = step0 + len(step_metrics)
+        record: dict[str, Any] = {"epoch": epoch, "step": loop["step"], "train_time_s": round(train_time, 3)}
+        if compile_time:
+            record["compile_time_s"] = round(compile_time, 3)
+        names = sorted(fetched, key=lambda k: (k != "loss", k == "grad_norm", k))  # loss first, grad_norm last
+        record.update({k: float(np.mean(fetched[k])) for k in names})
+        record.update(hook_info)
+        terms = ", ".join(f"{k}: {record[k]:.4f}" for k in names)
+        log.info("epoch %d training [time: %.2fs, %s]", epoch, train_time, terms)
+
+        if (epoch + 1) % cfg.eval_step == 0:
+            self._validate(epoch, params, loop, record)
+        loop["epochs_done"] = epoch + 1
+        loop["train_time_s"] = loop.get("train_time_s", 0.0) + train_time
+        loop["history"].append(record)
+        ckpts.save(epoch + 1, arrays_like(params, opt_state, task.host_state()), loop)
+        self._save_model(self.run.latest_model, params, epoch, record.get("valid"))
+        self.run.append_metrics(record)
+        if loop["stopped"]:
+            log.info("Finished training, best eval result in epoch %s", loop["best_epoch"])
+        return params, opt_state
+
+    def _validate(self, epoch: int, params, loop: dict, record: dict) -> None:
+        cfg, log = self.cfg, self.log
+        t0 = time.perf_counter()
+        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
+        eval_time = time.perf_counter() - t0
+        score = valid[cfg.valid_metric]
+        record["valid"] = valid
+        record["valid_time_s"] = round(eval_time, 3)
+        log.info("epoch %d evaluating [time: %.2fs, valid_score: %f]", epoch, eval_time, score)
+        at_k = "@" + cfg.valid_metric.split("@")[1]
+        log.info("valid result: %s", format_metrics({k: v for k, v in valid.items() if k.endswith(at_k)}))
+        # RecBole's early_stopping: strictly better resets patience; stop after stopping_step+1 misses
+        if loop["best_score"] is None or score > loop["best_score"]:
+            loop.update(best_score=score, best_epoch=epoch, patience=0)
+            record["best"] = True
+            self._save_model(self.run.best_model, params, epoch, valid)
+            log.info("Saving current best: %s", self.run.best_model)
+        else:
+            loop["patience"] += 1
+            if loop["patience"] > cfg.stopping_step:
+                loop["stopped"] = f"early stopping: no better {cfg.valid_metric} for {loop['patience']} evaluations"
+
+    def _check_finite(self, fetched: dict, epoch: int, step0: int, loop: dict) -> None:
+        first = None
+        for name, values in fetched.items():
+            bad = np.flatnonzero(~np.isfinite(np.asarray(values)))
+            if bad.size and (first is None or bad[0] < first[1]):
+                first = (name, int(bad[0]), float(np.asarray(values)[bad[0]]))
+        if first is None:
+            return
+        name, i, value = first
+        what = "the gradient norm" if name == "grad_norm" else f"loss term {name!r}"
+        done = loop["epochs_done"]
+        kept = (f"the last good checkpoint ({self.run.checkpoints / str(done)}, after epoch {done - 1}) is intact"
+                if done else "no checkpoint was written (it failed in the first epoch)")
+        msg = (f"non-finite training value: {what} is {value} at epoch {epoch}, step {step0 + i} "
+               f"(batch {i} of the epoch); training stopped and {kept}; lower learning_rate or check the data")
+        self.log.error("error: %s", msg)
+        err = NonFiniteError(msg)
+        err.logged = True
+        raise err
+
+    def _save_model(self, path, params, epoch: int, valid: dict | None) -> None:
+        from ftragrec_jax.checkpoint import save_model
+
+        meta = self.task.model_meta()
+        source = dict(meta.get("source") or {})
+        source.update({"trainer": "ftragrec-jax", "run": str(self.run.path), "epoch": epoch,
+                       "seed": self.cfg.seed, "valid": valid})
+        meta["source"] = source
+        save_model(path, self.task.export_params(params), meta, vocab=self.dataset.vocab)
+
+    # --- the end ------------------------------------------------------------------------------
+    def _final(self, params, loop: dict) -> dict:
+        from ftragrec_jax.checkpoint import load_model
+
+        cfg, log = self.cfg, self.log
+        if self.run.best_model.exists():
+            _, pure, _ = load_model(self.run.best_model)
+            params = self.task.import_params(pure, params)
+            which = f"best valid epoch {loop['best_epoch']}"
+        else:
+            which = "last epoch (validation never ran: eval_step > epochs)"
+        score = self.task.score_fn(params)
+        t0 = time.perf_counter()
+        valid = evaluate_split(score, self.dataset, "valid", cfg)
+        self.task.before_test(params)
+        test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg)
+        results = {
+            "valid": valid, "test": test, "model": self.task.model, "checkpoint": str(self.run.best_model),
+            "selected": which, "best_epoch": loop["best_epoch"], "epochs_run": loop["epochs_done"],
+            "steps": loop["step"], "stopped": loop["stopped"], "train_time_s": round(loop["train_time_s"], 2),
+            "eval_time_s": round(time.perf_counter() - t0, 2), "seed": cfg.seed,
+            "protocol": protocol_info(self.dataset, cfg),
+        }
+        self.run.write_results(results)
+        log.info("best valid result (%s): %s", which, format_metrics(valid))
+        log.info("test result: %s", format_metrics(test))
+        log.info("results: %s", self.run.results_json)
+        return results
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """int64 row indices as int32: what jax would make of them anyway, without the dtype warning."""
+    return a.astype(np.int32) if a.dtype == np.int64 else a
+

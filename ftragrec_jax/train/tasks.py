@@ -1,0 +1,76 @@
+"""Which task trains, and which scorer evaluates, each model kind ("duorec", "ftragrec")."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from ftragrec_jax.config import Config
+from ftragrec_jax.errors import CheckpointError, ConfigError
+from ftragrec_jax.train.task import ScoreFn, Task
+
+
+def dataset_from_config(cfg: Config):
+    """The dataset a config names ("" = the embedded Amazon Beauty file)."""
+    from ftragrec_jax.data.dataset import default_dataset_path, load_dataset
+
+    return load_dataset(cfg.data or default_dataset_path(), fmt=cfg.data_format,
+                        min_user_inter_num=cfg.min_user_inter_num, min_item_inter_num=cfg.min_item_inter_num,
+                        max_seq_length=cfg.MAX_ITEM_LIST_LENGTH)
+
+
+def make_task(cfg: Config, dataset) -> Task:
+    """The task for cfg.model; every dataset-dependent check runs here, before any training step."""
+    if cfg.model == "duorec":
+        from ftragrec_jax.train.duorec_task import DuoRecTask
+
+        return DuoRecTask(cfg, dataset)
+    if cfg.model == "ftragrec":
+        try:
+            from ftragrec_jax.train.ftragrec_task import FTragrecTask
+        except ImportError as e:
+            raise ConfigError(f"config key 'model': FTragrec training is not installed here ({e})") from None
+        return FTragrecTask(cfg, dataset)
+    raise ConfigError(f"config key 'model': unknown model {cfg.model!r}")
+
+
+def finite_params(tree) -> list[str]:
+    """Dotted paths of parameter leaves holding NaN or Inf (empty when all are finite)."""
+    import numpy as np
+
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            bad.append(".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path))
+    return bad
+
+
+def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config) -> ScoreFn:
+    """Full-sort scoring for a loaded model directory (JAX-trained or converted from PyTorch)."""
+    bad = finite_params(params)
+    if bad:
+        raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
+    if meta["model"] == "duorec":
+        from ftragrec_jax.checkpoint import assign_params
+        from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+
+        try:
+            enc_cfg = EncoderConfig(**meta["encoder"])
+        except (TypeError, ConfigError) as e:
+            raise CheckpointError(f"{path}/model.json: bad 'encoder' settings ({e})") from None
+        encoder = build_encoder(enc_cfg, seed=0)
+        assign_params(encoder, params, f"{path}/params")
+        graphdef, state = nnx.split(encoder)
+
+        @jax.jit
+        def scores(state, item_seq, item_seq_len):
+            enc = nnx.merge(graphdef, state)
+            return enc.scores(enc(item_seq, item_seq_len))
+
+        return lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)
+    try:
+        from ftragrec_jax.train.ftragrec_task import scorer_from_params
+    except ImportError as e:
+        raise CheckpointError(f"{path}: evaluating a {meta['model']!r} model is not installed here ({e})") from None
+    return scorer_from_params(path, meta, params, dataset, cfg)

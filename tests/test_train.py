@@ -1,0 +1,245 @@
+"""The trainer end to end on a tiny synthetic dataset: files, resume (in-process and after SIGKILL),
+NaN stop, config errors, the evaluate CLI, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+TINY = ["hidden_size=8", "n_layers=1", "n_heads=2", "inner_size=16", "MAX_ITEM_LIST_LENGTH=8",
+        "train_batch_size=16", "eval_batch_size=64", "min_user_inter_num=3", "min_item_inter_num=1",
+        "show_progress=false", "learning_rate=0.01"]
+KS = (5, 10, 20, 50)
+METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
+
+
+def write_lines_dataset(path: Path, n_users=60, n_items=30, seed=0) -> Path:
+    """One line per user, `user item item ...`; items follow a noisy cycle so there is something to learn."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, n_users + 1):
+        length = int(rng.integers(4, 14))
+        start = int(rng.integers(1, n_items + 1))
+        items = [(start + 2 * i + int(rng.random() < 0.2)) % n_items + 1 for i in range(length)]
+        lines.append(" ".join(map(str, [u, *items])))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return write_lines_dataset(tmp_path_factory.mktemp("data") / "tiny.txt")
+
+
+def train(data_file, out, *extra):
+    from experiments.train import main
+
+    return main(["--set", f"data={data_file}", "--set", f"output_dir={out}", *[f"--{x}" for x in TINY], *extra])
+
+
+def metrics_lines(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # wall-clock times differ between runs by nature
+        for k in [k for k in r if k.endswith("time_s")]:
+            del r[k]
+    return rows
+
+
+def final_params(run: Path) -> dict:
+    from ftragrec_jax.checkpoint import _flatten, load_model
+
+    return _flatten(load_model(run / "latest_model")[1])
+
+
+def results_without_times(run: Path) -> dict:
+    res = json.loads((run / "results.json").read_text())
+    return {k: v for k, v in res.items() if not k.endswith("time_s") and k != "checkpoint"}
+
+
+def assert_same_run(a: Path, b: Path):
+    assert metrics_lines(a) == metrics_lines(b)
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=".".join(k))
+    ra, rb = results_without_times(a), results_without_times(b)
+    ra["protocol"]["dataset"]["settings"].pop("data", None)
+    rb["protocol"]["dataset"]["settings"].pop("data", None)
+    assert ra == rb
+
+
+@pytest.fixture(scope="module")
+def full_run(data_file, tmp_path_factory) -> Path:
+    """The uninterrupted reference: 3 epochs."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert train(data_file, out, "--epochs=3") == 0
+    return out
+
+
+def test_run_writes_all_files(full_run, capsys):
+    run = full_run
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "train.log"):
+        assert (run / name).is_file(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["epochs"] == 3 and cfg["hidden_size"] == 8 and cfg["lmd_sem"] == 0.1
+    rows = metrics_lines(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert {"loss", "ce", "sem_nce", "grad_norm", "step", "valid"} <= r.keys()
+        assert set(r["valid"]) == {f"{m}@{k}" for m in METRICS for k in KS}
+        assert np.isfinite(r["loss"]) and r["loss"] > 0
+    res = json.loads((run / "results.json").read_text())
+    for split in ("valid", "test"):
+        assert set(res[split]) == {f"{m}@{k}" for m in METRICS for k in KS}
+        assert all(0.0 <= v <= 1.0 for v in res[split].values())
+    best = max(rows, key=lambda r: r["valid"]["mrr@10"])  # ties: the first epoch reaching it
+    assert res["best_epoch"] == best["epoch"] and res["valid"] == best["valid"]
+    assert res["protocol"]["mask_history"] is False and res["protocol"]["dataset"]["n_users"] > 0
+    log = (run / "train.log").read_text()
+    assert "epoch 0 training [time:" in log and "valid result: recall@10 :" in log
+    for d in ("best_model", "latest_model"):
+        meta = json.loads((run / d / "model.json").read_text())
+        assert meta["model"] == "duorec" and meta["encoder"]["hidden_size"] == 8
+        assert (run / d / "vocab.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "3"
+
+
+def test_resume_after_stop_is_identical(full_run, data_file, tmp_path):
+    out = tmp_path / "run"
+    assert train(data_file, out, "--epochs=1") == 0
+    assert len(metrics_lines(out)) == 1
+    assert train(data_file, out, "--epochs=3") == 0  # same folder, more epochs: continues at epoch 1
+    assert_same_run(full_run, out)
+    assert "resuming from" in (out / "train.log").read_text()
+
+
+def test_seed_changes_losses(full_run, data_file, tmp_path):
+    # same seed -> same losses is test_resume_after_stop_is_identical (two processes' epoch 0 agree)
+    b = tmp_path / "b"
+    assert train(data_file, b, "--epochs=1", "--seed=7") == 0
+    assert metrics_lines(b)[0]["loss"] != metrics_lines(full_run)[0]["loss"]
+
+
+def test_sigkill_mid_run_then_restart_is_identical(full_run, data_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
+           *[f"--{x}" for x in TINY], "--epochs=3"]
+    # both processes share a compilation cache: the restart then skips most of the compile
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not (out / "checkpoints" / "1").is_dir() and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "results.json").exists(), "the run finished before it was killed"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(full_run, out)
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.train import run as run_cli
+    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.train import tasks
+    from ftragrec_jax.train.duorec_task import DuoRecTask
+    from ftragrec_jax.train.loop import NonFiniteError
+
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)  # 3 good epochs, then a term turns NaN in epoch 3
+    best_before = (out / "best_model" / "model.json").read_bytes()
+
+    class Poisoned(DuoRecTask):
+        def train_step(self, params, opt_state, batch, key, data=None):
+            params, opt_state, m = super().train_step(params, opt_state, batch, key, data)
+            return params, opt_state, {**m, "sem_nce": m["sem_nce"] * jnp.nan}
+
+    monkeypatch.setattr(tasks, "make_task", lambda cfg, ds: Poisoned(cfg, ds))
+    cfg = load_config(None, [f"data={data_file}", f"output_dir={out}", *TINY, "epochs=5"])
+    with pytest.raises(NonFiniteError, match=r"loss term 'sem_nce' is nan at epoch 3, step 60 \(batch 0"):
+        run_cli(cfg)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit())[-1] == "3"
+    assert metrics_lines(out) == metrics_lines(full_run)
+    assert (out / "best_model" / "model.json").read_bytes() == best_before
+    _, params, _ = load_model(out / "latest_model")
+    assert all(np.all(np.isfinite(v)) for v in jax.tree_util.tree_leaves(params))
+    assert "non-finite training value" in (out / "train.log").read_text()
+
+
+def test_config_errors_before_compute(full_run, data_file, tmp_path, capsys):
+    from experiments.train import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["--set", f"output_dir={out}", "--set", "hidden_dropout_prob=-0.5"])
+    assert e.value.code == 2 and "'hidden_dropout_prob'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--set", f"output_dir={out}", "--learning_rat=0.1"])
+    assert "did you mean learning_rate" in capsys.readouterr().err
+    assert not out.exists()
+    # a folder holding a run of another config is refused before any compute, naming the key
+    before = {p: p.stat().st_mtime_ns for p in full_run.rglob("*")}
+    with pytest.raises(SystemExit):
+        train(data_file, full_run, "--epochs=4", "--learning_rate=0.5")
+    assert "learning_rate" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in full_run.rglob("*")} == before
+
+
+def test_help_lists_options_with_defaults(capsys):
+    from experiments.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--config" in text and "quickstart.yaml" in text and "learning_rate=0.001" in text
+    assert "stopping_step=10" in text
+
+
+def test_evaluate_cli_json_and_refusals(full_run, data_file, tmp_path, capsys):
+    from experiments.evaluate import main
+    from ftragrec_jax.checkpoint import load_model, save_model
+
+    out = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(full_run / "best_model"), "--data", str(data_file), "--json", str(out),
+                 "--no-progress"]) == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {"valid", "test"}
+    for split in ("valid", "test"):
+        assert set(got[split]) == {f"{m}@{k}" for m in METRICS for k in KS}
+    res = json.loads((full_run / "results.json").read_text())
+    assert got["valid"] == res["valid"] and got["test"] == res["test"]
+    assert "recall@10" in capsys.readouterr().out
+
+    other = write_lines_dataset(tmp_path / "other.txt", n_items=45, seed=1)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(full_run / "best_model"), "--data", str(other), "--no-progress"])
+    assert "item rows" in capsys.readouterr().err
+
+    meta, params, vocab = load_model(full_run / "best_model")
+    params["item_embedding"]["embedding"][3, 0] = np.nan
+    bad = save_model(tmp_path / "nan_model", params, meta, vocab)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(bad), "--data", str(data_file), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and "item_embedding" in err
+    shutil.rmtree(bad)
