@@ -179,9 +179,14 @@ def augment_and_split(uid: np.ndarray, iid: np.ndarray, max_len: int):
     prefix_len = tgt - user_start[is_target]
     start = np.maximum(user_start[is_target], tgt - max_len)
     seq_len = tgt - start
-    cols = np.arange(max_len, dtype=np.int64)
-    gather = np.minimum(start[:, None] + cols[None, :], n - 1)
-    item_seq = np.where(cols[None, :] < seq_len[:, None], iid[gather], 0).astype(np.int32)
+    # int32 index arithmetic and in-place ops: ML-1M has ~1M samples x 50 positions
+    idx_t = np.int32 if n < 2**31 else np.int64
+    cols = np.arange(max_len, dtype=idx_t)
+    gather = start.astype(idx_t)[:, None] + cols[None, :]
+    np.minimum(gather, n - 1, out=gather)
+    item_seq = iid.astype(np.int32)[gather]
+    item_seq[cols[None, :] >= seq_len.astype(idx_t)[:, None]] = 0
+    del gather
     samples = SequenceSamples(item_seq=item_seq, item_seq_len=seq_len.astype(np.int32),
                               target=iid[tgt].astype(np.int32), user=uid[tgt].astype(np.int32),
                               prefix_len=prefix_len.astype(np.int32))
