@@ -71,6 +71,7 @@ def test_ml100k_name_normalises_time_like_recbole(tmp_path):
     plain = load_dataset(atomic(tmp_path, rows), min_user_inter_num=0, min_item_inter_num=0)
     named = load_dataset(atomic(tmp_path, rows, "ml-100k.inter"), min_user_inter_num=0, min_item_inter_num=0)
     assert plain.settings["normalize_time"] is False and named.settings["normalize_time"] is True
+    assert plain.settings["format"] == "atomic"
     assert plain.history.items.tolist() == [3, 1, 2, 4]
     assert named.history.items.tolist() == [3, 2, 1, 4]  # after min-max scaling b < a survives float32
 

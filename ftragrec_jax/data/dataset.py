@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftragrec_jax.data.readers import Interactions, read_interactions
+from ftragrec_jax.data.readers import Interactions, detect_format, read_interactions
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.data.vocab import PAD, Vocab
 from ftragrec_jax.errors import DataError
@@ -74,6 +74,8 @@ def load_dataset(path: str | os.PathLike, *, fmt: str = "auto", min_user_inter_n
             raise DataError(f"{key}={val!r}: expected an integer >= 0")
     if not isinstance(max_seq_length, (int, np.integer)) or max_seq_length < 1:
         raise DataError(f"max_seq_length={max_seq_length!r}: expected an integer >= 1")
+    if fmt == "auto":
+        fmt = detect_format(path)
     inter = read_interactions(path, fmt)
     name = dataset_name(path)
     if normalize_time is None:
