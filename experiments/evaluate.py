@@ -55,8 +55,10 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
         raise CheckpointError(
             f"{checkpoint}: the stored item vocabulary differs from the dataset's at id {diff} "
             f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items")
-    score = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg)
-    return {"valid": evaluate_split(score, dataset, "valid", cfg), "test": evaluate_split(score, dataset, "test", cfg)}
+    score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg)
+    valid = evaluate_split(score, dataset, "valid", cfg)
+    before_test()
+    return {"valid": valid, "test": evaluate_split(score, dataset, "test", cfg)}
 
 
 def main(argv=None) -> int:

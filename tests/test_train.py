@@ -243,3 +243,81 @@ def test_evaluate_cli_json_and_refusals(full_run, data_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "NaN/Inf" in err and "item_embedding" in err
     shutil.rmtree(bad)
+
+
+# --- FTragrec fine-tuning through the same loop ----------------------------------------------------------
+
+FT = ["--model=ftragrec", "--top_k=3", "--retriever_inner_size=16", "--retriever_update_interval=2"]
+
+
+def ft_args(full_run):
+    return [*FT, f"--pretrained={full_run / 'best_model'}"]
+
+
+@pytest.fixture(scope="module")
+def ft_run(full_run, data_file, tmp_path_factory) -> Path:
+    """Uninterrupted FTragrec reference: 3 epochs, keys refreshed before epoch 2."""
+    out = tmp_path_factory.mktemp("ft") / "run"
+    assert train(data_file, out, "--epochs=3", *ft_args(full_run)) == 0
+    return out
+
+
+def test_ftragrec_trains_only_the_retriever_and_resumes_identically(ft_run, full_run, data_file, tmp_path):
+    from ftragrec_jax.checkpoint import load_model
+
+    rows = json.loads("[" + ",".join((ft_run / "metrics.jsonl").read_text().splitlines()) + "]")
+    assert [("index_refresh_time_s" in r) for r in rows] == [False, False, True]
+    assert {"rec_loss", "enhanced_rec_loss", "kl_loss", "fallback_fraction"} <= rows[0].keys()
+    _, backbone, _ = load_model(full_run / "best_model")
+    meta, tuned, _ = load_model(ft_run / "latest_model")
+    assert meta["model"] == "ftragrec" and meta["ftragrec"]["top_k"] == 3
+    for path, value in __import__("jax").tree_util.tree_leaves_with_path(backbone):
+        got = tuned["encoder"]
+        for p in path:
+            got = got[p.key]
+        np.testing.assert_array_equal(got, value)  # the DuoRec backbone is bit-identical after fine-tuning
+
+    out = tmp_path / "run"
+    assert train(data_file, out, "--epochs=1", *ft_args(full_run)) == 0
+    assert train(data_file, out, "--epochs=3", *ft_args(full_run)) == 0  # the refresh at epoch 2 happens here
+    assert_same_run(ft_run, out)
+
+
+def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
+           *[f"--{x}" for x in TINY], "--epochs=3", *ft_args(full_run)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not (out / "checkpoints" / "2").is_dir() and proc.poll() is None:
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "results.json").exists(), "the run finished before it was killed"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(ft_run, out)
+
+
+def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
+    from experiments.evaluate import main
+
+    out = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(ft_run / "best_model"), "--data", str(data_file), "--json", str(out),
+                 "--no-progress"]) == 0
+    res = json.loads((ft_run / "results.json").read_text())
+    got = json.loads(out.read_text())
+    assert got["valid"] == res["valid"] and got["test"] == res["test"]
+
+
+def test_ftragrec_refuses_a_backbone_of_another_catalogue(full_run, tmp_path, capsys):
+    other = write_lines_dataset(tmp_path / "other.txt", n_items=45, seed=1)
+    with pytest.raises(SystemExit):
+        train(other, tmp_path / "run", "--epochs=1", *ft_args(full_run))
+    err = capsys.readouterr().err
+    assert "'pretrained'" in err and "item rows" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

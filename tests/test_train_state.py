@@ -59,6 +59,12 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     assert run.check_or_write_config(load_config(None, ["epochs=2"])) is False
     assert yaml.safe_load(run.config_yaml.read_text())["epochs"] == 2
     # extending the run or hiding progress bars is a resume; changing what was computed is not
+    (run.checkpoints / "1").mkdir(parents=True)  # what a completed epoch leaves
     assert run.check_or_write_config(load_config(None, ["epochs=5", "show_progress=false"])) is True
+    (run.checkpoints / "1").rmdir()
+    # nothing computed yet (the earlier attempt failed its checks): a corrected config starts afresh
+    assert run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.01"])) is False
+    assert yaml.safe_load(run.config_yaml.read_text())["learning_rate"] == 0.01
+    (run.checkpoints / "1").mkdir()
     with pytest.raises(ConfigError, match=r"config.yaml.*'?learning_rate"):
-        run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.01"]))
+        run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.02"]))

@@ -150,7 +150,7 @@ class Trainer:
         names = sorted(fetched, key=lambda k: (k != "loss", k == "grad_norm", k))  # loss first, grad_norm last
         record.update({k: float(np.mean(fetched[k])) for k in names})
         record.update(hook_info)
-        terms = ", ".join(f"{k}: {record[k]:.4f}" for k in names)
+        terms = ", ".join([f"{k}: {record[k]:.4f}" for k in names] + [f"{k}: {v}" for k, v in hook_info.items()])
         log.info("epoch %d training [time: %.2fs, %s]", epoch, train_time, terms)
 
         if (epoch + 1) % cfg.eval_step == 0:
@@ -228,9 +228,10 @@ class Trainer:
             which = f"best valid epoch {loop['best_epoch']}"
         else:
             which = "last epoch (validation never ran: eval_step > epochs)"
-        score = self.task.score_fn(params)
         t0 = time.perf_counter()
-        valid = evaluate_split(score, self.dataset, "valid", cfg)
+        for key, value in (self.task.before_final(params) or {}).items():
+            log.info("before the final evaluation: %s = %s", key, value)
+        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
         self.task.before_test(params)
         test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg)
         results = {

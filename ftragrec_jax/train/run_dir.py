@@ -72,7 +72,7 @@ class RunDir:
     def check_or_write_config(self, cfg: Config) -> bool:
         """Write config.yaml for a new run; for an existing one, refuse a config that would change its results.
 
-        Returns True when the folder already holds a run of this config (a resume).
+        Returns True when the folder already holds computed epochs of this config (a resume).
         """
         self.path.mkdir(parents=True, exist_ok=True)
         current = cfg.to_dict()
@@ -83,16 +83,20 @@ class RunDir:
                 raise ConfigError(f"{self.config_yaml}: unreadable ({str(e).splitlines()[0]})") from None
             changed = sorted(k for k in current if k not in RESUMABLE_CHANGES
                              and _norm(stored.get(k)) != _norm(current[k]))
+            if changed and not self.has_checkpoint():
+                changed = []  # nothing was computed under the old config (it failed its checks): start afresh
+                self.rewrite_metrics([])
             if changed:
                 detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in changed[:5])
                 raise ConfigError(
                     f"{self.config_yaml}: this folder holds a run with a different config ({detail}); "
                     f"choose another output_dir, or delete the folder to start over")
-            resumed = True
-        else:
-            resumed = False
         write_text_atomic(self.config_yaml, yaml.safe_dump(current, sort_keys=False))
-        return resumed
+        return self.has_checkpoint()
+
+    def has_checkpoint(self) -> bool:
+        """True once a complete training-state checkpoint exists (Orbax names complete steps by number)."""
+        return self.checkpoints.is_dir() and any(p.name.isdigit() for p in self.checkpoints.iterdir())
 
     # --- metrics ----------------------------------------------------------------------------
     def rewrite_metrics(self, history: list[dict]) -> None:

@@ -60,6 +60,11 @@ class Task:
         """Called before every epoch, outside jit (FTragrec: index refresh). Returns values to log."""
         return {}
 
+    def before_final(self, params) -> dict:
+        """Called once with the selected (best) parameters before the final valid/test evaluation
+        (FTragrec: keys from that model's own g). Returns values to log."""
+        return {}
+
     def before_test(self, params) -> None:
         """Called once before the test split is evaluated (FTragrec: extend the memory with valid)."""
 

@@ -7,7 +7,7 @@ from flax import nnx
 
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
-from ftragrec_jax.train.task import ScoreFn, Task
+from ftragrec_jax.train.task import Task
 
 
 def dataset_from_config(cfg: Config):
@@ -26,10 +26,8 @@ def make_task(cfg: Config, dataset) -> Task:
 
         return DuoRecTask(cfg, dataset)
     if cfg.model == "ftragrec":
-        try:
-            from ftragrec_jax.train.ftragrec_task import FTragrecTask
-        except ImportError as e:
-            raise ConfigError(f"config key 'model': FTragrec training is not installed here ({e})") from None
+        from ftragrec_jax.train.ftragrec_task import FTragrecTask
+
         return FTragrecTask(cfg, dataset)
     raise ConfigError(f"config key 'model': unknown model {cfg.model!r}")
 
@@ -46,8 +44,9 @@ def finite_params(tree) -> list[str]:
     return bad
 
 
-def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config) -> ScoreFn:
-    """Full-sort scoring for a loaded model directory (JAX-trained or converted from PyTorch)."""
+def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config):
+    """(score_fn, before_test) for a loaded model directory (JAX-trained or converted from PyTorch);
+    before_test() runs once between the valid and test evaluations (FTragrec: extend the memory)."""
     bad = finite_params(params)
     if bad:
         raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
@@ -68,9 +67,7 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config) 
             enc = nnx.merge(graphdef, state)
             return enc.scores(enc(item_seq, item_seq_len))
 
-        return lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)
-    try:
-        from ftragrec_jax.train.ftragrec_task import scorer_from_params
-    except ImportError as e:
-        raise CheckpointError(f"{path}: evaluating a {meta['model']!r} model is not installed here ({e})") from None
+        return (lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)), (lambda: None)
+    from ftragrec_jax.train.ftragrec_task import scorer_from_params
+
     return scorer_from_params(path, meta, params, dataset, cfg)

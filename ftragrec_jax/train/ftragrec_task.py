@@ -1,0 +1,173 @@
+"""FTragrec fine-tuning as a trainer task: a frozen DuoRec from `pretrained`, a trainable retriever g, and the
+knowledge base whose keys are refreshed between epochs (the only host state a resumed run must restore)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from ftragrec_jax.config import Config
+from ftragrec_jax.errors import CheckpointError, ConfigError
+from ftragrec_jax.train.run_dir import LOGGER_NAME
+from ftragrec_jax.train.task import Task
+
+
+def _hparams(source) -> "FTragrecHParams":  # noqa: F821
+    from ftragrec_jax.models.ftragrec import FTragrecHParams
+
+    names = {f.name for f in dataclasses.fields(FTragrecHParams)}
+    items = source.items() if isinstance(source, dict) else ((n, getattr(source, n)) for n in names
+                                                              if hasattr(source, n))
+    return FTragrecHParams(**{k: v for k, v in items if k in names})
+
+
+def _knowledge_base(encoder, retriever, samples, hp):
+    from ftragrec_jax.models.knowledge_base import KnowledgeBase
+
+    return KnowledgeBase.build(encoder, retriever, samples, backend=hp.retrieval_backend,
+                               faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
+                               faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size)
+
+
+def load_pretrained_encoder(path: str, dataset):
+    """The frozen backbone from a model directory, checked against the dataset's item vocabulary."""
+    from ftragrec_jax.checkpoint import check_vocab_compat, encoder_from_model_dir
+
+    if not path:
+        raise ConfigError("config key 'pretrained': expected a DuoRec model directory for model=ftragrec")
+    try:
+        encoder, meta, vocab = encoder_from_model_dir(path)
+    except CheckpointError as e:
+        raise ConfigError(f"config key 'pretrained': {e}") from None
+    try:
+        check_vocab_compat(meta, dataset.n_items, f"pretrained {path}")
+    except CheckpointError as e:
+        raise ConfigError(f"config key 'pretrained': {e}") from None
+    if vocab is not None and vocab.item_tokens != dataset.vocab.item_tokens:
+        raise ConfigError(f"config key 'pretrained': {path} was trained on a different item vocabulary "
+                          f"(same count, different items) than the dataset")
+    return encoder, meta
+
+
+class FTragrecTask(Task):
+    model = "ftragrec"
+    batch_fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
+
+    def __init__(self, cfg: Config, dataset):
+        from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, make_train_step, validate_setup
+        from ftragrec_jax.optim import make_optimizer
+
+        self.cfg, self.dataset = cfg, dataset
+        self.hp = _hparams(cfg)
+        encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
+        validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
+                       encoder_cfg=encoder.config, n_items=dataset.n_items)
+        self.encoder_cfg = encoder.config
+        model = build_ftragrec(encoder, self.hp, seed=cfg.seed)
+        self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
+        t0 = time.perf_counter()
+        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp)
+        logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s backend) built in %.1fs", len(self.kb),
+                                            self.hp.retrieval_backend, time.perf_counter() - t0)
+        self._step = make_train_step(self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher,
+                                     cached=cfg.cache_seq_output)
+        self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher)
+
+    def merge(self, params):
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def init(self):
+        return self._init_params, self.tx.init(self._init_params)
+
+    def step_data(self):
+        return self.kb.memory
+
+    def train_step(self, params, opt_state, batch, key, memory=None):
+        del key  # no dropout: the encoder is frozen and deterministic, g has none
+        return self._step(params, opt_state, batch, memory)
+
+    def score_fn(self, params):
+        from ftragrec_jax.models.ftragrec import score_fn
+
+        return score_fn(self._scorer, params, self.kb.memory)
+
+    def begin_epoch(self, params, epoch: int) -> dict:
+        interval = self.cfg.retriever_update_interval
+        if epoch == 0 or epoch % interval:
+            return {}
+        seconds = self.kb.refresh_keys(self.merge(params).retriever, chunk_size=self.hp.retrieval_chunk_size)
+        return {"index_refresh_time_s": round(seconds, 3)}
+
+    def before_final(self, params) -> dict:
+        """Keys from the selected model's own g, as a model directory evaluated later would have them."""
+        seconds = self.kb.refresh_keys(self.merge(params).retriever, chunk_size=self.hp.retrieval_chunk_size)
+        return {"index_refresh_time_s": round(seconds, 3)}
+
+    def before_test(self, params) -> None:
+        if self.cfg.extend_memory_with_valid:
+            model = self.merge(params)
+            self.kb.extend(model.encoder, model.retriever, self.dataset.valid)
+
+    def host_state(self):
+        return self.kb.state()
+
+    def restore_host_state(self, state) -> None:
+        self.kb.restore_state(jax.device_get(state))
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.cfg.mask_history:
+            out.append("mask_history is on: metrics are not comparable with RecBole/DuoRec numbers")
+        return out
+
+    def model_meta(self) -> dict:
+        ftr = dataclasses.asdict(self.hp)
+        ftr["extend_memory_with_valid"] = self.cfg.extend_memory_with_valid
+        return {"model": "ftragrec", "encoder": dataclasses.asdict(self.encoder_cfg), "ftragrec": ftr,
+                "dataset": self.cfg.dataset_settings(),
+                "source": {"pretrained": str(Path(self.cfg.pretrained).absolute())}}
+
+    def export_params(self, params) -> dict:
+        return nnx.to_pure_dict(jax.device_get(params))
+
+    def import_params(self, pure: dict, like):
+        from ftragrec_jax.checkpoint import assign_params
+
+        model = self.merge(like)
+        assign_params(model, pure)
+        return nnx.split(model, nnx.Param, ...)[1]
+
+
+def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config):
+    """(score_fn, before_test) for an FTragrec model directory: the base is rebuilt from the dataset's training
+    split with the saved g, as during training after a refresh."""
+    from ftragrec_jax.checkpoint import assign_params
+    from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+    from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
+
+    ftr = meta.get("ftragrec")
+    if not isinstance(ftr, dict):
+        raise CheckpointError(f"{path}/model.json: an FTragrec model needs its 'ftragrec' settings")
+    try:
+        hp = _hparams(ftr)
+        encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path}/model.json: bad settings ({e})") from None
+    model = build_ftragrec(encoder, hp, seed=0)
+    assign_params(model, params, f"{path}/params")
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    kb = _knowledge_base(model.encoder, model.retriever, dataset.train, hp)
+    scorer = make_scorer(graphdef, hp, rest=rest, searcher=kb.searcher)
+
+    def before_test():
+        if ftr.get("extend_memory_with_valid"):
+            kb.extend(model.encoder, model.retriever, dataset.valid)
+
+    return (lambda item_seq, item_seq_len, batch: score_fn(scorer, state, kb.memory)(item_seq, item_seq_len, batch),
+            before_test)
