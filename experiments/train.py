@@ -1,9 +1,11 @@
 """Train a model and write one run folder (config, log, metrics, checkpoints, results).
 
     python -m experiments.train                                   # quickstart on the embedded Amazon Beauty
+    python -m experiments.train --config experiments/configs/beauty_ftragrec.yaml --set pretrained=RUN/best_model
     python -m experiments.train --config experiments/configs/beauty_duorec.yaml --set seed=2021
     python -m experiments.train --config experiments/configs/sasrec.yaml --epochs=5 --data=path/to/x.inter
 
+With model=ftragrec and no `pretrained`, a DuoRec backbone is pretrained first (RUN/duorec, RUN/ftragrec).
 Re-running the same command on the same output folder resumes from its latest checkpoint.
 """
 
@@ -46,33 +48,17 @@ def main(argv=None) -> int:
 
 
 def run(cfg) -> int:
-    """Everything after the config: folder, data, task, loop, results."""
-    from ftragrec_jax.errors import FtragrecError
-    from ftragrec_jax.train import tasks
+    """Everything after the config: one training stage, or backbone + FTragrec when no backbone is given."""
     from ftragrec_jax.train.evaluate import metrics_table
-    from ftragrec_jax.train.loop import Trainer
-    from ftragrec_jax.train.run_dir import RunDir, close_log
+    from ftragrec_jax.train.pipeline import comparison_table, needs_backbone, run_path, train_pipeline, train_stage
 
-    run_dir = RunDir.for_config(cfg)
-    resumed = run_dir.check_or_write_config(cfg)  # refuses a conflicting folder before any compute
-    log = run_dir.open_log()
-    try:
-        log.info("%s run folder: %s", "resuming" if resumed else "new", run_dir.path)
-        dataset = tasks.dataset_from_config(cfg)
-        log.info("dataset %s: %d users, %d items (padding included), %d interactions; samples train %d, "
-                 "valid %d, test %d", dataset.name, dataset.n_users, dataset.n_items, dataset.n_interactions,
-                 len(dataset.train), len(dataset.valid), len(dataset.test))
-        task = tasks.make_task(cfg, dataset)
-        results = Trainer(cfg, task, dataset, run_dir, log).fit()
-        print(metrics_table(results))
-        print(f"run folder: {run_dir.path}")
-        return 0
-    except FtragrecError as e:
-        if not getattr(e, "logged", False):
-            log.error("error: %s", e)
-        raise
-    finally:
-        close_log(log)
+    if needs_backbone(cfg):
+        print(comparison_table(train_pipeline(cfg)))
+        print(f"results: {run_path(cfg) / 'results.json'}")
+    else:
+        print(metrics_table(train_stage(cfg)))
+    print(f"run folder: {run_path(cfg)}")
+    return 0
 
 
 if __name__ == "__main__":

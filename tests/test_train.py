@@ -321,3 +321,19 @@ def test_ftragrec_refuses_a_backbone_of_another_catalogue(full_run, tmp_path, ca
     err = capsys.readouterr().err
     assert "'pretrained'" in err and "item rows" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_pipeline_pretrains_then_fine_tunes(data_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(data_file, out, "--model=ftragrec", "--pretrain_epochs=1", "--epochs=1", "--top_k=3",
+                 "--retriever_inner_size=16") == 0
+    text = capsys.readouterr().out
+    assert "DuoRec" in text and "FTragrec" in text and "ndcg@10" in text and str(out) in text
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"backbone", "ftragrec", "relative_change_test"}
+    assert res["backbone"]["test"] == json.loads((out / "duorec" / "results.json").read_text())["test"]
+    ft_cfg = yaml.safe_load((out / "ftragrec" / "config.yaml").read_text())
+    assert ft_cfg["pretrained"] == str(out / "duorec" / "best_model") and ft_cfg["model"] == "ftragrec"
+    rel = res["relative_change_test"]["ndcg@10"]
+    b, f = res["backbone"]["test"]["ndcg@10"], res["ftragrec"]["test"]["ndcg@10"]
+    assert rel == pytest.approx((f - b) / b)

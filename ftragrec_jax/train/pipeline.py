@@ -1,0 +1,94 @@
+"""What `python -m experiments.train` runs: one training stage, or the two-stage FTragrec pipeline.
+
+model=ftragrec with `pretrained` empty pretrains its own backbone first:
+    RUN/duorec/     DuoRec pretraining (pretrain_epochs epochs), a complete run folder
+    RUN/ftragrec/   FTragrec fine-tuning on RUN/duorec/best_model, a complete run folder
+    RUN/results.json  both test results side by side, with the relative change
+Each stage resumes on its own, so re-running the command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ftragrec_jax.config import Config
+from ftragrec_jax.errors import FtragrecError
+from ftragrec_jax.train.run_dir import RunDir, close_log, write_text_atomic
+
+# The side-by-side table of the pipeline (issue 9): HR@5/10, NDCG@5/10, MRR@10.
+COMPARED = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
+
+
+def train_stage(cfg: Config, dataset=None) -> dict:
+    """Train one model into its run folder (resuming if it holds a run of this config); returns results."""
+    from ftragrec_jax.train import tasks
+    from ftragrec_jax.train.loop import Trainer
+
+    run_dir = RunDir.for_config(cfg)
+    resumed = run_dir.check_or_write_config(cfg)  # refuses a conflicting folder before any compute
+    log = run_dir.open_log()
+    try:
+        log.info("%s %s run in %s", "resuming" if resumed else "new", cfg.model, run_dir.path)
+        if dataset is None:
+            dataset = tasks.dataset_from_config(cfg)
+        log.info("dataset %s: %d users, %d items (padding included), %d interactions; samples train %d, "
+                 "valid %d, test %d", dataset.name, dataset.n_users, dataset.n_items, dataset.n_interactions,
+                 len(dataset.train), len(dataset.valid), len(dataset.test))
+        task = tasks.make_task(cfg, dataset)
+        return Trainer(cfg, task, dataset, run_dir, log).fit()
+    except FtragrecError as e:
+        if not getattr(e, "logged", False):
+            log.error("error: %s", e)
+        raise
+    finally:
+        close_log(log)
+
+
+def needs_backbone(cfg: Config) -> bool:
+    return cfg.model == "ftragrec" and not cfg.pretrained
+
+
+def train_pipeline(cfg: Config) -> dict:
+    """DuoRec pretraining then FTragrec fine-tuning on its best model; returns the combined results."""
+    from ftragrec_jax.data.vocab import write_json_atomic
+    from ftragrec_jax.train import tasks
+
+    root = RunDir.for_config(cfg).path
+    root.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    write_text_atomic(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    dataset = tasks.dataset_from_config(cfg)
+    backbone_cfg = dataclasses.replace(cfg, model="duorec", epochs=cfg.pretrain_epochs,
+                                       output_dir=str(root / "duorec"))
+    backbone = train_stage(backbone_cfg, dataset)
+    ft_cfg = dataclasses.replace(cfg, pretrained=str(root / "duorec" / "best_model"),
+                                 output_dir=str(root / "ftragrec"))
+    tuned = train_stage(ft_cfg, dataset)
+    combined = {"backbone": {"valid": backbone["valid"], "test": backbone["test"],
+                             "run": str(root / "duorec")},
+                "ftragrec": {"valid": tuned["valid"], "test": tuned["test"], "run": str(root / "ftragrec")},
+                "relative_change_test": relative_change(backbone["test"], tuned["test"]),
+                "protocol": tuned["protocol"]}
+    write_json_atomic(root / "results.json", combined)
+    return combined
+
+
+def relative_change(base: dict, new: dict) -> dict:
+    return {k: (new[k] - base[k]) / base[k] if base.get(k) else None for k in new if k in base}
+
+
+def comparison_table(combined: dict) -> str:
+    """Backbone vs FTragrec on test, one metric per row, with the relative change."""
+    b, f = combined["backbone"]["test"], combined["ftragrec"]["test"]
+    rel = combined["relative_change_test"]
+    lines = [f"{'test':<10}{'DuoRec':>10}{'FTragrec':>10}{'change':>10}"]
+    for k in COMPARED:
+        change = f"{100 * rel[k]:+.1f}%" if rel.get(k) is not None else "n/a"
+        lines.append(f"{k:<10}{b[k]:>10.4f}{f[k]:>10.4f}{change:>10}")
+    return "\n".join(lines)
+
+
+def run_path(cfg: Config) -> Path:
+    return RunDir.for_config(cfg).path
