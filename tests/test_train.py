@@ -337,3 +337,13 @@ def test_pipeline_pretrains_then_fine_tunes(data_file, tmp_path, capsys):
     rel = res["relative_change_test"]["ndcg@10"]
     b, f = res["backbone"]["test"]["ndcg@10"], res["ftragrec"]["test"]["ndcg@10"]
     assert rel == pytest.approx((f - b) / b)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_state_their_command(path):
+    from ftragrec_jax.config import load_config
+
+    load_config(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# python -m experiments.train")
+    assert f"experiments/configs/{path.name}" in first or path.name == "quickstart.yaml"
