@@ -347,3 +347,18 @@ def test_shipped_configs_load_and_state_their_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# python -m experiments.train")
     assert f"experiments/configs/{path.name}" in first or path.name == "quickstart.yaml"
+
+
+def test_four_device_run_matches_one_device(full_run, data_file, tmp_path):
+    """The same loop on a 4-device mesh (forced CPU devices): same losses and metrics to float32 tolerance."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
+           *[f"--{x}" for x in TINY], "--epochs=1", "--mesh=4"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = metrics_lines(out)[0], metrics_lines(full_run)[0]
+    for k in ("loss", "ce", "sem_nce", "grad_norm"):
+        assert a[k] == pytest.approx(b[k], rel=1e-5), k
+    for k, v in b["valid"].items():
+        assert a["valid"][k] == pytest.approx(v, abs=2e-4), k  # 4-decimal metrics; a rank tie may flip

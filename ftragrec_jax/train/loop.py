@@ -49,6 +49,7 @@ class Trainer:
         self.base_key = jax.random.key(cfg.seed, impl="unsafe_rbg")
         self._step = jax.jit(self._keyed_step, donate_argnums=(0, 1))
         self._compiled = None
+        self.main = parallel.is_main_process()
 
     def _keyed_step(self, params, opt_state, batch, step, base_key, data):
         return self.task.train_step(params, opt_state, batch, jax.random.fold_in(base_key, step), data)
@@ -81,7 +82,7 @@ class Trainer:
                 "history": [], "stopped": None, "train_time_s": 0.0}
         latest = ckpts.latest()
         if latest is None:
-            if self.run.metrics_jsonl.exists():  # a run killed before its first checkpoint
+            if self.main and self.run.metrics_jsonl.exists():  # a run killed before its first checkpoint
                 self.run.rewrite_metrics([])
             return params, opt_state, loop
         like = arrays_like(params, opt_state, self.task.host_state())
@@ -92,7 +93,8 @@ class Trainer:
             loop["stopped"] = None
         if "host" in arrays:
             self.task.restore_host_state(arrays["host"])
-        self.run.rewrite_metrics(loop["history"])
+        if self.main:
+            self.run.rewrite_metrics(loop["history"])
         self._ensure_latest_model(arrays["params"], latest - 1, loop)
         self.log.info("resuming from %s: %d epochs done, global step %d, best %s=%s (epoch %s)",
                       ckpts.directory / str(latest), latest, loop["step"], self.cfg.valid_metric,
@@ -160,7 +162,8 @@ class Trainer:
         loop["history"].append(record)
         ckpts.save(epoch + 1, arrays_like(params, opt_state, task.host_state()), loop)
         self._save_model(self.run.latest_model, params, epoch, record.get("valid"))
-        self.run.append_metrics(record)
+        if self.main:
+            self.run.append_metrics(record)
         if loop["stopped"]:
             log.info("Finished training, best eval result in epoch %s", loop["best_epoch"])
         return params, opt_state
@@ -210,6 +213,8 @@ class Trainer:
     def _save_model(self, path, params, epoch: int, valid: dict | None) -> None:
         from ftragrec_jax.checkpoint import save_model
 
+        if not self.main:  # multi-host: one writer; Orbax training state is saved by every process together
+            return
         meta = self.task.model_meta()
         source = dict(meta.get("source") or {})
         source.update({"trainer": "ftragrec-jax", "run": str(self.run.path), "epoch": epoch,
@@ -241,7 +246,8 @@ class Trainer:
             "eval_time_s": round(time.perf_counter() - t0, 2), "seed": cfg.seed,
             "protocol": protocol_info(self.dataset, cfg),
         }
-        self.run.write_results(results)
+        if self.main:
+            self.run.write_results(results)
         log.info("best valid result (%s): %s", which, format_metrics(valid))
         log.info("test result: %s", format_metrics(test))
         log.info("results: %s", self.run.results_json)
