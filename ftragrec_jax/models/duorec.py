@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.bucketing import encode_bucketed
 
 
 class SameTargetIndex(NamedTuple):
@@ -131,8 +132,9 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     and either sem_aug / sem_aug_lengths (the same-target sequences, as DuoRec's dataloader gives) or
     index int32[B] (training-sample ids) with `same_target` to draw them here.
     key: dropout/sampling key, None = deterministic (no dropout; needs sem_aug in the batch).
-    fuse_passes: run the three encoder passes as one batch of 3B rows (dropout masks are drawn per
-    element, so rows are as independent as in three separate passes, just faster).
+    fuse_passes: run the three encoder passes as one batch of 3B rows, length-bucketed
+    (models/bucketing.py: exact, and ~3x fewer tokens on Amazon-like length distributions); dropout
+    masks are drawn per element, so rows are as independent as in three separate passes.
     """
     item_seq, item_seq_len = batch["item_seq"], batch["item_seq_len"]
     target = batch["target"].astype(jnp.int32)
@@ -142,7 +144,8 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     table = encoder.item_table()
 
     if lmd_sem == 0:
-        out = encoder(item_seq, item_seq_len, k_pass)
+        out = encode_bucketed(encoder, item_seq, item_seq_len, k_pass) if fuse_passes else encoder(
+            item_seq, item_seq_len, k_pass)
         ce = masked_cross_entropy(out @ table.T, target, weights)
         return ce, {"loss": ce, "ce": ce, "sem_nce": jnp.zeros_like(ce)}
 
@@ -156,7 +159,8 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
 
     b = item_seq.shape[0]
     if fuse_passes:
-        outs = encoder(
+        outs = encode_bucketed(
+            encoder,
             jnp.concatenate([item_seq, item_seq, sem_seq]).astype(jnp.int32),
             jnp.concatenate([item_seq_len, item_seq_len, sem_len]).astype(jnp.int32),
             k_pass,
