@@ -35,13 +35,29 @@ def naive_top_k(q, q_user, q_prefix, keys, user, prefix, k):
     return out
 
 
-@pytest.mark.parametrize("chunk", [64, 700, 100000, 333])
-def test_exact_matches_naive_reference(chunk):
-    q, qu, qp, keys, user, prefix = _base(0)
+@pytest.mark.parametrize("n,chunk", [(700, 64), (700, 700), (700, 100000), (700, 333), (5000, 100000),
+                                     (5000, 1500)])
+def test_exact_matches_naive_reference(n, chunk):
+    q, qu, qp, keys, user, prefix = _base(0, n=n)
     ids, scores = jax.jit(lambda *a: exact_search(*a, top_k=5, chunk_size=chunk))(q, qu, qp, keys, user, prefix)
     ref = naive_top_k(q, qu, qp, keys, user, prefix, 5)
     np.testing.assert_array_equal(np.asarray(ids), ref)
     np.testing.assert_allclose(np.asarray(scores), np.take_along_axis(q @ keys.T, ref, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_two_stage_top_k_equals_lax_top_k():
+    from ftragrec_jax.models.retrieval import GROUP, _top_k
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(9, 50 * GROUP + 17)).astype(np.float32)
+    scores[0, 3:] = -np.inf  # fewer finite values than k
+    scores[1, :] = -np.inf
+    scores[2, rng.integers(0, scores.shape[1], 2000)] = -np.inf
+    top, idx = jax.jit(lambda s: _top_k(s, 6))(scores)
+    ref_top, ref_idx = jax.lax.top_k(scores, 6)
+    np.testing.assert_array_equal(np.asarray(top), np.asarray(ref_top))
+    finite = np.isfinite(np.asarray(ref_top))
+    np.testing.assert_array_equal(np.asarray(idx)[finite], np.asarray(ref_idx)[finite])
 
 
 def test_exclusion_rule_both_backends():

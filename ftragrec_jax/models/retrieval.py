@@ -46,11 +46,34 @@ def excluded(q_user, q_prefix, e_user, e_prefix):
 
 # --- exact, in-graph ------------------------------------------------------------------------------------
 
+GROUP = 128  # columns per group in the two-stage top-k
+
+
+def _top_k(scores, k):
+    """lax.top_k over the last axis, in two stages when the row is long.
+
+    A full top_k over tens of thousands of columns is a sort-like pass and dominated the CPU step. Instead take
+    the max of each group of GROUP columns, the k best groups, then top_k over those k·GROUP candidates. Exact:
+    every one of the k largest values lies in a group whose max is among the k largest group maxima.
+    """
+    b, c = scores.shape
+    n_groups = -(-c // GROUP)
+    if n_groups <= 2 * k:
+        return jax.lax.top_k(scores, min(k, c))
+    if n_groups * GROUP > c:
+        scores = jnp.pad(scores, ((0, 0), (0, n_groups * GROUP - c)), constant_values=-jnp.inf)
+    grouped = scores.reshape(b, n_groups, GROUP)
+    _, groups = jax.lax.top_k(grouped.max(axis=-1), k)  # [b, k]
+    cand = jnp.take_along_axis(grouped, groups[:, :, None], axis=1).reshape(b, k * GROUP)
+    top, pos = jax.lax.top_k(cand, k)
+    idx = jnp.take_along_axis(groups, pos // GROUP, axis=1) * GROUP + pos % GROUP
+    return top, idx  # a padded column can only be picked with score -inf, which becomes id -1
+
+
 def _block_top_k(query, keys, e_user, e_prefix, q_user, q_prefix, offset, k):
     scores = query @ keys.T
     scores = jnp.where(excluded(q_user, q_prefix, e_user, e_prefix), -jnp.inf, scores)
-    kk = min(k, keys.shape[0])
-    top, idx = jax.lax.top_k(scores, kk)
+    top, idx = _top_k(scores, k)
     return top, (idx + offset).astype(jnp.int32)
 
 
