@@ -89,6 +89,35 @@ def test_us_x_loss_terms_and_gradients_match(twins, batch, fuse):
     _assert_grads_match(t_grads, j_grads)
 
 
+def test_length_bucketed_fused_pass_matches_torch_on_a_larger_batch():
+    """3B = 192 rows, max length 40: the fused pass goes through models/bucketing.py with a short
+    chunk (budget 8) and a full one (budget 40), which must still equal DuoRec's full-length passes."""
+    from ftragrec_jax.models.bucketing import length_budgets
+
+    max_len = 40
+    cfg = EncoderConfig(n_items=N_ITEMS, max_seq_length=max_len, hidden_size=16, n_layers=2, n_heads=2,
+                        inner_size=32, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    ref, enc = twin_models(cfg, seed=13, lmd_sem=LMD_SEM, tau=TAU)
+    big = random_batch(np.random.default_rng(21), 64, max_len, N_ITEMS)
+    big["item_seq_len"][3:50] = np.minimum(big["item_seq_len"][3:50], 5)
+    big["sem_aug_lengths"][3:45] = np.minimum(big["sem_aug_lengths"][3:45], 5)
+    for k, lk in (("item_seq", "item_seq_len"), ("sem_aug", "sem_aug_lengths")):
+        big[k][np.arange(max_len)[None, :] >= big[lk][:, None]] = 0  # keep right padding exact
+    all_lens = np.sort(np.concatenate([big["item_seq_len"], big["item_seq_len"], big["sem_aug_lengths"]]))
+    assert all_lens[127] <= 8 < all_lens[-1] and 8 in length_budgets(max_len)  # two different budgets
+    ref.zero_grad()
+    t_loss, t_terms = _torch_loss(ref, big)
+    t_loss.backward()
+    t_grads = {k: p.grad.numpy().copy() for k, p in ref.named_parameters()}
+    graphdef, params = nnx.split(enc, nnx.Param)
+    f = jax.jit(jax.value_and_grad(
+        lambda p: duorec_loss(nnx.merge(graphdef, p), big, None, lmd_sem=LMD_SEM, tau=TAU), has_aux=True))
+    (loss, aux), grads = f(params)
+    assert abs(float(loss) - t_loss.item()) <= 1e-5
+    assert abs(float(aux["sem_nce"]) - t_terms["sem_nce"].item()) <= 1e-5
+    _assert_grads_match(t_grads, _grads_as_torch_keys(graphdef, grads))
+
+
 def test_padding_id_lookups_send_no_gradient_to_row_0_as_in_torch(twins, batch):
     """nn.Embedding(padding_idx=0): when an output is read at a padded position (length past the
     items), the lookup of id 0 must not train row 0; only the logits do."""
