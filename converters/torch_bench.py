@@ -41,7 +41,7 @@ def to_device(batch: dict, dev: torch.device) -> dict:
 
 
 def _load(model: torch.nn.Module, state: dict) -> None:
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}, strict=True)
 
 
 def duorec_model(enc_cfg, state: dict, dev: torch.device, *, lmd_sem: float = 0.1, tau: float = 1.0) -> TorchDuoRec:

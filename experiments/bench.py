@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write rows, machine info and the command line to this file")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     what = [w.strip() for w in args.what.split(",") if w.strip()]
     bad = [w for w in what if w not in BENCHES]
     if bad:
@@ -603,6 +604,8 @@ def _configure_jax(device: str | None) -> None:
 
 def run(args) -> dict:
     _configure_jax(args.device)
+    started = benchlib.machine(args.argv)  # date and load average at the start of the run
+    t_start = time.perf_counter()
     ctx = Context(args)
     cores = len(os.sched_getaffinity(0))
     same = "the same as" if args.threads == cores else "NOT the same as"
@@ -629,9 +632,11 @@ def run(args) -> dict:
     print(table)
     for name, why in errors.items():
         print(f"{name}: {why}")
-    report = {"format": "ftragrec-jax/bench/v1", "machine": benchlib.machine(), "header": header,
+    machine = {**benchlib.machine(args.argv), "date_utc": started["date_utc"],
+               "loadavg_at_start": started.get("loadavg_at_start"), "seconds": round(time.perf_counter() - t_start, 1)}
+    report = {"format": "ftragrec-jax/bench/v1", "machine": machine, "header": header,
               "jax_device": ctx.jax_device, "torch_device": ctx.torch_device, "torch_threads": args.threads,
-              "settings": {k: v for k, v in vars(args).items() if k != "json"},
+              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "argv")},
               "rows": rows, "errors": errors, "table": table}
     if args.json:
         from ftragrec_jax.data.vocab import write_json_atomic

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -134,11 +135,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict:
+def machine(argv: list[str] | None = None) -> dict:
     info = {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-            "command": " ".join([os.path.basename(sys.executable), "-m", "experiments.bench", *sys.argv[1:]])}
+            "command": shlex.join(["python", "-m", "experiments.bench",
+                                  *(sys.argv[1:] if argv is None else argv)])}
     try:
         with open("/proc/loadavg") as f:
             info["loadavg_at_start"] = f.read().split()[:3]
