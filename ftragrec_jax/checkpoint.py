@@ -1,4 +1,6 @@
-"""The model directory: DIR/model.json + DIR/params/ (Orbax) + optional DIR/vocab.json.
+"""The model directory: DIR/model.json + DIR/params/ (Orbax) + optional DIR/vocab.json
++ optional DIR/knowledge_base.npz (FTragrec: the base's frozen encodings, so the model recommends without
+its training data).
 
 A model directory is written whole into a temporary sibling and swapped into place (an atomic
 exchange on Linux), so a reader sees either the previous complete model or the new complete one,
@@ -29,6 +31,9 @@ FORMAT = "ftragrec-jax/model/v1"
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 VOCAB_JSON = "vocab.json"
+KNOWLEDGE_BASE = "knowledge_base.npz"
+# h float32 [N, H] (frozen encoder output), target/user/prefix_len int32 [N]; keys are recomputed with g.
+KB_FIELDS = {"h": np.float32, "target": np.int32, "user": np.int32, "prefix_len": np.int32}
 MODELS = ("duorec", "ftragrec")
 
 
@@ -90,12 +95,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
+def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_base: dict | None = None) -> Path:
     """Write a complete model directory at `path`, replacing an existing model directory atomically.
 
     `params` is a pure-dict tree (`nnx.to_pure_dict(nnx.state(model, nnx.Param))`); `meta` holds at
     least "model" and "encoder" (EncoderConfig fields). Refuses to replace a non-empty folder that
-    is not a model directory, so a typo cannot delete someone's data.
+    is not a model directory, so a typo cannot delete someone's data. `knowledge_base` (FTragrec) holds the
+    KB_FIELDS arrays of the base.
     """
     dest = Path(path).absolute()
     meta = _checked_meta(meta)
@@ -112,8 +118,10 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
         _save_params(tmp / PARAMS_DIR, tree)
         if vocab is not None:
             vocab.save(tmp / VOCAB_JSON)
+        if knowledge_base is not None:
+            _save_knowledge_base(tmp / KNOWLEDGE_BASE, knowledge_base)
         write_json_atomic(tmp / MODEL_JSON, meta)  # last, so its presence means "complete"
-        for name in (MODEL_JSON, VOCAB_JSON):
+        for name in (MODEL_JSON, VOCAB_JSON, KNOWLEDGE_BASE):
             if (tmp / name).exists():
                 os.chmod(tmp / name, 0o644)  # mkstemp files are private; a model is meant to be shared
         _fsync_dir(tmp)
@@ -122,6 +130,42 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _save_knowledge_base(path: Path, kb: dict) -> None:
+    arrays = {}
+    for name, dtype in KB_FIELDS.items():
+        if name not in kb:
+            raise CheckpointError(f"knowledge base: missing array {name!r}")
+        arrays[name] = np.asarray(kb[name], dtype=dtype)
+    n = len(arrays["h"])
+    if arrays["h"].ndim != 2 or any(a.shape != (n,) for k, a in arrays.items() if k != "h"):
+        raise CheckpointError("knowledge base: expected h [N, H] and target/user/prefix_len [N]")
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_knowledge_base(path) -> dict | None:
+    """The stored knowledge-base arrays of a model directory, or None when it has none (read without pickle)."""
+    src = Path(path) / KNOWLEDGE_BASE
+    if not src.exists():
+        return None
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            arrays = {name: np.asarray(z[name]) for name in KB_FIELDS}
+    except KeyError as e:
+        raise CheckpointError(f"{src}: missing array {e.args[0]!r}") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{src}: unreadable knowledge base ({e})") from None
+    n = len(arrays["h"])
+    if arrays["h"].ndim != 2 or any(arrays[k].shape != (n,) for k in ("target", "user", "prefix_len")):
+        raise CheckpointError(f"{src}: expected h [N, H] and target/user/prefix_len [N]")
+    for name, dtype in KB_FIELDS.items():
+        if arrays[name].dtype != dtype:
+            raise CheckpointError(f"{src}: {name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
+    return arrays
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -120,6 +120,11 @@ class FTragrecTask(Task):
     def restore_host_state(self, state) -> None:
         self.kb.restore_state(jax.device_get(state))
 
+    def knowledge_base_arrays(self) -> dict:
+        n = self.kb.n_train  # the training-split base, never the valid extension made before testing
+        return {"h": self.kb.h[:n], "target": self.kb.target[:n], "user": self.kb.user[:n],
+                "prefix_len": self.kb.prefix_len[:n]}
+
     def warnings(self) -> list[str]:
         out = []
         if self.cfg.mask_history:

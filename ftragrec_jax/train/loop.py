@@ -220,7 +220,8 @@ class Trainer:
         source.update({"trainer": "ftragrec-jax", "run": str(self.run.path), "epoch": epoch,
                        "seed": self.cfg.seed, "valid": valid})
         meta["source"] = source
-        save_model(path, self.task.export_params(params), meta, vocab=self.dataset.vocab)
+        save_model(path, self.task.export_params(params), meta, vocab=self.dataset.vocab,
+                   knowledge_base=self.task.knowledge_base_arrays())
 
     # --- the end ------------------------------------------------------------------------------
     def _final(self, params, loop: dict) -> dict:

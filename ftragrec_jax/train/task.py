@@ -75,6 +75,11 @@ class Task:
     def restore_host_state(self, state: dict) -> None:
         """Inverse of host_state, called when resuming."""
 
+    def knowledge_base_arrays(self) -> dict | None:
+        """Arrays saved with every model directory as knowledge_base.npz (FTragrec: its base, so the saved
+        model recommends without the training data), or None."""
+        return None
+
     def warnings(self) -> list[str]:
         """Suspicious-but-legal settings to log once at start."""
         return []
