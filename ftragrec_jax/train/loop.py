@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftragrec_jax import parallel
+from ftragrec_jax import parallel, plots
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
 from ftragrec_jax.train.evaluate import evaluate_split, format_metrics, protocol_info
@@ -249,6 +249,7 @@ class Trainer:
         }
         if self.main:
             self.run.write_results(results)
+            plots.write_run_plots(self.run.path, log)
         log.info("best valid result (%s): %s", which, format_metrics(valid))
         log.info("test result: %s", format_metrics(test))
         log.info("results: %s", self.run.results_json)
