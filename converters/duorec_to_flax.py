@@ -138,10 +138,12 @@ def format_report(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converters.duorec_to_flax", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m converters.duorec_to_flax", description=__doc__.split("\n\n")[0],
+                                 epilog="then: python -m experiments.evaluate --checkpoint DEST_DIR --data FILE.inter",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("src", help="PyTorch checkpoint (.pth): RecBole checkpoint dict or plain state_dict")
     ap.add_argument("dest", help="model directory to create")
-    ap.add_argument("--n-heads", type=int, default=None, help="attention heads, if the file has no RecBole config")
+    ap.add_argument("--n-heads", type=int, default=None, help="attention heads, only for a file without a RecBole config")
     ap.add_argument("--overwrite", action="store_true", help="replace DEST if it is an existing model directory")
     args = ap.parse_args(argv)
     try:

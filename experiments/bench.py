@@ -36,7 +36,8 @@ POOL = 4  # distinct batches cycled through by the step benches (not always the 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--what", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--items", type=int, default=12102, help="catalogue size of random data (Beauty: 12,102)")
     p.add_argument("--users", type=int, default=BEAUTY["users"], help="users of random data (--data synthetic)")

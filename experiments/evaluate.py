@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli_common import config_key_help, fail, reject_unknown
+from experiments.cli_common import HelpFormatter, config_key_help, fail, reject_unknown
 
 
 def parse_args(argv):
@@ -21,7 +21,7 @@ def parse_args(argv):
     rest, flag_overrides = split_cli_overrides(list(argv))
     parser = argparse.ArgumentParser(
         prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_key_help())
+        formatter_class=HelpFormatter, epilog=config_key_help())
     parser.add_argument("--checkpoint", required=True, help="model directory (model.json + params/)")
     parser.add_argument("--data", default=None,
                         help="dataset file (default: the path stored in the checkpoint, else embedded Beauty)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli_common import CONFIG_DIR, config_key_help, fail, reject_unknown
+from experiments.cli_common import CONFIG_DIR, HelpFormatter, config_key_help, fail, reject_unknown
 
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
 
@@ -25,7 +25,7 @@ def parse_args(argv):
     rest, flag_overrides = split_cli_overrides(list(argv))
     parser = argparse.ArgumentParser(
         prog="python -m experiments.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_key_help())
+        formatter_class=HelpFormatter, epilog=config_key_help())
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML config file (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
