@@ -165,14 +165,14 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher):
     query = embed(model.retriever, seq_output)
     ids = retrieve(query, batch["user"], batch["prefix_len"], memory, backend=hp.retrieval_backend,
                    top_k=hp.top_k, chunk_size=hp.retrieval_chunk_size, searcher=searcher)
-    return seq_output, ids
+    return seq_output, query, ids
 
 
 def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams, seq_output=None,
                   searcher: FaissSearcher | None = None):
     """(total, aux) for one batch. `seq_output` [B, H]: the cached frozen encoder output of the batch rows
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
-    seq_output, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
+    seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
     return ftragrec_terms(model.retriever, seq_output, ids, memory.h, memory.target,
                           model.encoder.item_table(), batch["target"], mask, hp)
@@ -181,8 +181,7 @@ def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecH
 def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
                     searcher: FaissSearcher | None = None):
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation)."""
-    seq_output, ids = _query_side(model, batch, memory, hp, None, searcher)
-    query = embed(model.retriever, seq_output)
+    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher)
     table = model.encoder.item_table()
     nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp)
     return nb["enhanced"] @ table.T
@@ -221,10 +220,8 @@ def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSear
     return jax.jit(scores)
 
 
-EVAL_FIELDS = ("item_seq", "item_seq_len", "user", "prefix_len")
-
-
 def score_fn(scorer, params, memory: Memory):
+    """The evaluator's callable; the exclusion rule needs each row's user and prefix_len from its batch."""
     def fn(item_seq, item_seq_len, batch):
         missing = [k for k in ("user", "prefix_len") if k not in batch]
         if missing:
