@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,8 @@ def load_knowledge_base(path) -> dict | None:
             arrays = {name: np.asarray(z[name]) for name in KB_FIELDS}
     except KeyError as e:
         raise CheckpointError(f"{src}: missing array {e.args[0]!r}") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{src}: unreadable knowledge base ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{src}: unreadable knowledge base ({type(e).__name__}: {e})") from None
     n = len(arrays["h"])
     if arrays["h"].ndim != 2 or any(arrays[k].shape != (n,) for k in ("target", "user", "prefix_len")):
         raise CheckpointError(f"{src}: expected h [N, H] and target/user/prefix_len [N]")

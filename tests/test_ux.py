@@ -169,6 +169,54 @@ def test_recommend_without_vocab_needs_the_data_file(dataset, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
+def test_ftragrec_dir_without_a_stored_base_rebuilds_it_from_the_data(ftragrec_dir, dataset, tmp_path, capsys):
+    """An FTragrec dir saved before bases were stored: told to pass --data, and then the same recommendations."""
+    import shutil
+
+    import ftragrec_jax
+    from ftragrec_jax.errors import CheckpointError
+
+    data_file = write_lines_dataset(tmp_path / "tiny.txt", n_users=40, n_items=25)
+    old = tmp_path / "old"
+    shutil.copytree(ftragrec_dir, old)
+    (old / "knowledge_base.npz").unlink()
+    meta = json.loads((old / "model.json").read_text())
+    meta["dataset"] = {"data": str(data_file), "min_user_inter_num": 3, "min_item_inter_num": 1,
+                       "MAX_ITEM_LIST_LENGTH": 6}
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="knowledge_base.npz.*--data"):
+        ftragrec_jax.load(old)
+    toks = list(dataset.vocab.item_tokens[2:6])
+    want = ftragrec_jax.load(ftragrec_dir).recommend(toks, k=5)
+    got = ftragrec_jax.load(old, data=str(data_file)).recommend(toks, k=5)
+    assert got.items == want.items
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+
+
+def test_knowledge_base_file_is_checked_and_never_unpickled(ftragrec_dir, tmp_path):
+    import shutil
+
+    from ftragrec_jax.checkpoint import load_knowledge_base
+    from ftragrec_jax.errors import CheckpointError
+
+    good = load_knowledge_base(ftragrec_dir)
+    bad_cases = {
+        "object array": dict(good, user=np.array([object()] * len(good["user"]), dtype=object)),
+        "wrong length": dict(good, target=good["target"][:-1]),
+        "wrong dtype": dict(good, h=good["h"].astype(np.float64)),
+        "missing": {k: v for k, v in good.items() if k != "prefix_len"},
+    }
+    for name, arrays in bad_cases.items():
+        d = tmp_path / name.replace(" ", "_")
+        shutil.copytree(ftragrec_dir, d)
+        np.savez(d / "knowledge_base.npz", **arrays)
+        with pytest.raises(CheckpointError, match="knowledge_base.npz"):
+            load_knowledge_base(d)
+    (d / "knowledge_base.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="knowledge_base.npz"):
+        load_knowledge_base(d)
+
+
 def test_import_stays_light():
     code = "import sys, ftragrec_jax; assert callable(ftragrec_jax.load); print(sorted(m for m in ('jax', 'flax', " \
            "'orbax', 'matplotlib') if m in sys.modules))"
