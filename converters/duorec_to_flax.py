@@ -143,7 +143,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("src", help="PyTorch checkpoint (.pth): RecBole checkpoint dict or plain state_dict")
     ap.add_argument("dest", help="model directory to create")
-    ap.add_argument("--n-heads", type=int, default=None, help="attention heads, only for a file without a RecBole config")
+    ap.add_argument("--n-heads", type=int, default=None,
+                    help="attention heads, only for a file without a RecBole config")
     ap.add_argument("--overwrite", action="store_true", help="replace DEST if it is an existing model directory")
     args = ap.parse_args(argv)
     try:

@@ -320,7 +320,8 @@ def test_config_reference_is_up_to_date():
     from ftragrec_jax.config import Config
 
     text = render()
-    assert DOC.read_text(encoding="utf-8") == text, "docs/config.md is stale: run python -m experiments.config_reference"
+    stale = "docs/config.md is stale: run python -m experiments.config_reference"
+    assert DOC.read_text(encoding="utf-8") == text, stale
     defaults = Config()
     for f in dataclasses.fields(Config):
         assert text.count(f"| `{f.name}` |") == 1, f.name  # every key documented exactly once
@@ -330,7 +331,8 @@ def test_config_reference_is_up_to_date():
 
 
 ENTRY_POINTS = ["experiments.train", "experiments.evaluate", "experiments.plot", "experiments.recommend",
-                "experiments.config_reference", "experiments.bench", "converters.duorec_to_flax"]
+                "experiments.config_reference", "experiments.bench", "converters.duorec_to_flax",
+                "converters.flax_to_duorec"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
