@@ -19,6 +19,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 # FTragrec's seed defaults, as issue 5 specifies them (the values in brackets there). A test checks that the
 # Config defaults still equal these, so a changed default cannot keep its "seed default" mark silently.
+SEED_CONFIGS = ("beauty_ftragrec.yaml", "sports_ftragrec.yaml")  # the shipped configs that use them
 SEED_DEFAULTS = {"retrieval_backend": "faiss", "faiss_index": "Flat", "top_k": 5, "retriever_layers": 1,
                  "retriever_temperature": 0.07, "quality_threshold": 0.6, "alpha": 0.15, "enhanced_rec_weight": 0.5,
                  "kl_small_weight": 0.03, "retriever_update_interval": 10, "extend_memory_with_valid": False}
@@ -33,8 +34,8 @@ with `--set key=value` or RecBole's `--key=value`; values are parsed as YAML (`-
 defaults < YAML file < command line. An unknown key is an error that suggests close matches. Values out of range
 are rejected before any compute, with a message naming the key.
 
-{MARK} marks FTragrec's seed defaults (the design's values from the FTragrec specification); the shipped
-`*_ftragrec.yaml` configs keep them.
+{MARK} marks FTragrec's seed defaults (the design's values from the FTragrec specification);
+`experiments/configs/beauty_ftragrec.yaml` and `sports_ftragrec.yaml` use them.
 """
 
 

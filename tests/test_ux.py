@@ -316,8 +316,8 @@ def test_trainer_hook_draws_stages_and_pipeline(tmp_path):
 
 
 def test_config_reference_is_up_to_date():
-    from experiments.config_reference import DOC, SEED_DEFAULTS, render
-    from ftragrec_jax.config import Config
+    from experiments.config_reference import DOC, SEED_CONFIGS, SEED_DEFAULTS, render
+    from ftragrec_jax.config import Config, load_config
 
     text = render()
     stale = "docs/config.md is stale: run python -m experiments.config_reference"
@@ -328,6 +328,9 @@ def test_config_reference_is_up_to_date():
     for key, value in SEED_DEFAULTS.items():
         assert getattr(defaults, key) == value, f"{key}: Config default differs from FTragrec's seed default"
         assert f"| `{key}` |" in text and "★" in text.split(f"| `{key}` |")[1].split("\n")[0]
+    for name in SEED_CONFIGS:  # the docs say these configs use the seed defaults
+        cfg = load_config(ROOT / "experiments" / "configs" / name)
+        assert {k: getattr(cfg, k) for k in SEED_DEFAULTS} == SEED_DEFAULTS, name
 
 
 ENTRY_POINTS = ["experiments.train", "experiments.evaluate", "experiments.plot", "experiments.recommend",
