@@ -43,10 +43,18 @@ def data_file(tmp_path_factory) -> Path:
     return write_lines_dataset(tmp_path_factory.mktemp("data") / "tiny.txt")
 
 
+def cli_args(data_file, out, *extra) -> list[str]:
+    """The CLI on the config defaults (not quickstart.yaml, which may change) plus the tiny settings."""
+    empty = data_file.parent / "defaults.yaml"
+    empty.write_text("# the Config defaults\n")
+    return ["--config", str(empty), "--set", f"data={data_file}", "--set", f"output_dir={out}",
+            *[f"--{x}" for x in TINY], *extra]
+
+
 def train(data_file, out, *extra):
     from experiments.train import main
 
-    return main(["--set", f"data={data_file}", "--set", f"output_dir={out}", *[f"--{x}" for x in TINY], *extra])
+    return main(cli_args(data_file, out, *extra))
 
 
 def metrics_lines(run: Path) -> list[dict]:
@@ -134,8 +142,7 @@ def test_seed_changes_losses(full_run, data_file, tmp_path):
 
 def test_sigkill_mid_run_then_restart_is_identical(full_run, data_file, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
-           *[f"--{x}" for x in TINY], "--epochs=3"]
+    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3"]
     # both processes share a compilation cache: the restart then skips most of the compile
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -195,6 +202,9 @@ def test_config_errors_before_compute(full_run, data_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--set", f"output_dir={out}", "--learning_rat=0.1"])
     assert "did you mean learning_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # more devices than this process has: refused before data is read
+        main(["--set", f"output_dir={out}", "--mesh=64"])
+    assert "'mesh'" in capsys.readouterr().err
     assert not out.exists()
     # a folder holding a run of another config is refused before any compute, naming the key
     before = {p: p.stat().st_mtime_ns for p in full_run.rglob("*")}
@@ -285,8 +295,7 @@ def test_ftragrec_trains_only_the_retriever_and_resumes_identically(ft_run, full
 
 def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
-           *[f"--{x}" for x in TINY], "--epochs=3", *ft_args(full_run)]
+    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3", *ft_args(full_run)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -352,8 +361,7 @@ def test_shipped_configs_load_and_state_their_command(path):
 def test_four_device_run_matches_one_device(full_run, data_file, tmp_path):
     """The same loop on a 4-device mesh (forced CPU devices): same losses and metrics to float32 tolerance."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train", "--set", f"data={data_file}", "--set", f"output_dir={out}",
-           *[f"--{x}" for x in TINY], "--epochs=1", "--mesh=4"]
+    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=1", "--mesh=4"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

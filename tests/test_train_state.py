@@ -61,6 +61,8 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     # extending the run or hiding progress bars is a resume; changing what was computed is not
     (run.checkpoints / "1").mkdir(parents=True)  # what a completed epoch leaves
     assert run.check_or_write_config(load_config(None, ["epochs=5", "show_progress=false"])) is True
+    # FTragrec-only keys do not touch a DuoRec run
+    assert run.check_or_write_config(load_config(None, ["epochs=5", "top_k=3", "pretrain_epochs=2"])) is True
     (run.checkpoints / "1").rmdir()
     # nothing computed yet (the earlier attempt failed its checks): a corrected config starts afresh
     assert run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.01"])) is False

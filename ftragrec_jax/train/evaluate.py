@@ -44,8 +44,11 @@ def format_metrics(metrics: dict) -> str:
 
 def protocol_info(dataset, cfg: Config) -> dict:
     """How the numbers were obtained, stored beside them so they are never compared blindly."""
+    from ftragrec_jax.evaluation import TIE_RULE
+
     return {
         "ranking": "full sort over all items (padding excluded)",
+        "ties": TIE_RULE,
         "split": "leave-one-out (last item test, second-to-last valid)",
         "mask_history": cfg.mask_history,
         "topk": list(cfg.topk),

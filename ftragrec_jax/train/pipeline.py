@@ -25,6 +25,7 @@ def train_stage(cfg: Config, dataset=None) -> dict:
     from ftragrec_jax.train import tasks
     from ftragrec_jax.train.loop import Trainer
 
+    check_devices(cfg)
     run_dir = RunDir.for_config(cfg)
     resumed = run_dir.check_or_write_config(cfg)  # refuses a conflicting folder before any compute
     log = run_dir.open_log()
@@ -45,20 +46,26 @@ def train_stage(cfg: Config, dataset=None) -> dict:
         close_log(log)
 
 
+def check_devices(cfg: Config) -> None:
+    """`mesh` and the batch size must fit the devices; checked before data is loaded or encoded."""
+    from ftragrec_jax import parallel
+
+    parallel.check_batch_divides(cfg.train_batch_size, parallel.make_mesh(cfg.mesh))
+
+
 def needs_backbone(cfg: Config) -> bool:
     return cfg.model == "ftragrec" and not cfg.pretrained
 
 
 def train_pipeline(cfg: Config) -> dict:
     """DuoRec pretraining then FTragrec fine-tuning on its best model; returns the combined results."""
+    import yaml
+
     from ftragrec_jax.data.vocab import write_json_atomic
     from ftragrec_jax.train import tasks
 
+    check_devices(cfg)
     root = RunDir.for_config(cfg).path
-    root.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    write_text_atomic(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     dataset = tasks.dataset_from_config(cfg)
     backbone_cfg = dataclasses.replace(cfg, model="duorec", epochs=cfg.pretrain_epochs,
                                        output_dir=str(root / "duorec"))
@@ -71,6 +78,8 @@ def train_pipeline(cfg: Config) -> dict:
                 "ftragrec": {"valid": tuned["valid"], "test": tuned["test"], "run": str(root / "ftragrec")},
                 "relative_change_test": relative_change(backbone["test"], tuned["test"]),
                 "protocol": tuned["protocol"]}
+    # written last: each stage folder guards its own config (a conflicting rerun is refused there)
+    write_text_atomic(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json_atomic(root / "results.json", combined)
     return combined
 
