@@ -78,6 +78,7 @@ class Config:
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
     cache_seq_output: bool = True  # encode training samples once (the encoder is frozen) instead of every step
     retrieval_chunk_size: int = 65536  # exact backend: keys scored per chunk (bounds memory)
+    faiss_overfetch: int = 32  # faiss backend: extra candidates per query, so the exclusion filter keeps top_k
 
     # --- scale-out (issue 7) -------------------------------------------------------------------
     mesh: Any = None  # devices on the data axis: None = all local devices, or an int
@@ -93,6 +94,7 @@ class Config:
                     "retriever_inner_size", "retriever_update_interval", "nprobe", "retrieval_chunk_size"):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
+        ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
         ck.require("stopping_step", self._int("stopping_step") >= 1, "an integer >= 1")
         ck.require("epochs", self.epochs <= 1000, "at most 1000")
         ck.require("n_heads", self.hidden_size % self.n_heads == 0,
