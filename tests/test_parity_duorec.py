@@ -161,7 +161,9 @@ def test_one_adam_step_matches_torch_adam(batch):
     j_after = encoder_to_torch_state(nnx.merge(graphdef, optax.apply_updates(params, updates)))
     before = encoder_to_torch_state(enc)
     for k in t_after:
-        assert max_abs(j_after[k], t_after[k]) <= 1e-5, k  # the bound; seen: <= 2e-6
+        # the bound. Seen up to 2e-6: Adam's first step is lr * g / (|g| + eps), so for
+        # entries with |g| near eps (1e-8) float noise in g moves the step by a visible fraction of lr
+        assert max_abs(j_after[k], t_after[k]) <= 1e-5, k
     # the step really moved the weights (by ~lr, Adam's first step)
     assert max_abs(j_after["item_embedding.weight"], before["item_embedding.weight"]) > 0.5 * lr
 
