@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: cuda when available (jax and torch), else cpu")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch intra-op threads (default: all cores, as XLA uses on CPU)")
+    p.add_argument("--fp32-matmul", action="store_true",
+                   help="full float32 matmuls on both sides (GPU default: TF32 allowed on both, as jax does)")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile side of duorec_step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write rows, machine info and the command line to this file")
@@ -594,9 +596,11 @@ def bench_retrieval(ctx: Context) -> list[dict]:
 
 # --- main ---------------------------------------------------------------------------------------------
 
-def _configure_jax(device: str | None) -> None:
+def _configure_jax(device: str | None, fp32: bool) -> None:
     import jax
 
+    if fp32:
+        jax.config.update("jax_default_matmul_precision", "highest")
     if device == "cpu":
         jax.config.update("jax_platforms", "cpu")
     elif device == "cuda" and jax.default_backend() != "gpu":
@@ -604,14 +608,19 @@ def _configure_jax(device: str | None) -> None:
 
 
 def run(args) -> dict:
-    _configure_jax(args.device)
+    _configure_jax(args.device, args.fp32_matmul)
     started = benchlib.machine(args.argv)  # date and load average at the start of the run
     t_start = time.perf_counter()
     ctx = Context(args)
+    if ctx.torch is not None and ctx.torch_dev.type == "cuda":  # as jax: TF32 allowed unless --fp32-matmul
+        import torch
+
+        torch.set_float32_matmul_precision("highest" if args.fp32_matmul else "high")
     cores = len(os.sched_getaffinity(0))
     same = "the same as" if args.threads == cores else "NOT the same as"
     header = (f"JAX on {ctx.jax_device}; PyTorch on {ctx.torch_device}: torch intra-op threads = {args.threads}, "
-              f"{same} the {cores} cores XLA uses on CPU")
+              f"{same} the {cores} cores XLA uses on CPU; float32 matmuls: "
+              f"{'full precision on both sides' if args.fp32_matmul else 'each side default (GPU: TF32 allowed on both)'}")
     print(header, flush=True)
     rows, errors = [], {}
     setup = None
