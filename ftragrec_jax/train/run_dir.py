@@ -28,7 +28,7 @@ from ftragrec_jax.errors import ConfigError
 RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh")
 
 # Keys that cannot change what a DuoRec run computes; a rerun may differ in them (a key not listed here counts).
-FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "top_k",
+FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "top_k",
                  "retriever_layers", "retriever_inner_size", "retriever_temperature", "quality_threshold", "alpha",
                  "enhanced_rec_weight", "kl_small_weight", "retriever_update_interval", "extend_memory_with_valid",
                  "cache_seq_output", "retrieval_chunk_size")
@@ -88,6 +88,8 @@ class RunDir:
             except yaml.YAMLError as e:
                 raise ConfigError(f"{self.config_yaml}: unreadable ({str(e).splitlines()[0]})") from None
             ignored = RESUMABLE_CHANGES + (FTRAGREC_ONLY if cfg.model == "duorec" else ())
+            # a key added to Config after the run started reads as its default (older config.yaml lacks it)
+            stored = {**Config().to_dict(), **stored}
             changed = sorted(k for k in current if k not in ignored and _norm(stored.get(k)) != _norm(current[k]))
             if changed and not self.has_checkpoint():
                 changed = []  # nothing was computed under the old config (it failed its checks): start afresh
