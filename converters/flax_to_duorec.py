@@ -10,13 +10,12 @@ modules, which carry no weights). Written to a temp file and renamed, so OUT is 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 from ftragrec_jax.errors import CheckpointError, FtragrecError
+from ftragrec_jax.atomic import write_atomic
 
 
 def export(model_dir, out) -> dict:
@@ -32,18 +31,7 @@ def export(model_dir, out) -> dict:
     if out.is_dir():
         raise CheckpointError(f"{out}: is a directory, expected a .pth file path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(out, lambda f: torch.save(state, f))
     return {"keys": list(state), "n_params": int(sum(t.numel() for t in state.values())), "model": meta["model"]}
 
 

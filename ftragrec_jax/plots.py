@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from ftragrec_jax.errors import DataError
+from ftragrec_jax.atomic import write_atomic
 
 PNG_NAME = "learning_curves.png"
 VALID_METRICS = ("mrr@10", "ndcg@10")
@@ -123,20 +122,7 @@ def plot_runs(run_dirs, out, title: str | None = None) -> Path:
 
 
 def _save_atomic(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def write_run_plots(run_dir, log=None) -> list[Path]:

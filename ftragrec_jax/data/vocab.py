@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from pathlib import Path
 
 from ftragrec_jax.errors import DataError
+from ftragrec_jax.atomic import write_atomic
 
 PAD = "[PAD]"
 FORMAT = "ftragrec-jax/vocab/v1"
@@ -76,17 +75,4 @@ class Vocab:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), binary=False)

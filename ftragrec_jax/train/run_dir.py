@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -23,6 +22,7 @@ import yaml
 from ftragrec_jax.config import Config
 from ftragrec_jax.data.vocab import write_json_atomic
 from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.atomic import write_atomic
 
 # Keys a resumed run may change: they extend or display the run without changing what was computed so far.
 RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh")
@@ -37,19 +37,7 @@ LOGGER_NAME = "ftragrec_jax.train"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text), binary=False)
 
 
 def default_run_name(cfg: Config) -> str:
