@@ -120,22 +120,10 @@ def _dataset(meta: dict, data: str):
 
 
 def _duorec_scores(path, enc_cfg, params):
-    import jax
-    from flax import nnx
+    from ftragrec_jax.train.tasks import encoder_scorer
 
-    from ftragrec_jax.checkpoint import assign_params
-    from ftragrec_jax.models.encoder import build_encoder
-
-    encoder = build_encoder(enc_cfg, seed=0)
-    assign_params(encoder, params, f"{path}/params")
-    graphdef, state = nnx.split(encoder)
-
-    @jax.jit
-    def scores(state, item_seq, item_seq_len):
-        enc = nnx.merge(graphdef, state)
-        return enc.scores(enc(item_seq, item_seq_len))
-
-    return lambda item_seq, item_seq_len, prefix_len: scores(state, item_seq, item_seq_len)
+    score = encoder_scorer(enc_cfg, params, f"{path}/params")
+    return lambda item_seq, item_seq_len, prefix_len: score(item_seq, item_seq_len)
 
 
 def _ftragrec_scores(path, meta, enc_cfg, params, kb, dataset):

@@ -140,16 +140,13 @@ def test_seed_changes_losses(full_run, data_file, tmp_path):
     assert metrics_lines(b)[0]["loss"] != metrics_lines(full_run)[0]["loss"]
 
 
-def test_sigkill_mid_run_then_restart_is_identical(full_run, data_file, tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3"]
-    # both processes share a compilation cache: the restart then skips most of the compile
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+def kill_after_checkpoint_then_rerun(cmd, env, out, checkpoint: str):
+    """SIGKILL the run once training checkpoint `checkpoint` exists (mid-run), then rerun the same command."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     try:
-        while time.time() < deadline and not (out / "checkpoints" / "1").is_dir() and proc.poll() is None:
-            time.sleep(0.01)
+        while time.time() < deadline and not (out / "checkpoints" / checkpoint).is_dir() and proc.poll() is None:
+            time.sleep(0.005)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -157,6 +154,14 @@ def test_sigkill_mid_run_then_restart_is_identical(full_run, data_file, tmp_path
     assert not (out / "results.json").exists(), "the run finished before it was killed"
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_sigkill_mid_run_then_restart_is_identical(full_run, data_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3"]
+    # both processes share a compilation cache: the restart then skips most of the compile
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+    kill_after_checkpoint_then_rerun(cmd, env, out, "1")
     assert_same_run(full_run, out)
 
 
@@ -297,18 +302,7 @@ def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file,
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3", *ft_args(full_run)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and not (out / "checkpoints" / "2").is_dir() and proc.poll() is None:
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert not (out / "results.json").exists(), "the run finished before it was killed"
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    kill_after_checkpoint_then_rerun(cmd, env, out, "2")
     assert_same_run(ft_run, out)
 
 

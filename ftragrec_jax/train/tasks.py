@@ -51,23 +51,31 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config):
     if bad:
         raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
     if meta["model"] == "duorec":
-        from ftragrec_jax.checkpoint import assign_params
-        from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+        from ftragrec_jax.models.encoder import EncoderConfig
 
         try:
             enc_cfg = EncoderConfig(**meta["encoder"])
         except (TypeError, ConfigError) as e:
             raise CheckpointError(f"{path}/model.json: bad 'encoder' settings ({e})") from None
-        encoder = build_encoder(enc_cfg, seed=0)
-        assign_params(encoder, params, f"{path}/params")
-        graphdef, state = nnx.split(encoder)
-
-        @jax.jit
-        def scores(state, item_seq, item_seq_len):
-            enc = nnx.merge(graphdef, state)
-            return enc.scores(enc(item_seq, item_seq_len))
-
-        return (lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)), (lambda: None)
+        score = encoder_scorer(enc_cfg, params, f"{path}/params")
+        return (lambda item_seq, item_seq_len, batch: score(item_seq, item_seq_len)), (lambda: None)
     from ftragrec_jax.train.ftragrec_task import scorer_from_params
 
     return scorer_from_params(path, meta, params, dataset, cfg)
+
+
+def encoder_scorer(enc_cfg, params, source: str):
+    """Jitted `(item_seq, item_seq_len) -> full-sort scores` of a DuoRec encoder filled from `params`."""
+    from ftragrec_jax.checkpoint import assign_params
+    from ftragrec_jax.models.encoder import build_encoder
+
+    encoder = build_encoder(enc_cfg, seed=0)
+    assign_params(encoder, params, source)
+    graphdef, state = nnx.split(encoder)
+
+    @jax.jit
+    def scores(state, item_seq, item_seq_len):
+        enc = nnx.merge(graphdef, state)
+        return enc.scores(enc(item_seq, item_seq_len))
+
+    return lambda item_seq, item_seq_len: scores(state, item_seq, item_seq_len)
