@@ -51,3 +51,28 @@ def test_bucketed_with_dropout_runs_and_differs_per_key():
     a = encode_bucketed(enc, seq, lens, k, chunk=64)
     b = encode_bucketed(enc, seq, lens, jax.random.fold_in(k, 1), chunk=64)
     assert a.shape == (200, 16) and bool(jnp.all(jnp.isfinite(a))) and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_last_row_shortcut_equals_gather_of_all_states(n_layers):
+    """`encoder(seq, len)` runs its last block on one query row; it must equal reading row len-1 of the full
+    states, in value and gradient, including a length pointing past the items (row of padding)."""
+    enc = build_encoder(EncoderConfig(n_items=60, max_seq_length=12, hidden_size=16, inner_size=32, n_layers=n_layers,
+                                      hidden_dropout_prob=0.0, attn_dropout_prob=0.0), seed=5)
+    graphdef, params = nnx.split(enc, nnx.Param)
+    seq, lens, tgt = _batch(40, 12, 60, seed=1)
+    lens = lens.at[5].set(12)  # reads padded positions: must still agree
+
+    def loss(p, shortcut):
+        m = nnx.merge(graphdef, p)
+        if shortcut:
+            out = m(seq, lens)
+        else:
+            out = m.encode_all(seq)[jnp.arange(seq.shape[0]), jnp.clip(lens - 1, 0, 11)]
+        return optax.softmax_cross_entropy_with_integer_labels(m.scores(out), tgt).mean(), out
+
+    (l0, o0), g0 = jax.jit(jax.value_and_grad(lambda p: loss(p, False), has_aux=True))(params)
+    (l1, o1), g1 = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(params)
+    np.testing.assert_allclose(np.asarray(o1), np.asarray(o0), atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-4)

@@ -104,20 +104,24 @@ class SelfAttention(nnx.Module):
         self.dense = _linear(h, h, std, rngs)
         self.layer_norm = _layer_norm(h, rngs)
 
-    def __call__(self, x, mask, key=None):
+    def __call__(self, x, mask, key=None, rows=None):
+        """x [B, L, H] -> [B, L, H]; with rows int32[B], only query row rows[b] of each sequence: [B, 1, H]."""
         b, length, h = x.shape
         d = h // self.n_heads
         k_attn, k_out = _keys(key, 2)
 
         def heads(t):
-            return t.reshape(b, length, self.n_heads, d).transpose(0, 2, 1, 3)
+            return t.reshape(b, t.shape[1], self.n_heads, d).transpose(0, 2, 1, 3)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        x_q = x if rows is None else jnp.take_along_axis(x, rows[:, None, None], axis=1)
+        if rows is not None:
+            mask = jnp.take_along_axis(mask, rows[:, None, None, None], axis=2)
+        q, k, v = heads(self.query(x_q)), heads(self.key(x)), heads(self.value(x))
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d) + mask
         probs = dropout(jax.nn.softmax(scores, axis=-1), self.attn_dropout_prob, k_attn)
-        ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, length, h)
+        ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(x_q.shape)
         out = dropout(self.dense(ctx), self.hidden_dropout_prob, k_out)
-        return self.layer_norm(out + x)
+        return self.layer_norm(out + x_q)
 
 
 class FeedForward(nnx.Module):
@@ -141,9 +145,9 @@ class TransformerLayer(nnx.Module):
             cfg.hidden_size, cfg.inner_size, cfg.hidden_dropout_prob, cfg.initializer_range, rngs=rngs
         )
 
-    def __call__(self, x, mask, key=None):
+    def __call__(self, x, mask, key=None, rows=None):
         k_attn, k_ffn = _keys(key, 2)
-        return self.feed_forward(self.attention(x, mask, k_attn), k_ffn)
+        return self.feed_forward(self.attention(x, mask, k_attn, rows), k_ffn)
 
 
 def attention_mask(item_seq):
@@ -169,6 +173,12 @@ class SequenceEncoder(nnx.Module):
 
     def encode_all(self, item_seq, dropout_key=None):
         """Hidden states at every position, [B, L, hidden]."""
+        x, mask, keys = self._embed(item_seq, dropout_key)
+        for layer, k in zip(self.layers, keys):
+            x = layer(x, mask, k)
+        return x
+
+    def _embed(self, item_seq, dropout_key):
         length = item_seq.shape[-1]
         keys = _keys(dropout_key, 1 + len(self.layers))
         emb = self.item_embedding(item_seq)
@@ -178,16 +188,21 @@ class SequenceEncoder(nnx.Module):
         emb = jnp.where((item_seq > 0)[..., None], emb, jax.lax.stop_gradient(emb))
         x = emb + self.position_embedding.embedding[None, :length]
         x = dropout(self.layer_norm(x), self.config.hidden_dropout_prob, keys[0])
-        mask = attention_mask(item_seq)
-        for layer, k in zip(self.layers, keys[1:]):
-            x = layer(x, mask, k)
-        return x
+        return x, attention_mask(item_seq), keys[1:]
 
     def __call__(self, item_seq, item_seq_len, dropout_key=None):
-        """The hidden state at position len-1 (RecBole's gather_indexes)."""
-        states = self.encode_all(item_seq, dropout_key)
-        idx = jnp.clip(item_seq_len - 1, 0, item_seq.shape[-1] - 1)
-        return jnp.take_along_axis(states, idx[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+        """The hidden state at position len-1 (RecBole's gather_indexes), [B, hidden].
+
+        Only that row is read, so the last block runs its query, output projection and feed-forward
+        on one row per sequence (keys and values still cover every position): the same numbers as
+        gathering from `encode_all`, with about 40% less encoder work for 2 layers.
+        """
+        idx = jnp.clip(item_seq_len - 1, 0, item_seq.shape[-1] - 1).astype(jnp.int32)
+        x, mask, keys = self._embed(item_seq, dropout_key)
+        *inner, last = list(zip(self.layers, keys))
+        for layer, k in inner:
+            x = layer(x, mask, k)
+        return last[0](x, mask, last[1], rows=idx)[:, 0]
 
     def item_table(self):
         """[n_items, hidden]: candidates are raw item embeddings, row 0 included."""
