@@ -72,6 +72,8 @@ class Config:
     retriever_temperature: float = 0.07  # softmax temperature over neighbour similarities
     quality_threshold: float = 0.6  # neighbours with cosine below this are masked out
     alpha: float = 0.15  # share of retrieved knowledge in the enhanced representation
+    fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
+    learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
@@ -110,6 +112,10 @@ class Config:
                    "a cosine in [-1, 1]")
         ck.choice("model", MODELS)
         ck.choice("retrieval_backend", BACKENDS)
+        ck.choice("fusion", ("representation", "knn_lm"))
+        if self.fusion == "knn_lm" or self.learnable_alpha is True:
+            ck.require("alpha", 0.0 < self._float("alpha") < 1.0,
+                       "a number in (0, 1) with fusion knn_lm or learnable_alpha")
         ck.require("faiss_index", isinstance(self.faiss_index, str) and self.faiss_index.strip() != "",
                    "a FAISS index factory string such as 'Flat'")
         self.topk = tuple(self._int_list("topk"))
@@ -120,7 +126,8 @@ class Config:
         if self.mesh is not None:
             ck.require("mesh", isinstance(self.mesh, int) and not isinstance(self.mesh, bool)
                        and self.mesh >= 1, "null (all local devices) or an integer >= 1")
-        for key in ("mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output"):
+        for key in ("mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output",
+                    "learnable_alpha"):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self
 

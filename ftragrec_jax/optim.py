@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import optax
 
-TRAINABLE = ("retriever",)  # top-level modules of FTragrec whose parameters are fine-tuned
+TRAINABLE = ("retriever", "fusion")  # top-level modules of FTragrec whose parameters are fine-tuned
 TRAIN, FROZEN = "train", "frozen"
 
 

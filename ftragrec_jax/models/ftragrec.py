@@ -11,6 +11,10 @@ Loss: rec_loss = CE(s·Eᵀ) (constant for g, logged), enhanced_rec_loss = CE(en
   kl_loss = mean over rows with a neighbour of Σ_j P_ret·(log(P_ret+1e-8) − log(P_rec+1e-8)) with
   P_rec = softmax(s·E[target_j]) over the same valid neighbours;
   total = rec_loss + enhanced_rec_weight·enhanced_rec_loss + kl_small_weight·kl_loss.
+Ablation options (issue 5; defaults = the design above):
+  fusion="knn_lm": mix distributions instead of vectors, p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j)
+    (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target).
+  learnable_alpha: a = sigmoid(fusion.alpha_logit), a trainable scalar starting at `alpha`.
 CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
 E (the item table) and s are frozen: both are cut from the autodiff graph, so backward only touches g.
 """
@@ -30,6 +34,7 @@ from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.optim import keep_frozen
 
 KL_EPS = 1e-8
+FUSIONS = ("representation", "knn_lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,8 @@ class FTragrecHParams:
     nprobe: int = 16
     faiss_overfetch: int = 32  # extra FAISS candidates fetched per query to survive the exclusion filter
     retrieval_chunk_size: int = 65536
+    fusion: str = "representation"  # "representation" (mix vectors, the design) or "knn_lm" (mix distributions)
+    learnable_alpha: bool = False  # train alpha (as a logit) together with the retriever
 
     def __post_init__(self):
         def need(key, ok, expected):
@@ -67,6 +74,10 @@ class FTragrecHParams:
         for key in ("enhanced_rec_weight", "kl_small_weight"):
             need(key, getattr(self, key) >= 0, "a number >= 0")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
+        need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
+        need("learnable_alpha", isinstance(self.learnable_alpha, bool), "true or false")
+        if self.fusion == "knn_lm" or self.learnable_alpha:  # log(1-a) / logit(a) must be finite
+            need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
 
     @classmethod
     def from_config(cls, cfg) -> "FTragrecHParams":
@@ -90,13 +101,28 @@ def validate_setup(hp: FTragrecHParams, *, n_base: int, hidden_size: int, encode
                               f"config says {hidden_size}")
 
 
+class Fusion(nnx.Module):
+    """The learnable mixing ratio (learnable_alpha): alpha = sigmoid(alpha_logit), starting at the configured alpha."""
+
+    def __init__(self, alpha: float):
+        self.alpha_logit = nnx.Param(jnp.asarray(jnp.log(alpha) - jnp.log1p(-alpha), jnp.float32))
+
+    def alpha(self):
+        return jax.nn.sigmoid(self.alpha_logit[...])
+
+
 class FTragrec(nnx.Module):
-    """Parameter tree: encoder.* (frozen DuoRec) and retriever.* (g, the only trainable part)."""
+    """Parameter tree: encoder.* (frozen DuoRec), retriever.* (g) and, with learnable_alpha, fusion.alpha_logit;
+    only retriever.* and fusion.* train (optim.TRAINABLE)."""
 
     def __init__(self, encoder, hp: FTragrecHParams, *, rngs: nnx.Rngs):
         self.encoder = encoder
         self.retriever = Retriever(encoder.config.hidden_size, hp.retriever_inner_size, hp.retriever_layers,
                                    encoder.config.initializer_range, rngs=rngs)
+        self.fusion = Fusion(hp.alpha) if hp.learnable_alpha else None
+
+    def alpha(self, hp: FTragrecHParams):
+        return hp.alpha if self.fusion is None else self.fusion.alpha()
 
 
 def build_ftragrec(encoder, hp: FTragrecHParams, seed: int = 0) -> FTragrec:
@@ -112,8 +138,9 @@ def _masked_softmax(logits, valid):
     return e / jnp.where(total > 0, total, 1.0)
 
 
-def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams) -> dict:
-    """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none."""
+def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams, alpha=None) -> dict:
+    """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none.
+    alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha."""
     valid = ids >= 0
     safe = jnp.where(valid, ids, 0)
     keys = embed(retriever, h[safe])  # [B, k, H], fresh keys from the current g
@@ -123,27 +150,55 @@ def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTr
     has = valid.any(axis=-1)
     target_emb = item_table[target[safe]]  # [B, k, H]
     knowledge = jnp.einsum("bk,bkh->bh", p_ret, target_emb)
-    a = jnp.where(has, hp.alpha, 0.0)[:, None].astype(seq_output.dtype)
+    a = jnp.where(has, hp.alpha if alpha is None else alpha, 0.0)[:, None].astype(seq_output.dtype)
     enhanced = (1.0 - a) * seq_output + a * knowledge
     return {"valid": valid, "cos": cos, "p_ret": p_ret, "has": has, "target_emb": target_emb,
-            "knowledge": knowledge, "enhanced": enhanced}
+            "knowledge": knowledge, "enhanced": enhanced, "alpha": a}
+
+
+def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
+    """log((1-a)·softmax(s·Eᵀ) + a·p_knn) over all items, p_knn[t] = Σ_j P_ret_j·[t_j = t] (evaluation).
+
+    Worked example: a = 0.2, neighbours' targets (7, 7, 3) with P_ret (0.5, 0.3, 0.2) give p_knn[7] = 0.8 and
+    p_knn[3] = 0.2; an item no neighbour points to keeps 0.8·softmax, so the backbone still ranks the rest."""
+    base = jax.nn.log_softmax(seq_output @ item_table.T, axis=-1)
+    rows = jnp.arange(base.shape[0])[:, None]
+    p_knn = jnp.zeros_like(base).at[rows, kb_target_ids].add(jnp.where(nb["valid"], nb["p_ret"], 0.0))
+    a = nb["alpha"]
+    log_knn = jnp.log(p_knn)  # -inf for items no neighbour points to; logaddexp handles it (no gradient here)
+    mixed = jnp.logaddexp(jnp.log1p(-a) + base, jnp.log(jnp.maximum(a, 1e-30)) + log_knn)
+    return jnp.where(a > 0, mixed, base)
+
+
+def _knn_lm_nll(seq_output, item_table, nb: dict, kb_target_ids, target):
+    """-log p(target) of the kNN-LM mixture without materialising p_knn (so gradients stay finite)."""
+    p_base = jnp.exp(-_ce(seq_output @ item_table.T, target))
+    hit = (kb_target_ids == target[:, None]) & nb["valid"]
+    p_knn = jnp.where(hit, nb["p_ret"], 0.0).sum(-1)
+    a = nb["alpha"][:, 0]
+    return -jnp.log((1.0 - a) * p_base + a * p_knn)
 
 
 def _ce(logits, target):
     return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
-def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams):
+def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams,
+                   alpha=None):
     """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test."""
     seq_output = jax.lax.stop_gradient(seq_output)
     item_table = jax.lax.stop_gradient(item_table)
     h = jax.lax.stop_gradient(h)
     mask = jnp.asarray(mask, seq_output.dtype)
     query = embed(retriever, seq_output)
-    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp)
+    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
     rec = (_ce(seq_output @ item_table.T, target) * mask).sum() / n_real
-    enhanced = (_ce(nb["enhanced"] @ item_table.T, target) * mask).sum() / n_real
+    if hp.fusion == "knn_lm":
+        nll = _knn_lm_nll(seq_output, item_table, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
+    else:
+        nll = _ce(nb["enhanced"] @ item_table.T, target)
+    enhanced = (nll * mask).sum() / n_real
     p_rec = _masked_softmax(jnp.einsum("bh,bkh->bk", seq_output, nb["target_emb"]), nb["valid"])
     p_ret = nb["p_ret"]
     kl_rows = jnp.where(nb["valid"], p_ret * (jnp.log(p_ret + KL_EPS) - jnp.log(p_rec + KL_EPS)), 0.0).sum(-1)
@@ -155,6 +210,8 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
         "fallback_fraction": 1.0 - with_nb.sum() / n_real,
         "neighbours": (nb["valid"].sum(-1) * mask).sum() / n_real,
     }
+    if hp.learnable_alpha:
+        aux["alpha"] = jnp.asarray(alpha, jnp.float32)
     return total, aux
 
 
@@ -175,7 +232,7 @@ def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecH
     seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
     return ftragrec_terms(model.retriever, seq_output, ids, memory.h, memory.target,
-                          model.encoder.item_table(), batch["target"], mask, hp)
+                          model.encoder.item_table(), batch["target"], mask, hp, model.alpha(hp))
 
 
 def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
@@ -183,7 +240,9 @@ def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragre
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation)."""
     seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher)
     table = model.encoder.item_table()
-    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp)
+    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
+    if hp.fusion == "knn_lm":
+        return knn_lm_scores(seq_output, table, nb, memory.target[jnp.where(ids >= 0, ids, 0)])
     return nb["enhanced"] @ table.T
 
 
