@@ -1,7 +1,7 @@
 """Train FTragrec variants on one frozen backbone, several seeds each, and tabulate them against the backbone.
 
     python -m experiments.ablate --config experiments/configs/beauty_ftragrec.yaml \
-        --grid experiments/configs/ablations_beauty.yaml --set pretrained=RUN/best_model --seeds 2020,2021,2022
+        --grid experiments/configs/ablations/beauty.yaml --set pretrained=RUN/best_model --seeds 2020,2021,2022
 
 Each (variant, seed) is an ordinary run folder under --out (resumable: rerunning the command skips finished runs
 and continues a killed one). The table (markdown, also as JSON) gives test HR@5/10 and NDCG@5/10, mean and

@@ -38,3 +38,20 @@ def test_ablation_sweep_writes_table_and_skips_finished_runs(full_run, data_file
     with pytest.raises(SystemExit):
         main([*args, "--only", "nope"])
     assert "unknown variants" in capsys.readouterr().err
+
+
+def test_shipped_grids_state_their_command_and_every_variant_validates():
+    from pathlib import Path
+
+    from experiments.ablate import load_grid
+    from ftragrec_jax.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    grids = sorted((root / "experiments" / "configs" / "ablations").glob("*.yaml"))
+    assert grids
+    for path in grids:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python -m experiments.ablate") and f"ablations/{path.name}" in first
+        config = root / first.split("--config ")[1].split()[0]
+        for name, variant in load_grid(path).items():
+            load_config(config, [f"{k}={json.dumps(v)}" for k, v in variant.items()])  # raises on a bad key
