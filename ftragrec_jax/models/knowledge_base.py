@@ -49,14 +49,17 @@ def _chunked(fn, state, arrays, chunk_size):
     if n == 0:
         raise ConfigError("knowledge base: no samples to encode")
     c = max(1, min(int(chunk_size), n))
-    out = []
+    out = None  # written chunk by chunk: a list of chunks plus their concatenation would hold the result twice
     for start in range(0, n, c):
         part = [a[start:start + c] for a in arrays]
         m = len(part[0])
         if m < c:
             part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
-        out.append(np.asarray(fn(state, *part))[:m])
-    return np.concatenate(out).astype(np.float32)
+        chunk = np.asarray(fn(state, *part))[:m]
+        if out is None:
+            out = np.empty((n, *chunk.shape[1:]), np.float32)
+        out[start:start + m] = chunk
+    return out
 
 
 def encode_samples(encoder, item_seq, item_seq_len, *, chunk_size: int = 2048) -> np.ndarray:
@@ -117,8 +120,16 @@ class KnowledgeBase:
         """Recompute every key with the current g and rebuild the index (between epochs). Returns seconds."""
         t0 = time.perf_counter()
         self.keys = compute_keys(retriever, self.h, chunk_size=chunk_size)
-        self.index_seconds = self._sync()
+        self.index_seconds = self._sync_keys()
         return time.perf_counter() - t0
+
+    def _sync_keys(self) -> float:
+        """Like _sync when only the keys changed: h, target, user and prefix_len keep their device copies
+        (copying h again would briefly hold it twice on the device)."""
+        self.memory = self.memory._replace(keys=jnp.asarray(self.keys))
+        if self.searcher is None:
+            return 0.0
+        return self.searcher.build(self.keys, self.user, self.prefix_len)
 
     def extend(self, encoder, retriever, samples, *, encode_chunk_size: int = 2048) -> float:
         """Append more samples (validation, before testing: extend_memory_with_valid). Returns seconds."""
