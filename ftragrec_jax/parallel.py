@@ -31,9 +31,21 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         process_id = int(os.environ["FTRAGREC_PROCESS_ID"])
     if coordinator is None and os.environ.get("FTRAGREC_DISTRIBUTED") != "1":
         return False
+    _enable_cpu_collectives()
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return True
+
+
+def _enable_cpu_collectives() -> None:
+    """Cross-process collectives on CPU need an implementation: gloo is the default in jax 0.10.2 (here), some
+    older versions default to none (then the first cross-process collective fails), and a version without
+    the option has no choice to make."""
+    try:
+        if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:
+        pass
 
 
 def make_mesh(n_devices: int | None = None) -> Mesh:
@@ -63,6 +75,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
+
+
+def place_step_data(data, mesh: Mesh):
+    """Per-step data (FTragrec's knowledge base) on the mesh: replicated, except a value that knows how to
+    split itself along the data axis (`Memory.shard_over`: keys sharded, searched per device)."""
+    if data is None:
+        return None
+    if hasattr(data, "shard_over"):
+        return data.shard_over(mesh)
+    return replicate(data, mesh)
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:

@@ -7,7 +7,9 @@ whose sequences contain the query's target; without it training learns to copy l
 Backends return ids only, int32 [B, top_k] in descending score order, -1 where fewer than top_k entries are
 allowed (the model masks those):
 - `exact`: inside the jitted graph; scores are computed one chunk of `chunk_size` keys at a time and merged
-  into a running top-k, so memory is O(B · chunk_size) whatever the base size.
+  into a running top-k, so memory is O(B · chunk_size) whatever the base size. On a mesh of several devices
+  (`Memory.shard_over`) the keys are split along the `data` axis: each device searches its shard for the
+  local top-k of every query (`jax.shard_map`), and one top-k over the D·top_k candidates merges them.
 - `faiss`: a FAISS index searched on the host through `jax.pure_callback` with a static [B, top_k] result.
   It over-fetches `top_k + overfetch` candidates, drops excluded ones, and re-searches only the rows that
   still lack top_k allowed candidates with a larger fetch, so for a Flat index the result equals `exact`.
@@ -23,20 +25,65 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.parallel import DATA_AXIS, replicate
 
 BACKENDS = ("exact", "faiss")
+
+
+class ShardedKeys:
+    """The searched side of the base split along a mesh's `data` axis: keys and their own user/prefix_len
+    copies, padded to a multiple of the device count (padding rows are never returned).
+
+    A pytree whose static part is (mesh, n): a jitted step sees which mesh to search on from its argument's
+    structure, so the same step function serves one device (plain arrays) and many (this)."""
+
+    def __init__(self, keys, user, prefix_len, mesh: Mesh, n: int):
+        self.keys, self.user, self.prefix_len, self.mesh, self.n = keys, user, prefix_len, mesh, int(n)
+
+
+jax.tree_util.register_pytree_node(
+    ShardedKeys, lambda s: ((s.keys, s.user, s.prefix_len), (s.mesh, s.n)),
+    lambda aux, leaves: ShardedKeys(*leaves, *aux))
+
+
+def _sharded_from_host(a: np.ndarray, mesh: Mesh, fill) -> jax.Array:
+    """Pad rows to a multiple of the mesh size and place them along the data axis; every process passes the
+    same full array and each device takes its slice (works single- and multi-process)."""
+    d = mesh.size
+    pad = -len(a) % d
+    if pad:
+        a = np.concatenate([a, np.full((pad, *a.shape[1:]), fill, a.dtype)])
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
 
 class Memory(NamedTuple):
     """Device-side knowledge base (a pytree: pass it into jitted steps as an argument, never close over it)."""
 
     h: jax.Array  # float32 [N, H]: frozen encoder output of each entry (also the cached seq_output of train samples)
-    keys: jax.Array  # float32 [N, H]: g(h)/|g(h)| with g as of the last refresh (what the index searches)
+    keys: jax.Array | ShardedKeys  # float32 [N, H]: g(h)/|g(h)| as of the last refresh (what the index searches)
     target: jax.Array  # int32 [N]: the entry's target item
     user: jax.Array  # int32 [N]
     prefix_len: jax.Array  # int32 [N]: untruncated prefix length
+
+    def shard_over(self, mesh: Mesh) -> "Memory":
+        """This base placed on `mesh`: keys (with user/prefix_len copies) split along the data axis, the rest
+        replicated (h and target are gathered by global id after the search). One device: all replicated."""
+        keys = self.keys
+        if isinstance(keys, ShardedKeys):
+            if keys.mesh == mesh:
+                return self
+            raise ConfigError("knowledge base: already sharded over another mesh")
+        rest = replicate(self._replace(keys=None), mesh)
+        if mesh.size == 1:
+            return rest._replace(keys=replicate(keys, mesh))
+        host = [np.asarray(x) for x in (keys, self.user, self.prefix_len)]
+        sk = ShardedKeys(_sharded_from_host(host[0], mesh, 0.0), _sharded_from_host(host[1], mesh, -1),
+                         _sharded_from_host(host[2], mesh, 0), mesh, len(host[0]))
+        return rest._replace(keys=sk)
 
 
 def excluded(q_user, q_prefix, e_user, e_prefix):
@@ -70,9 +117,12 @@ def _top_k(scores, k):
     return top, idx  # a padded column can only be picked with score -inf, which becomes id -1
 
 
-def _block_top_k(query, keys, e_user, e_prefix, q_user, q_prefix, offset, k):
+def _block_top_k(query, keys, e_user, e_prefix, q_user, q_prefix, offset, k, limit=None):
     scores = query @ keys.T
-    scores = jnp.where(excluded(q_user, q_prefix, e_user, e_prefix), -jnp.inf, scores)
+    forbidden = excluded(q_user, q_prefix, e_user, e_prefix)
+    if limit is not None:  # a shard's padding rows (local index >= limit)
+        forbidden = forbidden | (offset + jnp.arange(keys.shape[0]) >= limit)[None, :]
+    scores = jnp.where(forbidden, -jnp.inf, scores)
     top, idx = _top_k(scores, k)
     return top, (idx + offset).astype(jnp.int32)
 
@@ -85,8 +135,12 @@ def _merge(top_a, ids_a, top_b, ids_b, k):
     return top, jnp.take_along_axis(ids, pos, axis=1)
 
 
-def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536):
-    """(ids int32 [B, top_k], scores float32 [B, top_k]); ids -1 and score -inf where nothing is allowed."""
+def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536,
+                 limit=None):
+    """(ids int32 [B, top_k], scores float32 [B, top_k]); ids -1 and score -inf where nothing is allowed.
+    limit: entries at index >= limit are never returned (a traced scalar: the padding of a shard)."""
+    if isinstance(keys, ShardedKeys):
+        return sharded_exact_search(query, q_user, q_prefix, keys, top_k=top_k, chunk_size=chunk_size)
     query = jax.lax.stop_gradient(query)
     keys = jax.lax.stop_gradient(keys)
     n, b = keys.shape[0], query.shape[0]
@@ -100,19 +154,45 @@ def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int,
             start = i * c
             blk = _block_top_k(query, jax.lax.dynamic_slice_in_dim(keys, start, c),
                                jax.lax.dynamic_slice_in_dim(e_user, start, c),
-                               jax.lax.dynamic_slice_in_dim(e_prefix, start, c), q_user, q_prefix, start, top_k)
+                               jax.lax.dynamic_slice_in_dim(e_prefix, start, c), q_user, q_prefix, start, top_k,
+                               limit)
             return _merge(*carry, *blk, top_k), None
 
-        if n_full == 1:
-            (top, ids), _ = body((top, ids), 0)
-        else:
-            (top, ids), _ = jax.lax.scan(body, (top, ids), jnp.arange(n_full, dtype=jnp.int32))
+        # the first chunk outside the scan: the carry then derives from the keys, so inside shard_map it has
+        # the same per-device type as the body's output (a constant initial carry would not)
+        (top, ids), _ = body((top, ids), 0)
+        if n_full > 1:
+            (top, ids), _ = jax.lax.scan(body, (top, ids), jnp.arange(1, n_full, dtype=jnp.int32))
     if n_full * c < n:
         s = n_full * c
-        blk = _block_top_k(query, keys[s:], e_user[s:], e_prefix[s:], q_user, q_prefix, s, top_k)
+        blk = _block_top_k(query, keys[s:], e_user[s:], e_prefix[s:], q_user, q_prefix, s, top_k, limit)
         top, ids = _merge(top, ids, *blk, top_k)
     ids = jnp.where(jnp.isfinite(top), ids, -1)
     return ids, top
+
+
+def sharded_exact_search(query, q_user, q_prefix, sk: ShardedKeys, *, top_k: int, chunk_size: int = 65536):
+    """`exact_search` over keys split along the mesh: same ids and scores (ties to the smaller id as well).
+
+    Every device scores all queries against its own shard (queries are gathered: they are B·H floats, the
+    shard is N/D·H), keeps its top_k with global ids, and one top_k over the D·top_k candidates, laid out in
+    shard order, merges them; equal scores keep the earlier column, i.e. the smaller id, as on one device."""
+    per = sk.keys.shape[0] // sk.mesh.size
+
+    def local(q, qu, qp, keys, e_user, e_prefix):
+        offset = jax.lax.axis_index(DATA_AXIS) * per
+        ids, top = exact_search(q, qu, qp, keys, e_user, e_prefix, top_k=top_k, chunk_size=chunk_size,
+                                limit=sk.n - offset)
+        return jnp.where(ids >= 0, ids + offset, -1), top
+
+    # out_specs split the candidate columns by device, so no output claims replication (no check to disable)
+    rows = P(None, DATA_AXIS)
+    ids, top = jax.shard_map(local, mesh=sk.mesh, in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS),
+                                                            P(DATA_AXIS)), out_specs=(rows, rows))(
+        jax.lax.stop_gradient(query), q_user, q_prefix, jax.lax.stop_gradient(sk.keys), sk.user, sk.prefix_len)
+    top, pos = jax.lax.top_k(top, top_k)
+    ids = jnp.take_along_axis(ids, pos, axis=1)
+    return jnp.where(jnp.isfinite(top), ids, -1), top
 
 
 # --- FAISS on the host ----------------------------------------------------------------------------------

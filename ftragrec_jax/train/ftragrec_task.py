@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from ftragrec_jax import parallel
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.run_dir import LOGGER_NAME
@@ -64,6 +65,8 @@ class FTragrecTask(Task):
 
         self.cfg, self.dataset = cfg, dataset
         self.hp = _hparams(cfg)
+        self.mesh = parallel.make_mesh(cfg.mesh)
+        self._placed = None  # (kb.memory, its copy on the mesh): placed once per refresh, not per call
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
         validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
                        encoder_cfg=encoder.config, n_items=dataset.n_items)
@@ -85,8 +88,14 @@ class FTragrecTask(Task):
     def init(self):
         return self._init_params, self.tx.init(self._init_params)
 
+    def _memory_on_mesh(self):
+        """The base on the mesh: on several devices the exact backend searches its keys shard by shard."""
+        if self._placed is None or self._placed[0] is not self.kb.memory:
+            self._placed = (self.kb.memory, parallel.place_step_data(self.kb.memory, self.mesh))
+        return self._placed[1]
+
     def step_data(self):
-        return self.kb.memory
+        return self._memory_on_mesh()
 
     def train_step(self, params, opt_state, batch, key, memory=None):
         del key  # no dropout: the encoder is frozen and deterministic, g has none
@@ -95,7 +104,7 @@ class FTragrecTask(Task):
     def score_fn(self, params):
         from ftragrec_jax.models.ftragrec import score_fn
 
-        return score_fn(self._scorer, params, self.kb.memory)
+        return score_fn(self._scorer, params, self._memory_on_mesh())
 
     def begin_epoch(self, params, epoch: int) -> dict:
         interval = self.cfg.retriever_update_interval

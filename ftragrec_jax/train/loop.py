@@ -126,7 +126,7 @@ class Trainer:
         t0 = time.perf_counter()
         step_metrics, in_flight, compile_time = [], deque(), 0.0
         data = task.step_data()
-        data = None if data is None else parallel.replicate(data, self.mesh)
+        data = parallel.place_step_data(data, self.mesh)  # FTragrec's base: keys sharded on >1 device
         with _progress(n_batches, f"Train {epoch:>3}", cfg.show_progress) as bar:
             for i, batch in enumerate(iterate_batches(train, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)):
                 fed = parallel.put_batch({k: _narrow(batch[k][local]) for k in task.batch_fields}, self.mesh)
