@@ -84,6 +84,7 @@ class Config:
 
     # --- scale-out (issue 7) -------------------------------------------------------------------
     mesh: Any = None  # devices on the data axis: None = all local devices, or an int
+    faiss_shards: int = 1  # faiss backend: index split into N IndexShards parts (one per GPU with faiss-gpu)
 
     def validate(self) -> "Config":
         """Reject out-of-range values before any compute; the message names the key."""
@@ -93,7 +94,8 @@ class Config:
             ck.require(key, self._int(key) >= 0, "an integer >= 0")
         for key in ("MAX_ITEM_LIST_LENGTH", "hidden_size", "n_layers", "n_heads", "inner_size", "epochs",
                     "train_batch_size", "eval_step", "eval_batch_size", "top_k", "retriever_layers",
-                    "retriever_inner_size", "retriever_update_interval", "nprobe", "retrieval_chunk_size"):
+                    "retriever_inner_size", "retriever_update_interval", "nprobe", "retrieval_chunk_size",
+                    "faiss_shards"):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")

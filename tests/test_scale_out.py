@@ -107,3 +107,63 @@ def test_two_processes_match_one_process(tmp_path):
     assert sorted(names) == sorted(k for k in got.files if k.startswith(("ce/", "ft/")))
     for k in names:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# --- FAISS: IndexShards and GPU indexes ----------------------------------------------------------------
+
+@pytest.mark.parametrize("factory,shards", [("Flat", 3), ("Flat", 4), ("IVF16,Flat", 3)])
+def test_index_shards_return_the_unsharded_ids(factory, shards):
+    import faiss
+
+    from ftragrec_jax.models.retrieval import FaissSearcher
+    from tests.test_retrieval import _base, naive_top_k
+
+    q, qu, qp, keys, user, prefix = _base(11, n=1001, b=64)  # 1001: parts of unequal size
+    one = FaissSearcher(factory, 16, top_k=8, nprobe=4)
+    one.build(keys, user, prefix)
+    split = FaissSearcher(factory, 16, top_k=8, nprobe=4, shards=shards)
+    split.build(keys, user, prefix)
+    assert isinstance(split.index, faiss.IndexShards) and split.index.count() == shards
+    assert split.ntotal == len(keys) and split.device == "cpu"
+    got = split.search_host(q, qu, qp)
+    np.testing.assert_array_equal(got, one.search_host(q, qu, qp))  # IVF: every part has the same cells
+    if factory == "Flat":
+        np.testing.assert_array_equal(got, naive_top_k(q, qu, qp, keys, user, prefix, 8))
+
+
+def test_faiss_shards_checked_and_plumbed():
+    from ftragrec_jax.config import Config
+    from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.models.knowledge_base import KnowledgeBase
+    from ftragrec_jax.models.retrieval import FaissSearcher
+    from tests.test_retrieval import _base
+
+    with pytest.raises(ConfigError, match="faiss_shards"):
+        Config(faiss_shards=0).validate()
+    with pytest.raises(ConfigError, match="faiss_shards"):
+        FaissSearcher("Flat", 16, top_k=3, shards=0)
+    _, _, _, keys, user, prefix = _base(0, n=5)
+    with pytest.raises(ConfigError, match="faiss_shards"):
+        FaissSearcher("Flat", 16, top_k=3, shards=6).build(keys, user, prefix)
+    kb = KnowledgeBase(keys, np.zeros(5, np.int32), user, prefix, keys, top_k=3, faiss_shards=2)
+    assert kb.searcher.index.count() == 2 and kb.searcher.ntotal == 5
+
+
+def test_gpu_indexes_when_faiss_reports_gpus(monkeypatch):
+    """faiss-cpu here: no GPU, CPU indexes; asking for a GPU is an error; a GPU copy that fails falls back."""
+    from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.models import retrieval
+    from tests.test_retrieval import _base
+
+    assert retrieval.faiss_gpus() == 0
+    with pytest.raises(ConfigError, match="GPU"):
+        retrieval.FaissSearcher("Flat", 16, top_k=3, use_gpu=True)
+    q, qu, qp, keys, user, prefix = _base(2, n=300)
+    cpu = retrieval.FaissSearcher("Flat", 16, top_k=5)
+    cpu.build(keys, user, prefix)
+    monkeypatch.setattr(retrieval, "faiss_gpus", lambda: 2)  # as if faiss-gpu saw 2 GPUs
+    fake = retrieval.FaissSearcher("Flat", 16, top_k=5, shards=2)
+    assert fake.gpus == 2
+    fake.build(keys, user, prefix)  # faiss-cpu has no StandardGpuResources: the copy fails, CPU remains
+    assert fake.device.startswith("cpu (GPU copy failed")
+    np.testing.assert_array_equal(fake.search_host(q, qu, qp), cpu.search_host(q, qu, qp))

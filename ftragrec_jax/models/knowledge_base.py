@@ -79,7 +79,8 @@ class KnowledgeBase:
     """Host arrays of the base, their device copy (`memory`, a pytree for jitted steps), and the FAISS index."""
 
     def __init__(self, h, target, user, prefix_len, keys, *, backend: str = "faiss", faiss_index: str = "Flat",
-                 nprobe: int = 16, top_k: int = 5, faiss_overfetch: int = 32, n_train: int | None = None):
+                 nprobe: int = 16, top_k: int = 5, faiss_overfetch: int = 32, n_train: int | None = None,
+                 faiss_shards: int = 1):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
         self.h = np.asarray(h, np.float32)
@@ -93,7 +94,8 @@ class KnowledgeBase:
         self.n_train = n if n_train is None else int(n_train)
         self.backend = backend
         self.searcher = (FaissSearcher(faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe,
-                                       overfetch=faiss_overfetch) if backend == "faiss" else None)
+                                       overfetch=faiss_overfetch, shards=faiss_shards)
+                         if backend == "faiss" else None)
         self.index_seconds = self._sync()
 
     @classmethod

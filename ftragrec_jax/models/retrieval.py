@@ -221,38 +221,99 @@ def check_faiss_factory(factory: str, dim: int) -> None:
     make_faiss_index(factory, dim)
 
 
+GPU_MAX_K = 2048  # FAISS GPU indexes return at most this many candidates per query
+
+
+def faiss_gpus() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu (no GPU support compiled in)."""
+    get = getattr(_faiss(), "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def _set_nprobe(index, nprobe: int, gpu: bool) -> None:
+    faiss = _faiss()
+    space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
+    try:
+        space.set_index_parameter(index, "nprobe", int(nprobe))
+    except Exception:  # not an IVF index: nprobe does not apply
+        pass
+
+
+def build_faiss_index(factory: str, keys: np.ndarray, *, shards: int = 1, nprobe: int = 16, gpus: int = 0):
+    """(index, keep_alive) holding `keys` with ids 0..N-1. shards > 1: an `IndexShards` over contiguous id
+    blocks, searched in parallel threads and merged by FAISS. gpus > 0: each part copied to GPU (part i on GPU
+    i % gpus). Training runs once and every part gets a copy of the trained index (same IVF cells).
+    keep_alive: the parts and GPU resources, which the Python wrapper does not keep referenced by itself."""
+    faiss = _faiss()
+    n, dim = keys.shape
+    if not 1 <= shards <= max(n, 1):
+        raise ConfigError(f"config key 'faiss_shards': expected 1..{n} (the knowledge-base size), got {shards}")
+    template = make_faiss_index(factory, dim)
+    if not template.is_trained:
+        try:
+            template.train(keys)
+        except Exception as e:
+            raise ConfigError(
+                f"config key 'faiss_index': cannot train {factory!r} on {n} keys "
+                f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    resources = [faiss.StandardGpuResources() for _ in range(min(gpus, shards))]
+    parts = []
+    for i in range(shards):
+        part = template if shards == 1 else faiss.clone_index(template)
+        part.add(keys[bounds[i]:bounds[i + 1]])
+        if resources:
+            part = faiss.index_cpu_to_gpu(resources[i % len(resources)], i % gpus, part)
+        _set_nprobe(part, nprobe, gpus > 0)
+        parts.append(part)
+    if shards == 1:
+        return parts[0], (parts, resources)
+    index = faiss.IndexShards(dim, True, True)  # threaded, successive ids: part i's ids start at bounds[i]
+    for part in parts:
+        index.add_shard(part)
+    return index, (parts, resources)
+
+
 class FaissSearcher:
     """A FAISS index plus the entries' user/prefix arrays for the exclusion rule, searched on the host.
 
     The jitted step calls `search_host` through `jax.pure_callback` and reads the index at run time, so
-    `build` (a refresh between epochs) swaps the index without recompiling the step.
+    `build` (a refresh between epochs) swaps the index without recompiling the step. `shards` > 1 builds an
+    `IndexShards`; `use_gpu` None = GPU indexes whenever FAISS reports GPUs (faiss-gpu installed), with a
+    fall-back to CPU for factory strings FAISS cannot put on a GPU (`device` says which was used).
     """
 
-    def __init__(self, factory: str, dim: int, *, top_k: int, nprobe: int = 16, overfetch: int = 32):
+    def __init__(self, factory: str, dim: int, *, top_k: int, nprobe: int = 16, overfetch: int = 32,
+                 shards: int = 1, use_gpu: bool | None = None):
         make_faiss_index(factory, dim)  # fail early on a bad string
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ConfigError(f"config key 'faiss_shards': expected an integer >= 1, got {shards!r}")
         self.factory, self.dim, self.top_k = factory, int(dim), int(top_k)
-        self.nprobe, self.overfetch = int(nprobe), int(overfetch)
-        self.index = None
+        self.nprobe, self.overfetch, self.shards = int(nprobe), int(overfetch), shards
+        self.gpus = faiss_gpus() if use_gpu is None or use_gpu else 0
+        if use_gpu and not self.gpus:
+            raise ConfigError("FAISS reports no GPU: install faiss-gpu, or let use_gpu default to auto")
+        self.device = "cpu"
+        self.index = self._keep = None
         self.user = self.prefix_len = None
 
     def build(self, keys, user, prefix_len) -> float:
         """(Re)build the index from unit-norm keys [N, H]; returns seconds taken."""
         t0 = time.perf_counter()
         keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32))
-        index = make_faiss_index(self.factory, self.dim)
-        if not index.is_trained:
+        options = {"shards": self.shards, "nprobe": self.nprobe}
+        if self.gpus:
             try:
-                index.train(keys)
-            except Exception as e:
-                raise ConfigError(
-                    f"config key 'faiss_index': cannot train {self.factory!r} on {len(keys)} keys "
-                    f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
-        index.add(keys)
-        try:
-            _faiss().extract_index_ivf(index).nprobe = self.nprobe
-        except Exception:  # not an IVF index: nprobe does not apply
-            pass
-        self.index = index
+                self.index, self._keep = build_faiss_index(self.factory, keys, gpus=self.gpus, **options)
+                self.device = f"gpu x{min(self.gpus, self.shards)}"
+            except ConfigError:
+                raise
+            except Exception as e:  # e.g. an index type without a GPU implementation
+                self.index, self._keep = build_faiss_index(self.factory, keys, **options)
+                self.device = f"cpu (GPU copy failed: {str(e).strip().splitlines()[-1][:120]})"
+        else:
+            self.index, self._keep = build_faiss_index(self.factory, keys, **options)
+            self.device = "cpu"
         self.user = np.asarray(user, dtype=np.int32)
         self.prefix_len = np.asarray(prefix_len, dtype=np.int32)
         return time.perf_counter() - t0
@@ -269,7 +330,9 @@ class FaissSearcher:
         qu, qp = np.asarray(q_user), np.asarray(q_prefix)
         out = np.full((q.shape[0], self.top_k), -1, dtype=np.int32)
         rows = np.arange(q.shape[0])
-        fetch = min(self.top_k + self.overfetch, self.ntotal)
+        # a GPU index returns at most GPU_MAX_K candidates: a row whose GPU_MAX_K best are all excluded keeps -1s
+        most = min(self.ntotal, GPU_MAX_K) if self.device.startswith("gpu") else self.ntotal
+        fetch = min(self.top_k + self.overfetch, most)
         while rows.size:
             _, cand = self.index.search(q[rows], fetch)
             ok = cand >= 0
@@ -280,9 +343,9 @@ class FaissSearcher:
             r, c = np.nonzero(take)
             out[rows[r], pos[r, c]] = cand[r, c]
             short = ok.sum(axis=1) < self.top_k
-            if fetch >= self.ntotal or not short.any():
+            if fetch >= most or not short.any():
                 break
-            rows, fetch = rows[short], min(fetch * 4, self.ntotal)
+            rows, fetch = rows[short], min(fetch * 4, most)
         return out
 
 

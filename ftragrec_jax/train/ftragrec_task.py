@@ -27,12 +27,13 @@ def _hparams(source) -> "FTragrecHParams":  # noqa: F821
     return FTragrecHParams(**{k: v for k, v in items if k in names})
 
 
-def _knowledge_base(encoder, retriever, samples, hp):
+def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1):
     from ftragrec_jax.models.knowledge_base import KnowledgeBase
 
     return KnowledgeBase.build(encoder, retriever, samples, backend=hp.retrieval_backend,
                                faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
-                               faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size)
+                               faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size,
+                               faiss_shards=faiss_shards)
 
 
 def load_pretrained_encoder(path: str, dataset):
@@ -75,9 +76,11 @@ class FTragrecTask(Task):
         self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
         t0 = time.perf_counter()
-        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp)
-        logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s backend) built in %.1fs", len(self.kb),
-                                            self.hp.retrieval_backend, time.perf_counter() - t0)
+        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards)
+        where = (f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)" if self.kb.searcher else
+                 f"exact on {self.mesh.size} device(s)")
+        logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where,
+                                            time.perf_counter() - t0)
         self._step = make_train_step(self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher,
                                      cached=cfg.cache_seq_output)
         self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher)
@@ -176,7 +179,7 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config):
     model = build_ftragrec(encoder, hp, seed=0)
     assign_params(model, params, f"{path}/params")
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
-    kb = _knowledge_base(model.encoder, model.retriever, dataset.train, hp)
+    kb = _knowledge_base(model.encoder, model.retriever, dataset.train, hp, cfg.faiss_shards)
     scorer = make_scorer(graphdef, hp, rest=rest, searcher=kb.searcher)
 
     def before_test():

@@ -25,7 +25,8 @@ from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.atomic import write_atomic
 
 # Keys a resumed run may change: they extend or display the run without changing what was computed so far.
-RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh")
+RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh",
+                     "faiss_shards")  # placement only: IndexShards return the unsharded index's ids
 
 # Keys that cannot change what a DuoRec run computes; a rerun may differ in them (a key not listed here counts).
 FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "top_k",
