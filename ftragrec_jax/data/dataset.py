@@ -46,6 +46,18 @@ class SequentialDataset:
     n_interactions: int  # after filtering
     settings: dict  # the options used, stored with every model and result
     history: UserHistory  # all items of every user, chronological (for history masking)
+    source: str = ""  # the file read, for messages
+
+    def require_samples(self, *splits: str) -> None:
+        """DataError naming the file if a split a run needs is empty: training evaluates valid every epoch and
+        both splits at the end, so an empty split must stop the run before its first epoch, not after."""
+        need = {"train": 2, "test": 3, "valid": 4}
+        for split in splits:
+            if len(getattr(self, split)) == 0:
+                raise DataError(
+                    f"{self.source or self.name}: no {split} samples ({self.n_users} users, {self.n_interactions} "
+                    f"interactions after filtering): a user needs at least {need[split]} interactions to have a "
+                    f"{split} sample (leave-one-out: last item test, second-to-last valid)")
 
 
 def default_dataset_path() -> Path:
@@ -112,7 +124,7 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
         name=name, vocab=vocab,
         train=samples.take(is_train), valid=samples.take(is_valid), test=samples.take(is_test),
         n_items=vocab.n_items, n_users=len(user_tokens), n_interactions=len(uid),
-        settings=dict(settings), history=history)
+        settings=dict(settings), history=history, source=str(inter.source))
 
 
 def kcore_filter(inter: Interactions, min_user: int, min_item: int) -> np.ndarray:

@@ -21,6 +21,7 @@ def dataset_from_config(cfg: Config):
 
 def make_task(cfg: Config, dataset) -> Task:
     """The task for cfg.model; every dataset-dependent check runs here, before any training step."""
+    dataset.require_samples("train", "valid", "test")  # all three are used; an empty one would fail late
     if cfg.model == "duorec":
         from ftragrec_jax.train.duorec_task import DuoRecTask
 
