@@ -10,7 +10,7 @@ import yaml
 from flax import nnx
 
 from ftragrec_jax.config import load_config
-from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.train.run_dir import RunDir
 from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
@@ -74,3 +74,51 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     (run.checkpoints / "1").mkdir()
     with pytest.raises(ConfigError, match=r"config.yaml.*'?learning_rate"):
         run.check_or_write_config(load_config(None, ["epochs=5", "learning_rate=0.02"]))
+
+
+def _damage_biggest_array_file(step_dir, how):
+    files = sorted((p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: p.stat().st_size)
+    data = files[-1].read_bytes()
+    if how == "truncate":
+        files[-1].write_bytes(data[: len(data) // 2])
+    elif how == "delete":
+        for f in files:
+            f.unlink()
+    elif how == "flip":  # every byte but the ends: the file's own framing fails to decode
+        files[-1].write_bytes(bytes(b ^ 0xFF if 64 <= i < len(data) - 64 else b for i, b in enumerate(data)))
+    elif how == "bitflip":  # bit rot inside array data: TensorStore reads it back as another number
+        b = bytearray(data)
+        b[len(b) // 2] ^= 0x01
+        files[-1].write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "flip", "bitflip", "loop_json"])
+def test_damaged_committed_checkpoint_is_refused_in_one_line_and_the_older_one_restores(tmp_path, how):
+    """A committed checkpoint damaged afterwards (disk error, bit rot, a hand edit) is never half-read: TensorStore
+    refuses missing chunks (no zero fill) and compressed chunks fail their decode; the error names the folder."""
+    p1, o1 = tiny_state(1)
+    p2, o2 = tiny_state(2)
+    ck = TrainCheckpoints(tmp_path / "ck")
+    big = {"keys": np.random.default_rng(0).standard_normal((20000, 16)).astype(np.float32)}  # out-of-line chunks
+    ck.save(1, arrays_like(p1, o1, big), {"step": 10})
+    ck.save(2, arrays_like(p2, o2, big), {"step": 20})
+    ck.close()
+    step2 = tmp_path / "ck" / "2"
+    if how == "loop_json":
+        (step2 / "loop" / "metadata").write_text('{"step": 2')
+    else:
+        _damage_biggest_array_file(step2, how)
+    ck = TrainCheckpoints(tmp_path / "ck")
+    like = arrays_like(*tiny_state(0), {"keys": np.zeros_like(big["keys"])})
+    with pytest.raises(CheckpointError) as e:
+        ck.restore(2, like)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 500 and "tensorstore_spec" not in msg
+    assert msg.startswith(f"{step2}: cannot restore the training state") and "delete that folder" in msg
+    arrays, loop = ck.restore(1, like)
+    assert loop == {"step": 10}  # the checksum stays inside the checkpoint
+    np.testing.assert_array_equal(np.asarray(arrays["params"]["item_embedding"]["embedding"]),
+                                  np.asarray(p1["item_embedding"]["embedding"]))
+    np.testing.assert_array_equal(np.asarray(arrays["host"]["keys"]), big["keys"])
+    ck.close()

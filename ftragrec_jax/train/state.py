@@ -8,14 +8,20 @@ are `fold_in(seed key, global step)`.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a process killed
 mid-write leaves a temporary folder that is ignored (and removed on the next start), never a half checkpoint.
+The loop record also holds a SHA-256 of the arrays, checked on restore, so a checkpoint damaged after its
+commit (a truncated, missing or bit-flipped file) is refused with a one-line error, never half-read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 from ftragrec_jax.errors import CheckpointError
+
+DIGEST_KEY = "arrays_sha256"  # in the loop record: checksum of the arrays item of the same checkpoint
 
 
 def _ocp():
@@ -43,6 +49,7 @@ class TrainCheckpoints:
 
     def save(self, epochs_done: int, arrays: dict, loop: dict) -> None:
         ocp = _ocp()
+        loop = {**loop, DIGEST_KEY: arrays_digest(arrays)}
         self._mgr.save(epochs_done, args=ocp.args.Composite(
             arrays=ocp.args.StandardSave(arrays), loop=ocp.args.JsonSave(loop)), force=True)
         self._mgr.wait_until_finished()
@@ -56,12 +63,50 @@ class TrainCheckpoints:
         except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
             raise CheckpointError(
                 f"{self.directory / str(epochs_done)}: cannot restore the training state "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"({type(e).__name__}: {_reason(e)}); "
                 f"delete that folder to fall back to an older checkpoint") from None
-        return out["arrays"], out["loop"]
+        loop = dict(out["loop"])
+        stored = loop.pop(DIGEST_KEY, None)  # absent in checkpoints written before it existed
+        if stored is not None and stored != arrays_digest(out["arrays"]):
+            raise CheckpointError(
+                f"{self.directory / str(epochs_done)}: cannot restore the training state (the arrays read back "
+                f"differ from the ones saved: checksum mismatch, the files were damaged after the save); "
+                f"delete that folder to fall back to an older checkpoint")
+        return out["arrays"], loop
 
     def close(self) -> None:
         self._mgr.close()
+
+
+def arrays_digest(tree) -> str | None:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order. TensorStore notices missing and
+    truncated chunk files, but a bit flip inside an array chunk reads back as a different number: the digest
+    catches that. None when a leaf is not fully addressable from this process (multi-host sharding)."""
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if not getattr(leaf, "is_fully_addressable", True):
+            return None
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def _reason(e: Exception, limit: int = 300) -> str:
+    """One short line from an Orbax/TensorStore error: those can embed a traceback (then the last line says
+    what failed) and append kilobytes of JSON spec (`[tensorstore_spec=...]`), which say nothing to a user.
+    A long chain "opening X: reading Y: cause" keeps its end, where the file and the cause are."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    text = re.sub(r"\s*\[tensorstore_spec.*$", "", text)
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
 
 
 def arrays_like(params, opt_state, host_state: dict | None) -> dict[str, Any]:
