@@ -6,7 +6,8 @@ A model directory is written whole into a temporary sibling and swapped into pla
 exchange on Linux), so a reader sees either the previous complete model or the new complete one,
 never a mix; a save killed halfway leaves only a hidden temp sibling, removed by the next save.
 Parameters are saved as host numpy arrays: no device or sharding is recorded, so a model written
-on a CPU restores on a GPU machine and back.
+on a CPU restores on a GPU machine and back. model.json records a SHA-256 of the parameters, checked on
+load, so files damaged after the save are refused rather than read as other numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 
 from ftragrec_jax.data.vocab import Vocab, write_json_atomic
-from ftragrec_jax.errors import CheckpointError, FtragrecError
+from ftragrec_jax.errors import CheckpointError, FtragrecError, short_reason
 
 FORMAT = "ftragrec-jax/model/v1"
 MODEL_JSON = "model.json"
@@ -36,6 +37,22 @@ KNOWLEDGE_BASE = "knowledge_base.npz"
 # h float32 [N, H] (frozen encoder output), target/user/prefix_len int32 [N]; keys are recomputed with g.
 KB_FIELDS = {"h": np.float32, "target": np.int32, "user": np.int32, "prefix_len": np.int32}
 MODELS = ("duorec", "ftragrec")
+# model.json key: SHA-256 of the parameters. TensorStore notices missing or truncated files, but a bit flip
+# inside array data reads back as a different number; the digest catches that.
+DIGEST_KEY = "params_sha256"
+
+
+def params_digest(tree) -> str:
+    """SHA-256 over every leaf's dotted path, dtype, shape and bytes, in sorted path order (so int list indices
+    and Orbax's string keys give the same digest)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, leaf in sorted(_flatten(tree).items()):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{'.'.join(key)}:{a.dtype.str}{a.shape};".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
 
 
 def _numpy_tree(params) -> Any:
@@ -107,6 +124,7 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_b
     dest = Path(path).absolute()
     meta = _checked_meta(meta)
     tree = _numpy_tree(params)
+    meta[DIGEST_KEY] = params_digest(tree)
     if dest.exists() and not dest.is_dir():
         raise CheckpointError(f"{dest}: exists and is not a directory")
     if dest.is_dir() and any(dest.iterdir()) and not _is_model_dir(dest):
@@ -247,10 +265,15 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
     try:
         tree = ckptr.restore(params_dir)
     except Exception as e:  # Orbax raises many types for a damaged checkpoint
-        raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{params_dir}: cannot restore parameters ({type(e).__name__}: {short_reason(e)})") from None
     finally:
         ckptr.close()
     params = _int_keys(tree)
+    stored = meta.get(DIGEST_KEY)  # absent in directories written before it existed
+    if stored is not None and stored != params_digest(params):
+        raise CheckpointError(f"{params_dir}: the parameters read back differ from the ones saved (checksum "
+                              f"mismatch with {MODEL_JSON}): the files were damaged after the save")
     vocab = None
     if (path / VOCAB_JSON).exists():
         try:

@@ -174,3 +174,46 @@ def test_sigkill_mid_save_leaves_a_complete_model(tmp_path, delay):
     assert i >= 1 and (params["w"] == i).all() and (params["layers"][0]["b"] == i).all()
     save_model(dest, params, meta)  # the next save clears what the killed one left behind
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("how", ["bitflip", "truncate", "delete"])
+def test_damaged_params_are_refused_never_half_read(tmp_path, how):
+    """TensorStore refuses missing or truncated files itself; a bit flip inside array data reads back as another
+    number, which the params_sha256 in model.json catches. Messages are one short line."""
+    big = dataclasses.replace(CFG, n_items=4000, hidden_size=16, inner_size=16)  # chunks stored out of line
+    _, params, meta = _model(cfg=big)
+    path = save_model(tmp_path / "m", params, meta)
+    assert len(json.loads((path / "model.json").read_text())[checkpoint.DIGEST_KEY]) == 64
+    files = sorted((p for p in (path / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: p.stat().st_size)
+    data = bytearray(files[-1].read_bytes())
+    if how == "bitflip":
+        data[len(data) // 2] ^= 0x01
+        files[-1].write_bytes(bytes(data))
+    elif how == "truncate":
+        files[-1].write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        files[-1].unlink()
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path / 'params'}: ") and "\n" not in msg and len(msg) < 500
+    assert "tensorstore_spec" not in msg
+    if how == "bitflip":
+        assert "checksum mismatch" in msg
+
+
+def test_digest_ignores_key_types_and_older_dirs_without_it_load(tmp_path):
+    _, params, meta = _model()
+    as_str = jax.tree_util.tree_map(np.asarray, params)
+    as_str["layers"] = {str(k): v for k, v in as_str["layers"].items()}
+    assert checkpoint.params_digest(params) == checkpoint.params_digest(as_str)
+    changed = jax.tree_util.tree_map(np.array, as_str)
+    changed["layer_norm"]["bias"][0] += 1e-7
+    assert checkpoint.params_digest(changed) != checkpoint.params_digest(as_str)
+    path = save_model(tmp_path / "m", params, meta)
+    stored = json.loads((path / "model.json").read_text())
+    del stored[checkpoint.DIGEST_KEY]  # as written before the digest existed
+    (path / "model.json").write_text(json.dumps(stored))
+    _, got, _ = load_model(path)
+    assert checkpoint.params_digest(got) == checkpoint.params_digest(params)

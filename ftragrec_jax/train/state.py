@@ -15,11 +15,10 @@ commit (a truncated, missing or bit-flipped file) is refused with a one-line err
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
-from ftragrec_jax.errors import CheckpointError
+from ftragrec_jax.errors import CheckpointError, short_reason
 
 DIGEST_KEY = "arrays_sha256"  # in the loop record: checksum of the arrays item of the same checkpoint
 
@@ -63,7 +62,7 @@ class TrainCheckpoints:
         except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
             raise CheckpointError(
                 f"{self.directory / str(epochs_done)}: cannot restore the training state "
-                f"({type(e).__name__}: {_reason(e)}); "
+                f"({type(e).__name__}: {short_reason(e)}); "
                 f"delete that folder to fall back to an older checkpoint") from None
         loop = dict(out["loop"])
         stored = loop.pop(DIGEST_KEY, None)  # absent in checkpoints written before it existed
@@ -95,18 +94,6 @@ def arrays_digest(tree) -> str | None:
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.hexdigest()
-
-
-def _reason(e: Exception, limit: int = 300) -> str:
-    """One short line from an Orbax/TensorStore error: those can embed a traceback (then the last line says
-    what failed) and append kilobytes of JSON spec (`[tensorstore_spec=...]`), which say nothing to a user.
-    A long chain "opening X: reading Y: cause" keeps its end, where the file and the cause are."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return ""
-    text = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    text = re.sub(r"\s*\[tensorstore_spec.*$", "", text)
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
 
 
 def arrays_like(params, opt_state, host_state: dict | None) -> dict[str, Any]:
