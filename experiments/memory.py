@@ -147,7 +147,8 @@ def child_kb(args) -> dict:
     seq = rng.integers(1, n_items, (n, L), dtype=np.int32)
     seq *= np.arange(L, dtype=np.int32)[None] < lens[:, None]
     samples = {"item_seq": seq, "item_seq_len": lens, "target": rng.integers(1, n_items, n, dtype=np.int32),
-               "user": (np.arange(n) // 10 + 1).astype(np.int32), "prefix_len": (np.arange(n) % 10 + 1).astype(np.int32)}
+               "user": (np.arange(n) // 10 + 1).astype(np.int32),
+               "prefix_len": (np.arange(n) % 10 + 1).astype(np.int32)}
     st.mark(f"synthetic samples [{n}, {L}]")
     base_rss = _rss_now()
 
@@ -189,7 +190,8 @@ def child_kb(args) -> dict:
                      # identical synthetic sequences give exactly tied keys, whose order FAISS does not define:
                      # compare the scores of the neighbours found, position by position
                      "faiss_vs_exact_max_score_gap": float(np.max(np.abs(
-                         np.einsum("bh,bkh->bk", query, kb.keys[ids]) - np.einsum("bh,bkh->bk", query, kb.keys[ex_ids])))),
+                         np.einsum("bh,bkh->bk", query, kb.keys[ids])
+                         - np.einsum("bh,bkh->bk", query, kb.keys[ex_ids])))),
                      "rss_before_kb_mb": round(base_rss / MB, 1),
                      "bytes_per_entry_peak": round((peak - base_rss) / n, 1),
                      "bytes_per_entry_resident": round((_rss_now() - base_rss) / n, 1)}}
@@ -261,7 +263,8 @@ def main(argv=None) -> int:
                                  f"within {LIMIT_GB:.0f} GB: {r['within_8gb']}"
         print(f"{r['what']}: {head}")
         for s in r.get("stages", []):
-            print(f"  {s['stage']:<44} peak {s['peak_mb']:>8.1f} MB   now {s['rss_mb']:>8.1f} MB   {s['seconds']:>7.1f} s")
+            print(f"  {s['stage']:<44} peak {s['peak_mb']:>8.1f} MB   now {s['rss_mb']:>8.1f} MB"
+                  f"   {s['seconds']:>7.1f} s")
         for k, v in (r.get("info") or {}).items():
             print(f"  {k}: {v}")
     if args.json:
