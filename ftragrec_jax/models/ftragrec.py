@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.optim import keep_frozen
@@ -216,8 +217,8 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
 
 
 def _query_side(model, batch, memory: Memory, hp, seq_output, searcher):
-    if seq_output is None:  # uncached: the frozen encoder, dropout off
-        seq_output = model.encoder(batch["item_seq"], batch["item_seq_len"])
+    if seq_output is None:  # uncached: the frozen encoder, dropout off (length-bucketed: same outputs, faster)
+        seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"])
     seq_output = jax.lax.stop_gradient(seq_output)
     query = embed(model.retriever, seq_output)
     ids = retrieve(query, batch["user"], batch["prefix_len"], memory, backend=hp.retrieval_backend,

@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 
 from ftragrec_jax.config import Config
+from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.train.task import Task
 
 
@@ -62,7 +63,7 @@ class DuoRecTask(Task):
 
     def _scores(self, params, item_seq, item_seq_len):
         encoder = self.merge(params)
-        return encoder.scores(encoder(item_seq, item_seq_len))
+        return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len))  # same outputs, fewer tokens
 
     def score_fn(self, params):
         return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)
