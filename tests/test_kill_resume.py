@@ -2,13 +2,14 @@
 an uninterrupted run: final parameters, metrics.jsonl and results.json must be identical.
 
 Each test chains several kills on one run folder, each at a different point, the way a flaky machine would:
-mid-epoch, a checkpoint half written, a checkpoint written but not committed, an index rebuild, a kill before
-the first checkpoint. After every kill the folder holds only complete checkpoints (the half-written one is a
+mid-epoch, a checkpoint half written, a checkpoint written but not committed, latest_model half written, an
+index rebuild, a kill before the first checkpoint. After every kill the folder holds only complete checkpoints (the half-written one is a
 temporary folder that the next start ignores and removes).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,13 +87,20 @@ def rerun(args: list[str], env: dict) -> str:
 
 
 @needs_orbax_hooks
-def test_duorec_killed_mid_epoch_mid_write_and_before_commit(duorec_ref, data_file, env, tmp_path):
+def test_duorec_killed_mid_model_save_mid_epoch_mid_write_and_before_commit(duorec_ref, data_file, env, tmp_path):
     out = tmp_path / "run"
     args = [*cli_args(data_file, out), "--epochs=3"]
+
+    killed("model_save:0", args, env)  # checkpoint 1 committed, latest_model of epoch 0 half written
+    assert checkpoints(out) == (["1"], [])
+    assert not (out / "latest_model").exists() and list(out.glob(".latest_model.tmp-*"))
 
     killed("step:1:1", args, env)  # epoch 1, two batches dispatched
     assert checkpoints(out) == (["1"], [])
     assert len(metrics_lines(out)) == 1
+    # the restart first rewrote the latest_model that the previous kill left unwritten
+    assert json.loads((out / "latest_model" / "model.json").read_text())["source"]["epoch"] == 0
+    assert not list(out.glob(".latest_model.tmp-*"))
 
     killed("ckpt_partial:2", args, env)  # resumes from 1, dies while writing checkpoint 2
     committed, temporary = checkpoints(out)
@@ -107,7 +115,7 @@ def test_duorec_killed_mid_epoch_mid_write_and_before_commit(duorec_ref, data_fi
     rerun(args, env)
     assert checkpoints(out)[1] == []
     assert_same_run(duorec_ref, out)
-    assert (out / "train.log").read_text().count("resuming from") == 3
+    assert (out / "train.log").read_text().count("resuming from") == 4
 
 
 @needs_orbax_hooks

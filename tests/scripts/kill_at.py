@@ -9,6 +9,8 @@ POINT (epochs count from 0, checkpoints by completed epochs, as in RUN/checkpoin
   ckpt_commit:N       checkpoint N fully written into its temporary folder, just before the commit rename
   refresh:E           FTragrec's index refresh at the start of epoch E: keys recomputed, FAISS index being
                       rebuilt
+  model_save:E        RUN/latest_model of epoch E half written (parameters in its temporary sibling, no
+                      model.json yet), after checkpoint E+1 was committed
 
 The kill is a real SIGKILL of the process (no Python cleanup, no atexit, no flush), sent by the process
 itself so that the point is deterministic. Only the hooks differ from the plain command; nothing in the
@@ -108,8 +110,26 @@ def hook_refresh(epoch: int) -> None:
     FTragrecTask.begin_epoch, FaissSearcher.build = begin_epoch, build
 
 
+def hook_model_save(epoch: int) -> None:
+    import ftragrec_jax.checkpoint as checkpoint
+
+    state = {"armed": False}
+    real_save, real_params = checkpoint.save_model, checkpoint._save_params
+
+    def save_model(path, params, meta, *args, **kw):
+        state["armed"] = Path(path).name == "latest_model" and (meta.get("source") or {}).get("epoch") == epoch
+        return real_save(path, params, meta, *args, **kw)
+
+    def _save_params(path, tree):
+        real_params(path, tree)
+        if state["armed"]:
+            die(f"latest_model of epoch {epoch} half written ({Path(path).parent.name})")
+
+    checkpoint.save_model, checkpoint._save_params = save_model, _save_params
+
+
 HOOKS = {"step": hook_step, "ckpt_partial": hook_ckpt_partial, "ckpt_commit": hook_ckpt_commit,
-         "refresh": hook_refresh}
+         "refresh": hook_refresh, "model_save": hook_model_save}
 
 
 def main(argv: list[str]) -> int:
