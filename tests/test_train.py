@@ -115,8 +115,14 @@ def test_run_writes_all_files(full_run, capsys):
     best = max(rows, key=lambda r: r["valid"]["mrr@10"])  # ties: the first epoch reaching it
     assert res["best_epoch"] == best["epoch"] and res["valid"] == best["valid"]
     assert res["protocol"]["mask_history"] is False and res["protocol"]["dataset"]["n_users"] > 0
-    log = (run / "train.log").read_text()
-    assert "epoch 0 training [time:" in log and "valid result: recall@10 :" in log
+    log = (run / "train.log").read_text().splitlines()
+    for r in rows:  # one line per epoch: its loss terms, valid metrics and times (the same numbers as the file)
+        lines = [line for line in log if f" epoch {r['epoch']} " in line]
+        assert len(lines) == 1, lines
+        assert f"loss {r['loss']:.4f} (ce {r['ce']:.4f}, sem_nce {r['sem_nce']:.4f})" in lines[0]
+        assert f"valid mrr@10 {r['valid']['mrr@10']:.4f} ndcg@10 {r['valid']['ndcg@10']:.4f}" in lines[0]
+        assert "train " in lines[0] and " eval " in lines[0]
+    assert any(line.endswith(f"results: {run / 'results.json'}") for line in log)
     for d in ("best_model", "latest_model"):
         meta = json.loads((run / d / "model.json").read_text())
         assert meta["model"] == "duorec" and meta["encoder"]["hidden_size"] == 8
@@ -332,6 +338,13 @@ def test_pipeline_pretrains_then_fine_tunes(data_file, tmp_path, capsys):
                  "--retriever_inner_size=16") == 0
     text = capsys.readouterr().out
     assert "DuoRec" in text and "FTragrec" in text and "ndcg@10" in text and str(out) in text
+    assert f"results: {out / 'results.json'}" in text
+    # the FTragrec stage shows the frozen backbone's valid score first, then fallback and index per epoch
+    backbone_valid = json.loads((out / "duorec" / "results.json").read_text())["valid"]
+    log = (out / "ftragrec" / "train.log").read_text()
+    assert f"frozen backbone before fine-tuning: valid mrr@10 {backbone_valid['mrr@10']:.4f}" in log
+    epoch_line = next(line for line in log.splitlines() if " epoch 0 " in line)
+    assert "fallback " in epoch_line and "index kept" in epoch_line and "kl_loss" in epoch_line
     res = json.loads((out / "results.json").read_text())
     assert set(res) >= {"backbone", "ftragrec", "relative_change_test"}
     assert res["backbone"]["test"] == json.loads((out / "duorec" / "results.json").read_text())["test"]

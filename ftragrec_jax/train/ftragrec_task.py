@@ -137,10 +137,31 @@ class FTragrecTask(Task):
         return {"h": self.kb.h[:n], "target": self.kb.target[:n], "user": self.kb.user[:n],
                 "prefix_len": self.kb.prefix_len[:n]}
 
+    def baseline_score_fn(self):
+        """The frozen DuoRec alone (alpha 0): what fine-tuning has to beat."""
+        from ftragrec_jax.models.bucketing import encode_bucketed
+
+        graphdef, state = nnx.split(self.merge(self._init_params).encoder)
+
+        @jax.jit
+        def scores(state, item_seq, item_seq_len):
+            encoder = nnx.merge(graphdef, state)
+            return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len))
+
+        return lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)
+
     def warnings(self) -> list[str]:
-        out = []
-        if self.cfg.mask_history:
-            out.append("mask_history is on: metrics are not comparable with RecBole/DuoRec numbers")
+        import numpy as np
+
+        hp, out = self.hp, []
+        n_base = len(self.dataset.train)
+        # a query never sees its own user's samples: the largest user shrinks the base it searches the most
+        own = int(np.bincount(np.asarray(self.dataset.train.user)).max()) if n_base else 0
+        if n_base - own < hp.top_k:
+            out.append(f"top_k={hp.top_k} but the knowledge base has {n_base} entries, {own} of them one user's "
+                       f"that this user's queries may not retrieve: some queries get fewer than top_k neighbours")
+        if hp.alpha == 0 and not hp.learnable_alpha:
+            out.append("alpha=0: the retrieved knowledge is never mixed in, FTragrec scores equal the backbone's")
         return out
 
     def model_meta(self) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from ftragrec_jax import parallel, plots
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
+from ftragrec_jax.train import epoch_log
 from ftragrec_jax.train.evaluate import evaluate_split, format_metrics, protocol_info
 from ftragrec_jax.train.run_dir import RunDir
 from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
@@ -62,11 +63,13 @@ class Trainer:
         ckpts = TrainCheckpoints(run.checkpoints)
         try:
             params, opt_state, loop = self._restore(ckpts, params, opt_state)
-            for warning in self.task.warnings():
+            for warning in epoch_log.setting_warnings(cfg) + self.task.warnings():
                 log.warning("warning: %s", warning)
             start = loop["epochs_done"]
             if loop["stopped"]:
                 log.info("run already finished (%s); evaluating the best model", loop["stopped"])
+            elif start == 0 and cfg.epochs > 0:
+                self._log_baseline()
             for epoch in range(start, cfg.epochs):
                 if loop["stopped"]:
                     break
@@ -76,6 +79,15 @@ class Trainer:
         finally:
             ckpts.close()
         return self._final(params, loop)
+
+    def _log_baseline(self) -> None:
+        """FTragrec: the frozen backbone's valid score, so the epochs below can be read against it."""
+        score_fn = self.task.baseline_score_fn()
+        if score_fn is None:
+            return
+        t0 = time.perf_counter()
+        valid = evaluate_split(score_fn, self.dataset, "valid", self.cfg)
+        self.log.info(epoch_log.baseline_line(valid, self.cfg.valid_metric, time.perf_counter() - t0))
 
     def _restore(self, ckpts: TrainCheckpoints, params, opt_state):
         loop = {"epochs_done": 0, "step": 0, "best_score": None, "best_epoch": None, "patience": 0,
@@ -152,11 +164,13 @@ class Trainer:
         names = sorted(fetched, key=lambda k: (k != "loss", k == "grad_norm", k))  # loss first, grad_norm last
         record.update({k: float(np.mean(fetched[k])) for k in names})
         record.update(hook_info)
-        terms = ", ".join([f"{k}: {record[k]:.4f}" for k in names] + [f"{k}: {v}" for k, v in hook_info.items()])
-        log.info("epoch %d training [time: %.2fs, %s]", epoch, train_time, terms)
-
         if (epoch + 1) % cfg.eval_step == 0:
             self._validate(epoch, params, loop, record)
+        log.info(epoch_log.epoch_line(record, epochs=cfg.epochs, valid_metric=cfg.valid_metric,
+                                      patience=loop["patience"], stopping_step=cfg.stopping_step))
+        warning = epoch_log.fallback_warning(record, cfg.quality_threshold)
+        if warning and epoch == 0:
+            log.warning("warning: %s", warning)
         loop["epochs_done"] = epoch + 1
         loop["train_time_s"] = loop.get("train_time_s", 0.0) + train_time
         loop["history"].append(record)
@@ -165,26 +179,23 @@ class Trainer:
         if self.main:
             self.run.append_metrics(record)
         if loop["stopped"]:
-            log.info("Finished training, best eval result in epoch %s", loop["best_epoch"])
+            log.info("stopped (%s); best %s in epoch %s", loop["stopped"], cfg.valid_metric,
+                     loop["best_epoch"])
         return params, opt_state
 
     def _validate(self, epoch: int, params, loop: dict, record: dict) -> None:
-        cfg, log = self.cfg, self.log
+        cfg = self.cfg
         t0 = time.perf_counter()
         valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
         eval_time = time.perf_counter() - t0
         score = valid[cfg.valid_metric]
         record["valid"] = valid
         record["valid_time_s"] = round(eval_time, 3)
-        log.info("epoch %d evaluating [time: %.2fs, valid_score: %f]", epoch, eval_time, score)
-        at_k = "@" + cfg.valid_metric.split("@")[1]
-        log.info("valid result: %s", format_metrics({k: v for k, v in valid.items() if k.endswith(at_k)}))
         # RecBole's early_stopping: strictly better resets patience; stop after stopping_step+1 misses
         if loop["best_score"] is None or score > loop["best_score"]:
             loop.update(best_score=score, best_epoch=epoch, patience=0)
             record["best"] = True
             self._save_model(self.run.best_model, params, epoch, valid)
-            log.info("Saving current best: %s", self.run.best_model)
         else:
             loop["patience"] += 1
             if loop["patience"] > cfg.stopping_step:
@@ -236,7 +247,10 @@ class Trainer:
             which = "last epoch (validation never ran: eval_step > epochs)"
         t0 = time.perf_counter()
         for key, value in (self.task.before_final(params) or {}).items():
-            log.info("before the final evaluation: %s = %s", key, value)
+            if key == "index_refresh_time_s":
+                log.info("index refreshed with the selected model's retriever in %.1fs", value)
+            else:
+                log.info("before the final evaluation: %s = %s", key, value)
         valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
         self.task.before_test(params)
         test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg)
@@ -250,8 +264,9 @@ class Trainer:
         if self.main:
             self.run.write_results(results)
             plots.write_run_plots(self.run.path, log)
-        log.info("best valid result (%s): %s", which, format_metrics(valid))
-        log.info("test result: %s", format_metrics(test))
+        # the headline numbers; every metric at every K is in the results file
+        log.info("valid (%s): %s", which, format_metrics(epoch_log.headline(valid, cfg.valid_metric)))
+        log.info("test: %s", format_metrics(epoch_log.headline(test, cfg.valid_metric)))
         log.info("results: %s", self.run.results_json)
         return results
 

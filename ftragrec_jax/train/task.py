@@ -80,6 +80,10 @@ class Task:
         model recommends without the training data), or None."""
         return None
 
+    def baseline_score_fn(self) -> ScoreFn | None:
+        """A reference model to score on valid before the first epoch (FTragrec: its frozen backbone), or None."""
+        return None
+
     def warnings(self) -> list[str]:
         """Suspicious-but-legal settings to log once at start."""
         return []
