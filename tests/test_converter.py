@@ -174,3 +174,95 @@ def test_export_refuses_incomplete_model_dir(tmp_path, capsys):
         assert flax_to_duorec.main([str(src), str(tmp_path / "out.pth")]) == 2
         assert "error: " in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
+
+
+# --- --data: a converted checkpoint with its vocabulary ------------------------------------------------------
+
+def _lines_file(path, n_users, n_items, seed=0):
+    """One line per user; item tokens are words (not ids), so the vocabulary mapping is visible. Two rare items
+    occur exactly twice: min_item_inter_num 2 keeps them, 3 drops them."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(n_users):
+        items = [f"it{(int(rng.integers(n_items)) + 2 * i) % n_items}" for i in range(int(rng.integers(4, 12)))]
+        if u < 2:
+            items[1:1] = ["rare0", "rare1"]
+        lines.append(" ".join([f"u{u}", *items]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory):
+    """A small DuoRec .pth in RecBole's layout (config dict + state_dict) and the data file it 'was trained on'."""
+    torch = pytest.importorskip("torch")
+    from converters.mapping import encoder_to_torch_state
+    from ftragrec_jax.data.dataset import load_dataset
+    from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+
+    tmp = tmp_path_factory.mktemp("forged")
+    data = _lines_file(tmp / "shop.txt", n_users=50, n_items=20)
+    config = {"n_heads": 2, "hidden_size": 8, "n_layers": 1, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 6,
+              "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop", "hidden_act": "gelu"}
+    n_items = load_dataset(data, min_user_inter_num=3, min_item_inter_num=2, max_seq_length=6).n_items
+    enc = build_encoder(EncoderConfig(n_items=n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2,
+                                      inner_size=16), seed=3)
+    state = OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in encoder_to_torch_state(enc).items())
+    src = tmp / "duorec.pth"
+    torch.save({"config": config, "state_dict": state, "epoch": 7}, src)
+    return src, data, n_items
+
+
+def test_data_stores_vocab_and_settings_so_recommend_takes_tokens(forged, tmp_path, capsys):
+    from experiments.recommend import main as recommend
+
+    src, data, n_items = forged
+    dest = tmp_path / "with_vocab"
+    assert duorec_to_flax.main([str(src), str(dest), "--data", str(data)]) == 0
+    report = capsys.readouterr()
+    assert "vocabulary: vocab.json from --data" in report.out and "sanity on 50 valid samples of --data: hit@10" in report.out
+    meta, _, vocab = load_model(dest)
+    in_file = {t for line in data.read_text().splitlines() for t in line.split()[1:]}
+    assert vocab is not None and vocab.n_items == n_items and set(vocab.item_tokens[1:]) == in_file
+    # the settings come from the checkpoint's RecBole config, the max length from its position table
+    assert meta["dataset"] == {"data": str(data.absolute()), "data_format": "auto", "min_user_inter_num": 3,
+                               "min_item_inter_num": 2, "MAX_ITEM_LIST_LENGTH": 6, "dataset": "shop"}
+    tokens = " ".join(vocab.item_tokens[1:4])
+    assert recommend(["--checkpoint", str(dest), "--items", tokens + " nope", "--k", "5", "--json"]) == 0
+    cap = capsys.readouterr()
+    got = json.loads(cap.out)
+    assert got["unknown"] == ["nope"] and len(got["items"]) == 5
+    assert {r["item"] for r in got["items"]} <= set(vocab.item_tokens[1:])
+    # the same as the vocabulary-less conversion given the data file at recommend time
+    bare = tmp_path / "bare"
+    assert duorec_to_flax.main([str(src), str(bare)]) == 0
+    assert "vocabulary: none" in capsys.readouterr().out
+    assert recommend(["--checkpoint", str(bare), "--items", tokens, "--k", "5", "--json", "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == got["items"]
+
+
+def test_data_with_another_item_count_is_refused_and_nothing_written(forged, tmp_path, capsys):
+    src, data, n_items = forged
+    other = _lines_file(tmp_path / "other.txt", n_users=50, n_items=35, seed=1)
+    for args, what in (([str(other)], f"but {src} has {n_items - 1} (+1 padding row)"),
+                       ([str(data), "--min-item-inter-num", "3"], "min_item_inter_num=3")):
+        dest = tmp_path / "out"
+        assert duorec_to_flax.main([str(src), str(dest), "--data", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and what in err and "items after filtering" in err, err
+        assert not dest.exists()
+    assert duorec_to_flax.main([str(src), str(tmp_path / "x"), "--max-item-list-length", "9", "--data", str(data)]) == 2
+    assert "position table has 6 rows" in capsys.readouterr().err
+    assert duorec_to_flax.main([str(src), str(tmp_path / "x"), "--min-user-inter-num", "3"]) == 2
+    assert "need --data" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_real_checkpoint_on_a_file_with_other_item_ids_is_flagged(shared_dir, tmp_path):
+    """shared/README: the real checkpoint's ids follow RecBole's Amazon_Beauty.inter, not amazon/Beauty.txt. Same
+    item count, so only the score check can tell: it must warn, comparing with the checkpoint's own valid score."""
+    r = _cli("converters.duorec_to_flax", shared_dir / REAL, tmp_path / "out", "--data",
+             shared_dir / "data" / "amazon" / "Beauty.txt")
+    assert r.returncode == 0, r.stderr
+    assert "the checkpoint recorded valid recall@10 0.1060" in r.stdout
+    assert "warning: " in r.stderr and "item ids are probably not the ones it was trained with" in r.stderr
