@@ -264,7 +264,9 @@ def make_train_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTran
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         new_params = keep_frozen(optax.apply_updates(params, updates), params)
-        return new_params, opt_state, aux
+        # frozen leaves get exact zeros (stop_gradient), so this is the retriever's gradient norm; a NaN here
+        # stops training with the step named (train/loop.py)
+        return new_params, opt_state, {**aux, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=(0, 1))
 
