@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import benchlib
+from experiments.cli_common import HelpFormatter
 
 BENCHES = ("duorec_step", "ftragrec_step", "ftragrec_epoch", "eval", "kb_build", "retrieval")
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ POOL = 4  # distinct batches cycled through by the step benches (not always the 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--what", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--items", type=int, default=12102, help="catalogue size of random data (Beauty: 12,102)")
     p.add_argument("--users", type=int, default=BEAUTY["users"], help="users of random data (--data synthetic)")
@@ -47,15 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=5, help="neighbours retrieved")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per side (step-sized work)")
     p.add_argument("--epoch-repeats", type=int, default=3, help="timed repeats per side for whole epochs/evals")
-    p.add_argument("--data", choices=("real", "synthetic"), default="real")
+    p.add_argument("--data", choices=("real", "synthetic"), default="real",
+                   help="real: Amazon Beauty (and ML-1M for eval) from ../shared, else the embedded Beauty; "
+                        "synthetic: random sequences of --items/--users")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when available (jax and torch), else cpu")
+                   help="device for both sides (default: cuda when available to jax and torch, else cpu)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="torch intra-op threads (default: all cores, as XLA uses on CPU)")
+                   help="torch intra-op threads (default: all cores, %(default)s here, as XLA uses on CPU)")
     p.add_argument("--fp32-matmul", action="store_true",
                    help="full float32 matmuls on both sides (GPU default: TF32 allowed on both, as jax does)")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile side of duorec_step")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data, parameters and batches")
     p.add_argument("--json", default=None, help="write rows, machine info and the command line to this file")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.cli_common import HelpFormatter
+
 ROOT = Path(__file__).resolve().parent.parent
 WHAT = ("ml1m_eval", "kb_2m")
 LIMIT_GB = 8.0
@@ -221,7 +223,7 @@ def measure(what: str, argv: list[str]) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m experiments.memory", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--what", default=",".join(WHAT), help=f"comma-separated subset of {','.join(WHAT)}")
     p.add_argument("--ml1m", default=str(ROOT.parent / "shared" / "data" / "ml-1m" / "ml-1m.txt"),
                    help="ML-1M in one-line-per-user format (default: %(default)s)")

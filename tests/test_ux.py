@@ -334,8 +334,8 @@ def test_config_reference_is_up_to_date():
 
 
 ENTRY_POINTS = ["experiments.train", "experiments.evaluate", "experiments.plot", "experiments.recommend",
-                "experiments.config_reference", "experiments.bench", "converters.duorec_to_flax",
-                "converters.flax_to_duorec"]
+                "experiments.config_reference", "experiments.bench", "experiments.ablate", "experiments.memory",
+                "experiments.scaling", "converters.duorec_to_flax", "converters.flax_to_duorec"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -356,7 +356,10 @@ def test_help_lists_every_default(module, monkeypatch, capsys):
     parser = parsers[0]
     formatter = parser._get_formatter()
     for action in parser._actions:
-        if not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.required:
+        if action.help is argparse.SUPPRESS or not action.option_strings:
+            continue
+        assert action.help, f"{module} {action.option_strings[0]}: no help text"  # argparse hides its default then
+        if action.default in (None, argparse.SUPPRESS) or action.required:
             continue
         assert "default" in formatter._get_help_string(action), f"{module} {action.option_strings[0]}"
     assert "usage: python -m " + module in text
