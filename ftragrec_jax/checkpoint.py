@@ -245,12 +245,18 @@ def read_meta(path) -> dict:
             meta = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{src}: missing: {path} is not a complete model directory") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{src}: unreadable model description ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise CheckpointError(
+            f"{src}: unreadable model description ({type(e).__name__}: {short_reason(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{src}: expected format {FORMAT!r}")
     if meta.get("model") not in MODELS or not isinstance(meta.get("encoder"), dict):
         raise CheckpointError(f"{src}: needs 'model' in {MODELS} and an 'encoder' dict")
+    for key in ("ftragrec", "dataset", "source"):  # read with .get(...) or {} by every consumer
+        if not isinstance(meta.get(key), (dict, type(None))):
+            raise CheckpointError(f"{src}: {key!r} must be an object or null, got {type(meta[key]).__name__}")
+    if not isinstance(meta.get(DIGEST_KEY), (str, type(None))):
+        raise CheckpointError(f"{src}: {DIGEST_KEY!r} must be a string")
     return meta
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 
-from ftragrec_jax.errors import DataError
+from ftragrec_jax.errors import DataError, short_reason
 from ftragrec_jax.atomic import write_atomic
 
 PAD = "[PAD]"
@@ -55,10 +55,25 @@ class Vocab:
     def from_json(cls, obj: dict, source: str = "<vocab>") -> "Vocab":
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise DataError(f"{source}: not a vocabulary file (expected format {FORMAT!r})")
+        lists = {}
+        for key in ("items", "users"):
+            if key not in obj:
+                raise DataError(f"{source}: missing key {key!r}")
+            value = obj[key]
+            # ints are tolerated (hand-written files), anything else would become a surprising token
+            if not isinstance(value, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
+                                                      for t in value):
+                raise DataError(f"{source}: {key!r} must be a list of token strings")
+            tokens = tuple(str(t) for t in value)
+            if len(set(tokens)) != len(tokens):  # two ids for one token: lookups would silently pick one
+                seen = set()
+                dup = next(t for t in tokens if t in seen or seen.add(t))
+                raise DataError(f"{source}: {key!r} lists token {dup!r} more than once")
+            lists[key] = tokens
         try:
-            return cls(tuple(str(t) for t in obj["items"]), tuple(str(t) for t in obj["users"]))
-        except KeyError as e:
-            raise DataError(f"{source}: missing key {e.args[0]!r}") from None
+            return cls(lists["items"], lists["users"])
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_json())
@@ -68,8 +83,8 @@ class Vocab:
         try:
             with open(path, encoding="utf-8") as f:
                 obj = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: cannot read vocabulary: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
+            raise DataError(f"{path}: cannot read vocabulary ({type(e).__name__}: {short_reason(e)})") from None
         return cls.from_json(obj, str(path))
 
 
