@@ -91,9 +91,20 @@ def _orbax():
     return ocp
 
 
-def _save_params(path: Path, tree) -> None:
+def _checkpointer():
+    """Orbax for a model directory, which one process writes or reads on its own: by default Orbax would wait
+    at a barrier for every process of a multi-host run, and the trainer writes model directories from
+    process 0 only (training checkpoints are the collective ones, in train/state.py)."""
+    import jax
+
     ocp = _orbax()
-    ckptr = ocp.StandardCheckpointer()
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
+def _save_params(path: Path, tree) -> None:
+    ckptr = _checkpointer()
     try:
         ckptr.save(path, tree)
         ckptr.wait_until_finished()
@@ -267,7 +278,7 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
     params_dir = path / PARAMS_DIR
     if not params_dir.is_dir():
         raise CheckpointError(f"{params_dir}: missing: {path} is not a complete model directory")
-    ckptr = _orbax().StandardCheckpointer()
+    ckptr = _checkpointer()
     try:
         tree = ckptr.restore(params_dir)
     except Exception as e:  # Orbax raises many types for a damaged checkpoint
