@@ -7,6 +7,7 @@
 
 With model=ftragrec and no `pretrained`, a DuoRec backbone is pretrained first (RUN/duorec, RUN/ftragrec).
 Re-running the same command on the same output folder resumes from its latest checkpoint.
+Several hosts: set FTRAGREC_COORDINATOR, FTRAGREC_NUM_PROCESSES and FTRAGREC_PROCESS_ID (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, overrides)
+        from ftragrec_jax import parallel
+
+        parallel.maybe_initialize_distributed()  # multi-host launch (docs/scaling.md); before any device is used
         return run(cfg)
     except FtragrecError as e:
         fail(str(e))

@@ -167,3 +167,44 @@ def test_gpu_indexes_when_faiss_reports_gpus(monkeypatch):
     fake.build(keys, user, prefix)  # faiss-cpu has no StandardGpuResources: the copy fails, CPU remains
     assert fake.device.startswith("cpu (GPU copy failed")
     np.testing.assert_array_equal(fake.search_host(q, qu, qp), cpu.search_host(q, qu, qp))
+
+
+def test_two_process_trainer_matches_one_process(tmp_path):
+    """experiments.train launched as in docs/scaling.md (FTRAGREC_* variables), 2 processes x 2 CPU devices on
+    localhost writing one run folder, against the same command in one process on one device."""
+    from tests.test_train import cli_args, final_params, metrics_lines, results_without_times, train
+    from tests.test_train import write_lines_dataset
+
+    data = write_lines_dataset(tmp_path / "tiny.txt")
+    port, procs = _free_port(), []
+    for i in range(2):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2", FTRAGREC_COORDINATOR=f"127.0.0.1:{port}",
+                   FTRAGREC_NUM_PROCESSES="2", FTRAGREC_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train",
+                                       *cli_args(data, tmp_path / "two", "--epochs=1")], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    assert train(data, tmp_path / "one", "--epochs=1", "--mesh=1") == 0
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+    a, b = metrics_lines(tmp_path / "two")[0], metrics_lines(tmp_path / "one")[0]
+    for k in ("loss", "ce", "sem_nce", "grad_norm"):
+        assert a[k] == pytest.approx(b[k], rel=1e-5), k
+    for k, v in b["valid"].items():
+        assert a["valid"][k] == pytest.approx(v, abs=2e-4), k  # 4-decimal metrics; a rank tie may flip
+    ra, rb = results_without_times(tmp_path / "two"), results_without_times(tmp_path / "one")
+    for k, v in rb["test"].items():
+        assert ra["test"][k] == pytest.approx(v, abs=2e-4), k
+    pa, pb = final_params(tmp_path / "two"), final_params(tmp_path / "one")
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        # attention key biases get a gradient that is float noise around 0 (softmax ignores a per-row
+        # constant), which Adam scales up: there the all-reduce's summation order shows (6e-5 seen)
+        tol = 1e-3 if k[-2:] == ("key", "bias") else 1e-5
+        np.testing.assert_allclose(pa[k], pb[k], atol=tol, err_msg=".".join(map(str, k)))
