@@ -67,7 +67,7 @@ class FTragrecTask(Task):
         self.cfg, self.dataset = cfg, dataset
         self.hp = _hparams(cfg)
         self.mesh = parallel.make_mesh(cfg.mesh)
-        self._placed = None  # (kb.memory, its copy on the mesh): placed once per refresh, not per call
+        self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
         validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
                        encoder_cfg=encoder.config, n_items=dataset.n_items)
@@ -92,10 +92,12 @@ class FTragrecTask(Task):
         return self._init_params, self.tx.init(self._init_params)
 
     def _memory_on_mesh(self):
-        """The base on the mesh: on several devices the exact backend searches its keys shard by shard."""
-        if self._placed is None or self._placed[0] is not self.kb.memory:
-            self._placed = (self.kb.memory, parallel.place_step_data(self.kb.memory, self.mesh))
-        return self._placed[1]
+        """The base on the mesh: on several devices the exact backend searches its keys shard by shard.
+        The placed copy replaces the base's own, so a device never holds the base twice; a refresh swaps in
+        new keys (or rebuilds the base) and the next call places them again."""
+        if self.kb.memory is not self._placed:
+            self.kb.memory = self._placed = parallel.place_step_data(self.kb.memory, self.mesh)
+        return self._placed
 
     def step_data(self):
         return self._memory_on_mesh()
