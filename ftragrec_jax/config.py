@@ -141,6 +141,11 @@ class Config:
 
     def _float(self, key):
         value = getattr(self, key)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean the number
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
         setattr(self, key, float(value))

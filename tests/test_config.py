@@ -61,3 +61,16 @@ def test_every_field_has_a_comment():
     for name in Config.__dataclass_fields__:
         line = next(l for l in src.splitlines() if l.strip().startswith(f"{name}:"))
         assert "#" in line, f"config field {name} has no comment"
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; RecBole users write learning rates that way."""
+    cfg = load_config(None, ["learning_rate=1e-3", "weight_decay=5e-5"])
+    assert cfg.learning_rate == 1e-3 and cfg.weight_decay == 5e-5
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-3\n")
+    assert load_config(path).learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(None, ["learning_rate=fast"])
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(None, ["learning_rate=nan"])
