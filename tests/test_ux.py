@@ -363,3 +363,31 @@ def test_help_lists_every_default(module, monkeypatch, capsys):
             continue
         assert "default" in formatter._get_help_string(action), f"{module} {action.option_strings[0]}"
     assert "usage: python -m " + module in text
+
+
+def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir):
+    """The trainer's start-of-run checks: a base too small for top_k once a user's own samples are excluded, and
+    alpha 0; the baseline scorer is the DuoRec alone (what the log prints before fine-tuning)."""
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.train.ftragrec_task import FTragrecTask
+    from ftragrec_jax.train.tasks import encoder_scorer
+    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.models.encoder import EncoderConfig
+
+    n_base = len(dataset.train)
+    own = int(np.bincount(np.asarray(dataset.train.user)).max())
+
+    def task(**over):
+        sets = ["model=ftragrec", f"pretrained={duorec_dir}", "hidden_size=8", "retriever_inner_size=16",
+                "retrieval_backend=exact", *[f"{k}={v}" for k, v in over.items()]]
+        return FTragrecTask(load_config(None, sets), dataset)
+
+    assert task(top_k=3).warnings() == []
+    small = task(top_k=n_base - own + 1).warnings()
+    assert len(small) == 1 and f"knowledge base has {n_base} entries, {own} of them one user's" in small[0]
+    assert any("alpha=0" in w for w in task(top_k=3, alpha=0.0).warnings())
+    t = dataset.test.take(np.arange(len(dataset.test)))
+    got = np.asarray(task(top_k=3).baseline_score_fn()(t.item_seq, t.item_seq_len, {}))
+    meta, params, _ = load_model(duorec_dir)
+    want = np.asarray(encoder_scorer(EncoderConfig(**meta["encoder"]), params, "x")(t.item_seq, t.item_seq_len))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
