@@ -377,3 +377,16 @@ def test_four_device_run_matches_one_device(full_run, data_file, tmp_path):
         assert a[k] == pytest.approx(b[k], rel=1e-5), k
     for k, v in b["valid"].items():
         assert a["valid"][k] == pytest.approx(v, abs=2e-4), k  # 4-decimal metrics; a rank tie may flip
+
+
+def test_ftragrec_mostly_fallback_is_warned_once(full_run, data_file, tmp_path):
+    """quality_threshold 1 keeps only exact duplicates as neighbours: every epoch line shows most samples falling
+    back, and one warning (not one per epoch) says why."""
+    import re
+
+    out = tmp_path / "run"
+    assert train(data_file, out, "--epochs=2", *ft_args(full_run), "--quality_threshold=1.0") == 0
+    log = (out / "train.log").read_text()
+    shares = [float(x) for x in re.findall(r"INFO epoch \d+ .* fallback ([\d.]+)%", log)]
+    assert len(shares) == 2 and min(shares) >= 50, shares
+    assert log.count("% of training samples had no neighbour with cosine >= quality_threshold=1.0") == 1

@@ -51,6 +51,7 @@ class Trainer:
         self._step = jax.jit(self._keyed_step, donate_argnums=(0, 1))
         self._compiled = None
         self.main = parallel.is_main_process()
+        self._fallback_warned = False
 
     def _keyed_step(self, params, opt_state, batch, step, base_key, data):
         return self.task.train_step(params, opt_state, batch, jax.random.fold_in(base_key, step), data)
@@ -169,7 +170,8 @@ class Trainer:
         log.info(epoch_log.epoch_line(record, epochs=cfg.epochs, valid_metric=cfg.valid_metric,
                                       patience=loop["patience"], stopping_step=cfg.stopping_step))
         warning = epoch_log.fallback_warning(record, cfg.quality_threshold)
-        if warning and epoch == 0:
+        if warning and not self._fallback_warned:  # once per run, at the first epoch it happens
+            self._fallback_warned = True
             log.warning("warning: %s", warning)
         loop["epochs_done"] = epoch + 1
         loop["train_time_s"] = loop.get("train_time_s", 0.0) + train_time
