@@ -76,28 +76,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    """jax.distributed on localhost: 2 processes x 2 CPU devices, each feeding its half of every batch."""
-    port = _free_port()
-    procs = []
+def _launch_two(args: list[str]) -> list[subprocess.Popen]:
+    """`python ARGS` as 2 jax.distributed processes x 2 CPU devices on localhost (docs/scaling.md's variables)."""
+    port, procs = _free_port(), []
     for i in range(2):
         env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                    XLA_FLAGS="--xla_force_host_platform_device_count=2", FTRAGREC_COORDINATOR=f"127.0.0.1:{port}",
                    FTRAGREC_NUM_PROCESSES="2", FTRAGREC_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/multiprocess_steps.py"),
-                                       str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    from tests.scripts.multiprocess_steps import run  # the reference meanwhile, here on one device
+    return procs
 
-    ref = run(1)  # conftest sets the "highest" matmul precision, as the script does
+
+def _wait_all(procs: list[subprocess.Popen], timeout: int = 240) -> None:
     for p in procs:
         try:
-            _, err = p.communicate(timeout=240)
+            _, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
         assert p.returncode == 0, err[-3000:]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """jax.distributed on localhost: 2 processes x 2 CPU devices, each feeding its half of every batch."""
+    procs = _launch_two([str(ROOT / "tests/scripts/multiprocess_steps.py"), str(tmp_path)])
+    from tests.scripts.multiprocess_steps import run  # the reference meanwhile, here on one device
+
+    ref = run(1)  # conftest sets the "highest" matmul precision, as the script does
+    _wait_all(procs)
     got = np.load(tmp_path / "result.npz")
     assert int(got["processes"]) == 2 and int(got["devices"]) == 4 and ref["devices"] == 1
     assert str(got["keys_type"]) == "ShardedKeys" and int(got["n_base"]) % 4  # padded shards across processes
@@ -176,23 +184,9 @@ def test_two_process_trainer_matches_one_process(tmp_path):
     from tests.test_train import write_lines_dataset
 
     data = write_lines_dataset(tmp_path / "tiny.txt")
-    port, procs = _free_port(), []
-    for i in range(2):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=2", FTRAGREC_COORDINATOR=f"127.0.0.1:{port}",
-                   FTRAGREC_NUM_PROCESSES="2", FTRAGREC_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train",
-                                       *cli_args(data, tmp_path / "two", "--epochs=1")], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = _launch_two(["-m", "experiments.train", *cli_args(data, tmp_path / "two", "--epochs=1")])
     assert train(data, tmp_path / "one", "--epochs=1", "--mesh=1") == 0
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, err[-3000:]
+    _wait_all(procs)
     a, b = metrics_lines(tmp_path / "two")[0], metrics_lines(tmp_path / "one")[0]
     for k in ("loss", "ce", "sem_nce", "grad_norm"):
         assert a[k] == pytest.approx(b[k], rel=1e-5), k
