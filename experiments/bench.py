@@ -29,6 +29,10 @@ from experiments import benchlib
 from experiments.cli_common import HelpFormatter
 
 BENCHES = ("duorec_step", "ftragrec_step", "ftragrec_epoch", "eval", "kb_build", "retrieval")
+# every backend cached and uncached as the issue asks, plus IVF (the fast approximate choice on CPU)
+FTRAGREC_VARIANTS = {"exact-cached": ("exact", True), "exact-uncached": ("exact", False),
+                     "faiss-cached": ("faiss", True), "faiss-uncached": ("faiss", False),
+                     "ivf-cached": ("ivf", True)}
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 BEAUTY = dict(users=22363, items=12102)  # sizes for the synthetic stand-ins
@@ -59,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="full float32 matmuls on both sides (GPU default: TF32 allowed on both, as jax does)")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile side of duorec_step")
     p.add_argument("--seed", type=int, default=0, help="seed of the random data, parameters and batches")
+    p.add_argument("--ftragrec-variants", default=",".join(FTRAGREC_VARIANTS),
+                   help="ftragrec_step/ftragrec_epoch: JAX sides to run (a whole epoch per side is minutes on CPU)")
     p.add_argument("--json", default=None, help="write rows, machine info and the command line to this file")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -67,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         p.error(f"--what: unknown {bad}; choose from {list(BENCHES)}")
     args.what = what
+    variants = [v.strip() for v in args.ftragrec_variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in FTRAGREC_VARIANTS]
+    if bad or not variants:
+        p.error(f"--ftragrec-variants: unknown {bad or variants}; choose from {list(FTRAGREC_VARIANTS)}")
+    args.ftragrec_variants = variants
     args.kb = [int(x) for x in str(args.kb).split(",") if x.strip()]
     for name in ("items", "users", "batch", "max_len", "top_k", "repeats", "epoch_repeats", "threads"):
         if getattr(args, name) < 1:
@@ -351,10 +362,8 @@ class FTragrecSetup:
         self.ctx.torch.build_knowledge(model, {k: getattr(self.ds.train, k) for k in fields}, self.ctx.torch_dev)()
         return model
 
-    @staticmethod
-    def variants():
-        # every backend cached and uncached as the issue asks, plus IVF (the fast approximate choice on CPU)
-        return [(b, c) for b in ("exact", "faiss") for c in (True, False)] + [("ivf", True)]
+    def variants(self):
+        return [FTRAGREC_VARIANTS[v] for v in self.ctx.args.ftragrec_variants]
 
     def label(self, backend: str, cached: bool) -> str:
         name = {"exact": "exact", "faiss": "faiss Flat",

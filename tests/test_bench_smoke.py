@@ -41,6 +41,15 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
 
 
 def test_bad_arguments_are_rejected():
-    for argv in (["--what", "nope"], ["--batch", "0"], ["--kb", "2", "--top-k", "5"]):
+    for argv in (["--what", "nope"], ["--batch", "0"], ["--kb", "2", "--top-k", "5"],
+                 ["--ftragrec-variants", "exact-cached,hnsw"], ["--ftragrec-variants", ","]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
+
+
+def test_ftragrec_variants_select_the_jax_sides():
+    pytest.importorskip("torch")
+    report = bench.run(bench.parse_args(TINY + ["--what", "ftragrec_step",
+                                                "--ftragrec-variants", "exact-cached,ivf-cached"]))
+    sides = [r["side"] for r in report["rows"]]
+    assert sides[0] == "jax exact cached" and sides[1].startswith("jax faiss IVF") and len(sides) == 3, sides
