@@ -9,12 +9,17 @@ batch of 256 almost always holds one row of length 50, so a plain batch pays for
 Here rows are sorted by length on the device, cut into fixed-size chunks, and each chunk runs at the
 smallest length budget that holds its longest row (`lax.switch`: only the chosen branch executes, forward
 and backward). Shapes stay static, nothing leaves the device, and gradients are those of the plain call.
+
+On a mesh (`mesh=`, batch sharded along its data axis) each device sorts and buckets its own rows
+(`jax.shard_map`): left to the SPMD partitioner, the global sort gathers the whole batch and every device
+would encode all of it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def length_budgets(max_len: int, buckets=(8, 16, 32)) -> tuple[int, ...]:
@@ -22,12 +27,14 @@ def length_budgets(max_len: int, buckets=(8, 16, 32)) -> tuple[int, ...]:
 
 
 def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk: int = 128,
-                    buckets=(8, 16, 32)):
+                    buckets=(8, 16, 32), mesh=None):
     """[B, L] sequences -> [B, H] outputs, equal to `encoder(item_seq, item_seq_len, dropout_key)`.
 
     With dropout the masks are drawn per chunk (fold_in of the chunk index): as random as the plain
-    call, not bit-identical to it.
+    call, not bit-identical to it. mesh: rows sharded along its data axis are bucketed per device.
     """
+    if mesh is not None and mesh.size > 1:
+        return _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, mesh)
     n, max_len = item_seq.shape
     budgets = length_budgets(max_len, buckets)
     if len(budgets) == 1 or n <= chunk // 2:
@@ -58,3 +65,20 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
             outs.append(jax.lax.switch(which, branches, seq_c, len_c, key_c))
     sorted_out = jnp.concatenate(outs)[:n]
     return jnp.zeros_like(sorted_out).at[order].set(sorted_out)
+
+
+def _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, mesh):
+    """encode_bucketed on each device's rows; the encoder's parameters enter replicated."""
+    from flax import nnx
+
+    from ftragrec_jax.parallel import DATA_AXIS
+
+    graphdef, state = nnx.split(encoder)
+
+    def local(state, seq, lens, key):
+        if key is not None:  # devices draw different masks, as the rows of one device do
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+        return encode_bucketed(nnx.merge(graphdef, state), seq, lens, key, chunk=chunk, buckets=buckets)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+                         out_specs=P(DATA_AXIS))(state, item_seq, item_seq_len, dropout_key)
