@@ -36,6 +36,7 @@ def parse_args(argv):
 
 def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) -> dict:
     """{"valid": metrics, "test": metrics} of a model directory; raises the project's errors on bad input."""
+    from ftragrec_jax import parallel
     from ftragrec_jax.checkpoint import check_vocab_compat, load_model, read_meta
     from ftragrec_jax.config import DATASET_KEYS, load_config
     from ftragrec_jax.errors import CheckpointError
@@ -47,6 +48,8 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
     extra = [f"data={data}"] if data is not None else []
     cfg = load_config(None, list(overrides) + extra, base=stored)
     cfg.show_progress = show_progress
+    mesh = parallel.make_mesh(cfg.mesh)  # batches sharded over it, as in training
+    parallel.check_batch_divides(cfg.eval_batch_size, mesh, "eval_batch_size")  # before loading anything
     dataset = dataset_from_config(cfg)
     check_vocab_compat(meta, dataset.n_items, str(checkpoint))
     meta, params, vocab = load_model(checkpoint)
@@ -55,10 +58,10 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
         raise CheckpointError(
             f"{checkpoint}: the stored item vocabulary differs from the dataset's at id {diff} "
             f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items")
-    score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg)
-    valid = evaluate_split(score, dataset, "valid", cfg)
+    score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg, mesh)
+    valid = evaluate_split(score, dataset, "valid", cfg, mesh=mesh)
     before_test()
-    return {"valid": valid, "test": evaluate_split(score, dataset, "test", cfg)}
+    return {"valid": valid, "test": evaluate_split(score, dataset, "test", cfg, mesh=mesh)}
 
 
 def main(argv=None) -> int:

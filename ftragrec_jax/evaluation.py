@@ -10,6 +10,11 @@ result under ties depends on the torch build and device. Without ties involving 
 
 Memory: scores exist for one chunk of `batch_size` rows at a time, never users x items at once; the rank is
 computed on the device by one jitted function per chunk and only [batch_size] ints come back.
+
+Data parallel (`mesh=`): each chunk is sharded along the mesh's `data` axis like a training batch
+(`parallel.put_batch`; with several processes each feeds only its own rows), the scorer runs on the sharded
+chunk with replicated parameters, and only the [batch_size] ranks are gathered, onto every process. The
+chunk size must divide by the device count (`eval_batch_size`), checked before anything is scored.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftragrec_jax import parallel
 from ftragrec_jax.data.batches import iterate_batches
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.errors import FtragrecError
@@ -54,8 +60,7 @@ def split_history(dataset, split: str) -> UserHistory:
     return dataset.history
 
 
-@functools.partial(jax.jit, static_argnames=("mask_history",))
-def target_ranks(scores, target, history, *, mask_history: bool):
+def _target_ranks(scores, target, history, *, mask_history: bool):
     """1-based rank of each row's target under the tie rule above, and whether the row had a NaN score.
     history: int32 [B, H] item ids to exclude (0 = none), ignored unless mask_history."""
     n_items = scores.shape[1]
@@ -73,15 +78,26 @@ def target_ranks(scores, target, history, *, mask_history: bool):
     return rank, bad
 
 
+target_ranks = jax.jit(_target_ranks, static_argnames=("mask_history",))
+
+
+@functools.lru_cache(maxsize=8)
+def _gathered_ranks(mesh):
+    """target_ranks whose [B] outputs come back replicated: every process holds all ranks of the chunk
+    (an all-gather of B ints; the [B, n_items] scores never leave their devices)."""
+    return jax.jit(_target_ranks, static_argnames=("mask_history",), out_shardings=parallel.replicated(mesh))
+
+
 def full_sort_evaluate(score_fn, samples: SequenceSamples, n_items: int, *, ks=(5, 10, 20, 50),
-                       batch_size: int = 1024, history: UserHistory | None = None) -> EvalResult:
+                       batch_size: int = 1024, history: UserHistory | None = None, mesh=None) -> EvalResult:
     """RecBole metrics at every K in ks over `samples`.
 
     score_fn(item_seq, item_seq_len, batch) -> [B, n_items] scores (jax or numpy); column 0 is padding and
     never ranked. Batches have a fixed size (the last one padded, its extra rows ignored).
     history: a UserHistory (dataset.history) to hide each sample's earlier items from the ranking.
+    mesh: shard each batch over this device mesh (see the module docstring); None = numpy batches as given.
     """
-    ranks = sample_ranks(score_fn, samples, n_items, batch_size=batch_size, history=history)
+    ranks = sample_ranks(score_fn, samples, n_items, batch_size=batch_size, history=history, mesh=mesh)
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise FtragrecError(f"ks={ks}: expected positive cut-offs")
@@ -91,8 +107,13 @@ def full_sort_evaluate(score_fn, samples: SequenceSamples, n_items: int, *, ks=(
 
 
 def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size: int = 1024,
-                 history: UserHistory | None = None) -> np.ndarray:
-    """int64 [N]: every sample's target rank (1 = top) among the real items."""
+                 history: UserHistory | None = None, mesh=None) -> np.ndarray:
+    """int64 [N]: every sample's target rank (1 = top) among the real items.
+
+    With `mesh`, score_fn receives the chunk's fields as device arrays sharded along the data axis (the batch
+    dict holds item_seq, item_seq_len, target, user, prefix_len, mask, index, each [B]-leading)."""
+    if mesh is not None:
+        parallel.check_batch_divides(batch_size, mesh, "eval_batch_size")
     if len(samples) == 0:
         raise FtragrecError("nothing to evaluate: 0 samples (users need at least 3 interactions for a test "
                             "sample and 4 for a valid one)")
@@ -105,14 +126,21 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
         width = max(1, int(samples.prefix_len.max()))
         width = 32 * math.ceil(width / 32)  # few distinct shapes across splits, so few compilations
     out = np.empty(len(samples), dtype=np.int64)
+    ranker = target_ranks if mesh is None else _gathered_ranks(mesh)
+    # multi-process: every process walks the same chunks (no shuffle) and feeds its own rows of each
+    local = parallel.process_slice(batch_size) if mesh is not None and jax.process_count() > 1 else slice(None)
     pending = None  # one chunk in flight: the next chunk is dispatched before this one's ranks are fetched
     for batch in iterate_batches(samples, batch_size):
-        scores = score_fn(batch["item_seq"], batch["item_seq_len"], batch)
-        if tuple(scores.shape) != (batch_size, n_items):
-            raise FtragrecError(f"score_fn returned shape {tuple(scores.shape)}, expected ({batch_size}, {n_items})")
         hist = (np.zeros((batch_size, 1), np.int32) if history is None
                 else history.prefix_matrix(batch["user"], batch["prefix_len"], width))
-        result = target_ranks(scores, batch["target"], hist, mask_history=history is not None)
+        fed = batch
+        if mesh is not None:
+            fed = parallel.put_batch({k: _narrow(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
+            hist = fed.pop("history")
+        scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
+        if tuple(scores.shape) != (batch_size, n_items):
+            raise FtragrecError(f"score_fn returned shape {tuple(scores.shape)}, expected ({batch_size}, {n_items})")
+        result = ranker(scores, fed["target"], hist, mask_history=history is not None)
         if pending is not None:
             _collect(out, *pending)
         pending = (batch, result)
@@ -120,8 +148,20 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
     return out
 
 
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """int64 fields as int32: what jax makes of them anyway, without the dtype warning."""
+    return a.astype(np.int32) if a.dtype == np.int64 else a
+
+
+def _host(x) -> np.ndarray:
+    """A chunk's result on this host: a replicated array across processes is read from a local copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(jax.device_get(x))
+
+
 def _collect(out: np.ndarray, batch: dict, result) -> None:
-    rank, bad = jax.device_get(result)
+    rank, bad = (_host(x) for x in result)
     real = batch["mask"] > 0
     if bad[real].any():
         row = int(batch["index"][real][np.argmax(bad[real])])

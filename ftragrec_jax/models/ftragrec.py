@@ -216,9 +216,9 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     return total, aux
 
 
-def _query_side(model, batch, memory: Memory, hp, seq_output, searcher):
+def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=None):
     if seq_output is None:  # uncached: the frozen encoder, dropout off (length-bucketed: same outputs, faster)
-        seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"])
+        seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"], mesh=mesh)
     seq_output = jax.lax.stop_gradient(seq_output)
     query = embed(model.retriever, seq_output)
     ids = retrieve(query, batch["user"], batch["prefix_len"], memory, backend=hp.retrieval_backend,
@@ -237,9 +237,10 @@ def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecH
 
 
 def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
-                    searcher: FaissSearcher | None = None):
-    """Full-sort scores [B, n_items] from the enhanced representation (evaluation)."""
-    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher)
+                    searcher: FaissSearcher | None = None, mesh=None):
+    """Full-sort scores [B, n_items] from the enhanced representation (evaluation); `mesh`: the batch is
+    sharded along its data axis (each device encodes its own rows)."""
+    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh)
     table = model.encoder.item_table()
     nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
     if hp.fusion == "knn_lm":
@@ -271,13 +272,14 @@ def make_train_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTran
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None):
+def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None):
     """jitted scores(params, memory, batch) -> [B, n_items]; use `score_fn(scorer, params, memory)` to get
-    the evaluator's `(item_seq, item_seq_len, batch) -> scores` callable."""
+    the evaluator's `(item_seq, item_seq_len, batch) -> scores` callable. mesh: the device mesh whose data
+    axis the evaluation batches are sharded along (None = one device)."""
 
     def scores(params, memory, batch):
         model = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
-        return ftragrec_scores(model, batch, memory, hp=hp, searcher=searcher)
+        return ftragrec_scores(model, batch, memory, hp=hp, searcher=searcher, mesh=mesh)
 
     return jax.jit(scores)
 

@@ -8,6 +8,7 @@ import jax
 import optax
 from flax import nnx
 
+from ftragrec_jax import parallel
 from ftragrec_jax.config import Config
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.train.task import Task
@@ -37,6 +38,7 @@ class DuoRecTask(Task):
         self.graphdef, self._init_params, self.rest = nnx.split(encoder, nnx.Param, ...)
         # the training sequences live on the device once; the step gathers same-target positives from them
         self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
+        self.mesh = parallel.make_mesh(cfg.mesh)  # evaluation batches are sharded over it
         self._score = jax.jit(self._scores)
 
     def merge(self, params):
@@ -63,7 +65,8 @@ class DuoRecTask(Task):
 
     def _scores(self, params, item_seq, item_seq_len):
         encoder = self.merge(params)
-        return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len))  # same outputs, fewer tokens
+        # same outputs, fewer tokens; each device buckets its own rows
+        return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len, mesh=self.mesh))
 
     def score_fn(self, params):
         return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)

@@ -8,12 +8,16 @@ import sys
 from ftragrec_jax.config import Config
 
 
-def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None) -> dict:
-    """RecBole-named metrics at every K in cfg.topk for `split` ("valid" or "test")."""
+def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None,
+                   mesh=None) -> dict:
+    """RecBole-named metrics at every K in cfg.topk for `split` ("valid" or "test"), data-parallel over `mesh`
+    (None = the mesh of config key `mesh`); score_fn gets batches sharded along its data axis."""
     from tqdm.auto import tqdm
 
+    from ftragrec_jax import parallel
     from ftragrec_jax.evaluation import full_sort_evaluate
 
+    mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
     samples = getattr(dataset, split)
     show = cfg.show_progress if show_progress is None else show_progress
     total = math.ceil(len(samples) / cfg.eval_batch_size)
@@ -25,7 +29,8 @@ def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress:
             return out
 
         return dict(full_sort_evaluate(counted, samples, dataset.n_items, ks=tuple(cfg.topk),
-                                       batch_size=cfg.eval_batch_size, history=history_for(dataset, split, cfg)))
+                                       batch_size=cfg.eval_batch_size, history=history_for(dataset, split, cfg),
+                                       mesh=mesh))
 
 
 def history_for(dataset, split: str, cfg: Config):

@@ -83,7 +83,8 @@ class FTragrecTask(Task):
                                             time.perf_counter() - t0)
         self._step = make_train_step(self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher,
                                      cached=cfg.cache_seq_output)
-        self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher)
+        self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher,
+                                   mesh=self.mesh)
 
     def merge(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
@@ -144,11 +145,13 @@ class FTragrecTask(Task):
         from ftragrec_jax.models.bucketing import encode_bucketed
 
         graphdef, state = nnx.split(self.merge(self._init_params).encoder)
+        state = parallel.replicate(state, self.mesh)  # evaluated on batches sharded over the mesh
+        mesh = self.mesh
 
         @jax.jit
         def scores(state, item_seq, item_seq_len):
             encoder = nnx.merge(graphdef, state)
-            return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len))
+            return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len, mesh=mesh))
 
         return lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)
 
@@ -184,9 +187,10 @@ class FTragrecTask(Task):
         return nnx.split(model, nnx.Param, ...)[1]
 
 
-def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config):
+def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None):
     """(score_fn, before_test) for an FTragrec model directory: the base is rebuilt from the dataset's training
-    split with the saved g, as during training after a refresh."""
+    split with the saved g, as during training after a refresh. On `mesh` (None = config key `mesh`) the
+    parameters are replicated and the base placed as for training (exact backend: keys sharded)."""
     from ftragrec_jax.checkpoint import assign_params
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
@@ -203,11 +207,21 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config):
     assign_params(model, params, f"{path}/params")
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
     kb = _knowledge_base(model.encoder, model.retriever, dataset.train, hp, cfg.faiss_shards)
-    scorer = make_scorer(graphdef, hp, rest=rest, searcher=kb.searcher)
+    mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
+    scorer = make_scorer(graphdef, hp, rest=rest, searcher=kb.searcher, mesh=mesh)
+    state = parallel.replicate(state, mesh)
+    placed = {"memory": None}
+
+    def memory_on_mesh():
+        """Placed once, and again after before_test() extends the base (the placed copy replaces its own)."""
+        if kb.memory is not placed["memory"]:
+            kb.memory = placed["memory"] = parallel.place_step_data(kb.memory, mesh)
+        return placed["memory"]
 
     def before_test():
         if ftr.get("extend_memory_with_valid"):
             kb.extend(model.encoder, model.retriever, dataset.valid)
 
-    return (lambda item_seq, item_seq_len, batch: score_fn(scorer, state, kb.memory)(item_seq, item_seq_len, batch),
+    return (lambda item_seq, item_seq_len, batch: score_fn(scorer, state, memory_on_mesh())(item_seq, item_seq_len,
+                                                                                             batch),
             before_test)

@@ -47,6 +47,7 @@ class Trainer:
         self.cfg, self.task, self.dataset, self.run, self.log = cfg, task, dataset, run, logger
         self.mesh = parallel.make_mesh(cfg.mesh)
         parallel.check_batch_divides(cfg.train_batch_size, self.mesh)
+        parallel.check_batch_divides(cfg.eval_batch_size, self.mesh, "eval_batch_size")  # evaluation is sharded too
         self.base_key = jax.random.key(cfg.seed, impl="unsafe_rbg")
         self._step = jax.jit(self._keyed_step, donate_argnums=(0, 1))
         self._compiled = None
@@ -87,7 +88,7 @@ class Trainer:
         if score_fn is None:
             return
         t0 = time.perf_counter()
-        valid = evaluate_split(score_fn, self.dataset, "valid", self.cfg)
+        valid = evaluate_split(score_fn, self.dataset, "valid", self.cfg, mesh=self.mesh)
         self.log.info(epoch_log.baseline_line(valid, self.cfg.valid_metric, time.perf_counter() - t0))
 
     def _restore(self, ckpts: TrainCheckpoints, params, opt_state):
@@ -188,7 +189,7 @@ class Trainer:
     def _validate(self, epoch: int, params, loop: dict, record: dict) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
+        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg, mesh=self.mesh)
         eval_time = time.perf_counter() - t0
         score = valid[cfg.valid_metric]
         record["valid"] = valid
@@ -243,7 +244,7 @@ class Trainer:
         cfg, log = self.cfg, self.log
         if self.run.best_model.exists():
             _, pure, _ = load_model(self.run.best_model)
-            params = self.task.import_params(pure, params)
+            params = parallel.replicate(self.task.import_params(pure, params), self.mesh)  # evaluated sharded
             which = f"best valid epoch {loop['best_epoch']}"
         else:
             which = "last epoch (validation never ran: eval_step > epochs)"
@@ -253,9 +254,9 @@ class Trainer:
                 log.info("index refreshed with the selected model's retriever in %.1fs", value)
             else:
                 log.info("before the final evaluation: %s = %s", key, value)
-        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg)
+        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg, mesh=self.mesh)
         self.task.before_test(params)
-        test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg)
+        test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg, mesh=self.mesh)
         results = {
             "valid": valid, "test": test, "model": self.task.model, "checkpoint": str(self.run.best_model),
             "selected": which, "best_epoch": loop["best_epoch"], "epochs_run": loop["epochs_done"],

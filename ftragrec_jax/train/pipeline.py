@@ -50,7 +50,9 @@ def check_devices(cfg: Config) -> None:
     """`mesh` and the batch size must fit the devices; checked before data is loaded or encoded."""
     from ftragrec_jax import parallel
 
-    parallel.check_batch_divides(cfg.train_batch_size, parallel.make_mesh(cfg.mesh))
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.check_batch_divides(cfg.train_batch_size, mesh)
+    parallel.check_batch_divides(cfg.eval_batch_size, mesh, "eval_batch_size")  # evaluation is sharded too
 
 
 def needs_backbone(cfg: Config) -> bool:

@@ -45,9 +45,13 @@ def finite_params(tree) -> list[str]:
     return bad
 
 
-def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config):
+def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None):
     """(score_fn, before_test) for a loaded model directory (JAX-trained or converted from PyTorch);
-    before_test() runs once between the valid and test evaluations (FTragrec: extend the memory)."""
+    before_test() runs once between the valid and test evaluations (FTragrec: extend the memory).
+    Parameters are replicated over `mesh` (None = config key `mesh`), whose data axis shards the batches."""
+    from ftragrec_jax import parallel
+
+    mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
     bad = finite_params(params)
     if bad:
         raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
@@ -58,15 +62,16 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config):
             enc_cfg = EncoderConfig(**meta["encoder"])
         except (TypeError, ConfigError) as e:
             raise CheckpointError(f"{path}/model.json: bad 'encoder' settings ({e})") from None
-        score = encoder_scorer(enc_cfg, params, f"{path}/params")
+        score = encoder_scorer(enc_cfg, params, f"{path}/params", mesh=mesh)
         return (lambda item_seq, item_seq_len, batch: score(item_seq, item_seq_len)), (lambda: None)
     from ftragrec_jax.train.ftragrec_task import scorer_from_params
 
-    return scorer_from_params(path, meta, params, dataset, cfg)
+    return scorer_from_params(path, meta, params, dataset, cfg, mesh)
 
 
-def encoder_scorer(enc_cfg, params, source: str):
-    """Jitted `(item_seq, item_seq_len) -> full-sort scores` of a DuoRec encoder filled from `params`."""
+def encoder_scorer(enc_cfg, params, source: str, mesh=None):
+    """Jitted `(item_seq, item_seq_len) -> full-sort scores` of a DuoRec encoder filled from `params`
+    (replicated over `mesh` when given, for batches sharded along its data axis)."""
     from ftragrec_jax.checkpoint import assign_params
     from ftragrec_jax.models.bucketing import encode_bucketed
     from ftragrec_jax.models.encoder import build_encoder
@@ -74,11 +79,15 @@ def encoder_scorer(enc_cfg, params, source: str):
     encoder = build_encoder(enc_cfg, seed=0)
     assign_params(encoder, params, source)
     graphdef, state = nnx.split(encoder)
+    if mesh is not None:
+        from ftragrec_jax import parallel
+
+        state = parallel.replicate(state, mesh)
 
     @jax.jit
     def scores(state, item_seq, item_seq_len):
         enc = nnx.merge(graphdef, state)
         # length-bucketed: the same outputs; eval prefixes are short, so ~5x less encoder work on Beauty
-        return enc.scores(encode_bucketed(enc, item_seq, item_seq_len))
+        return enc.scores(encode_bucketed(enc, item_seq, item_seq_len, mesh=mesh))
 
     return lambda item_seq, item_seq_len: scores(state, item_seq, item_seq_len)
