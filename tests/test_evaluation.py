@@ -150,3 +150,33 @@ def test_errors_are_clear():
         full_sort_evaluate(table_scorer(nan), samples.take(np.arange(0)), 4)
     with pytest.raises(FtragrecError, match="targets outside"):
         full_sort_evaluate(table_scorer(np.zeros((2, 2))), samples, 2)
+
+
+def test_mesh_evaluation_equals_numpy_batches_and_checks_divisibility():
+    """On a mesh (one device here; 4 in tests/test_scale_out.py) the batch reaches score_fn as device arrays
+    and the ranks are those of the numpy path; a batch the device count does not divide is refused before
+    anything is scored."""
+    from types import SimpleNamespace
+
+    import jax
+
+    from ftragrec_jax import parallel
+    from ftragrec_jax.errors import ConfigError
+
+    rng = np.random.default_rng(7)
+    table = rng.integers(0, 4, size=(37, 19)).astype(np.float32)
+    samples = make_samples(rng.integers(1, 19, size=37))
+    seen = []
+
+    def scorer(item_seq, item_seq_len, batch):
+        seen.append(isinstance(item_seq, jax.Array) and isinstance(batch["user"], jax.Array))
+        return table_scorer(table)(item_seq, item_seq_len, batch)
+
+    mesh = parallel.make_mesh(1)
+    assert sample_ranks(scorer, samples, 19, batch_size=8, mesh=mesh).tolist() == \
+        sample_ranks(table_scorer(table), samples, 19, batch_size=8).tolist()
+    assert len(seen) == 5 and all(seen)
+    four = SimpleNamespace(size=4)  # check_batch_divides only reads the device count
+    with pytest.raises(ConfigError, match="config key 'eval_batch_size': 6 is not divisible by the 4 devices"):
+        full_sort_evaluate(lambda *a: pytest.fail("scored before the check"), samples, 19, batch_size=6,
+                           mesh=four)

@@ -111,6 +111,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert str(got["keys_type"]) == "ShardedKeys" and int(got["n_base"]) % 4  # padded shards across processes
     np.testing.assert_allclose(got["ce_losses"], ref["ce_losses"], rtol=1e-5)
     np.testing.assert_allclose(got["ft_losses"], ref["ft_losses"], rtol=1e-5)
+    # data-parallel evaluation: each process fed its rows, every rank came back, exactly the 1-device ranks
+    assert len(ref["ft_ranks"]) == ref["n_base"] and ref["ft_ranks"].min() >= 1
+    np.testing.assert_array_equal(got["ft_ranks"], ref["ft_ranks"])
     names = [k for k in ref if k.startswith(("ce/", "ft/"))]
     assert sorted(names) == sorted(k for k in got.files if k.startswith(("ce/", "ft/")))
     for k in names:
@@ -202,3 +205,39 @@ def test_two_process_trainer_matches_one_process(tmp_path):
         # constant), which Adam scales up: there the all-reduce's summation order shows (6e-5 seen)
         tol = 1e-3 if k[-2:] == ("key", "bias") else 1e-5
         np.testing.assert_allclose(pa[k], pb[k], atol=tol, err_msg=".".join(map(str, k)))
+
+
+# --- data-parallel evaluation ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sharded_eval(tmp_path_factory) -> dict:
+    return last_json(run_script("sharded_eval.py", tmp_path_factory.mktemp("sharded_eval")))
+
+
+def test_four_device_evaluation_gives_the_one_device_ranks(sharded_eval):
+    """Random DuoRec and FTragrec (exact and faiss backends) scored on 4 devices: every sample's rank, with and
+    without history masking, before and after the base grows by the valid samples, and the metrics of
+    experiments.evaluate are exactly those of one device."""
+    res = sharded_eval
+    assert res["devices"] == 4 and res["models"] == ["duorec", "ftragrec_exact", "ftragrec_faiss"]
+    runs = res["runs"]
+    for model in res["models"]:
+        one, four = runs[f"{model}/1"], runs[f"{model}/4"]
+        for key in ("valid_16", "valid_512", "valid_masked", "test", "cli"):
+            assert four[key] == one[key], (model, key)
+        assert one["sharding"] == {"input_rows": [16], "user_rows": [16], "score_rows": [16]}
+        # each device received and scored a quarter of every 16-row batch
+        assert four["sharding"] == {"input_rows": [4] * 4, "user_rows": [4] * 4, "score_rows": [4] * 4}
+    assert runs["ftragrec_exact/1"]["valid_16"] != runs["duorec/1"]["valid_16"]  # retrieval changed the ranks
+    assert runs["duorec/1"]["valid_masked"] != runs["duorec/1"]["valid_16"]
+    # the DuoRec scorer (length-bucketed on each device's 128 rows) needs no cross-device traffic at all
+    assert res["duorec_scorer_collectives"] == 0 and res["duorec_scorer_conditionals"] == 1
+
+
+def test_eval_batch_not_divisible_by_devices_is_refused_first(sharded_eval):
+    errors = sharded_eval["errors"]
+    assert set(errors) == {"sample_ranks", "evaluate_cli", "train_cli"}
+    for where, message in errors.items():
+        assert "config key 'eval_batch_size': 6 is not divisible by the 4 devices" in message, where
+    assert errors["train_cli"].startswith("exit 2: error:")
+    assert sharded_eval["scored_before_refusal"] == 0 and not sharded_eval["refused_run_written"]

@@ -1,5 +1,6 @@
 """A few DuoRec-style CE steps and FTragrec steps (exact backend, keys sharded over the mesh) on every device
-of every process; process 0 writes the losses and final parameters to OUT_DIR/result.npz.
+of every process, and a data-parallel FTragrec evaluation (every sample's rank, initial parameters); process 0
+writes the losses, ranks and final parameters to OUT_DIR/result.npz.
 
 Single process:  python tests/scripts/multiprocess_steps.py OUT_DIR [N_DEVICES]
 Multi-process:   FTRAGREC_COORDINATOR=127.0.0.1:PORT FTRAGREC_NUM_PROCESSES=2 FTRAGREC_PROCESS_ID=i \\
@@ -15,7 +16,9 @@ import optax
 from flax import nnx
 
 from ftragrec_jax import parallel
-from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_train_step
+from ftragrec_jax.data.samples import SequenceSamples
+from ftragrec_jax.evaluation import sample_ranks
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, make_train_step, score_fn
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import make_optimizer
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
@@ -73,6 +76,10 @@ def ftragrec_steps(mesh):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(1e-2, 0.0)
     params, opt_state = parallel.replicate((params, tx.init(params)), mesh)
+    # evaluation first, on the initial parameters: identical inputs, so the ranks must be identical too
+    scorer = make_scorer(graphdef, hp, rest=rest, mesh=mesh)
+    ranks = sample_ranks(score_fn(scorer, params, memory), SequenceSamples(**samples), 40,
+                         batch_size=GLOBAL_BATCH, mesh=mesh)
     step = make_train_step(graphdef, hp, tx, rest=rest)
     order = np.random.default_rng(1).permutation(len(samples["target"]))
     losses = []
@@ -80,7 +87,8 @@ def ftragrec_steps(mesh):
         batch = batch_of(samples, order[i * GLOBAL_BATCH:(i + 1) * GLOBAL_BATCH - 2], GLOBAL_BATCH)
         params, opt_state, aux = step(params, opt_state, parallel.put_batch(local_rows(batch), mesh), memory)
         losses.append(float(fetch(aux["loss"])))
-    return losses, nnx.to_pure_dict(fetch(params))["retriever"], len(samples["target"]), type(memory.keys).__name__
+    return (losses, nnx.to_pure_dict(fetch(params))["retriever"], len(samples["target"]), type(memory.keys).__name__,
+            ranks)
 
 
 def flatten(prefix: str, tree) -> dict:
@@ -92,8 +100,9 @@ def run(n_devices: int | None = None) -> dict:
     """Losses and final parameters (flat dict of numpy arrays), on a mesh over n_devices (None = all)."""
     mesh = parallel.make_mesh(n_devices)
     ce_losses, ce_params = ce_steps(mesh)
-    ft_losses, ft_params, n_base, keys_type = ftragrec_steps(mesh)
-    return {"ce_losses": ce_losses, "ft_losses": ft_losses, "processes": jax.process_count(), "devices": mesh.size,
+    ft_losses, ft_params, n_base, keys_type, ft_ranks = ftragrec_steps(mesh)
+    return {"ce_losses": ce_losses, "ft_losses": ft_losses, "ft_ranks": ft_ranks, "processes": jax.process_count(),
+            "devices": mesh.size,
             "n_base": n_base, "keys_type": keys_type, **flatten("ce/", ce_params), **flatten("ft/", ft_params)}
 
 
