@@ -54,7 +54,7 @@ class Config:
     stopping_step: int = 10  # early-stopping patience in evaluations without a better valid_metric
     valid_metric: str = "mrr@10"  # model selection metric on the validation split
     eval_step: int = 1  # evaluate on validation every N epochs
-    eval_batch_size: int = 1024  # users per chunk in full-sort evaluation (bounds memory)
+    eval_batch_size: int = 1024  # users per chunk in full-sort evaluation (bounds memory); a multiple of the devices
     topk: tuple = (5, 10, 20, 50)  # cut-offs K for every metric
     mask_history: bool = False  # S3-Rec/ICLRec protocol: hide each user's past items when ranking (off = RecBole)
     output_dir: str = ""  # run folder; "" = runs/<model>-<dataset>-seed<seed>
