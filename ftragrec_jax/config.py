@@ -74,6 +74,7 @@ class Config:
     alpha: float = 0.15  # share of retrieved knowledge in the enhanced representation
     fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
     learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
+    exclude_same_user: bool = False  # ablation: retrieve no sample of the query's own user (default: only its later ones)
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
@@ -129,7 +130,7 @@ class Config:
             ck.require("mesh", isinstance(self.mesh, int) and not isinstance(self.mesh, bool)
                        and self.mesh >= 1, "null (all local devices) or an integer >= 1")
         for key in ("mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output",
-                    "learnable_alpha"):
+                    "learnable_alpha", "exclude_same_user"):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self
 

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.ftragrec import (FTragrecHParams, build_ftragrec, ftragrec_loss, make_scorer,
-                                          make_train_step, neighbours, score_fn)
+from ftragrec_jax.models.ftragrec import (FTragrecHParams, _query_side, build_ftragrec, ftragrec_loss,
+                                          make_scorer, make_train_step, neighbours, score_fn)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.models.retrieval import retrieve
 from ftragrec_jax.models.retriever import embed
@@ -123,3 +123,22 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
 def test_bad_ablation_settings_rejected(kw):
     with pytest.raises(ConfigError, match="fusion|alpha"):
         FTragrecHParams(**kw)
+
+
+def test_exclude_same_user_retrieves_no_sample_of_the_query_user():
+    hp, samples, model, kb = _setup()
+    batch = batch_of(samples, np.arange(len(samples)))
+    seq = model.encoder(jnp.asarray(batch["item_seq"]), jnp.asarray(batch["item_seq_len"]))
+
+    def retrieved(h):
+        _, _, ids = _query_side(model, batch, kb.memory, h, seq, None)
+        ids = np.asarray(ids)
+        assert (ids >= 0).all()
+        return kb.user[ids] == batch["user"][:, None], kb.prefix_len[ids]
+
+    same, prefix = retrieved(hp)
+    # the default rule allows the same user's shorter prefixes, and this small base has such neighbours
+    assert same.any()
+    assert (prefix < batch["prefix_len"][:, None])[same].all()
+    same, _ = retrieved(dataclasses.replace(hp, exclude_same_user=True))
+    assert not same.any()

@@ -57,6 +57,7 @@ class FTragrecHParams:
     retrieval_chunk_size: int = 65536
     fusion: str = "representation"  # "representation" (mix vectors, the design) or "knn_lm" (mix distributions)
     learnable_alpha: bool = False  # train alpha (as a logit) together with the retriever
+    exclude_same_user: bool = False  # never retrieve any sample of the query's own user (not only later ones)
 
     def __post_init__(self):
         def need(key, ok, expected):
@@ -76,7 +77,8 @@ class FTragrecHParams:
             need(key, getattr(self, key) >= 0, "a number >= 0")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
-        need("learnable_alpha", isinstance(self.learnable_alpha, bool), "true or false")
+        for key in ("learnable_alpha", "exclude_same_user"):
+            need(key, isinstance(getattr(self, key), bool), "true or false")
         if self.fusion == "knn_lm" or self.learnable_alpha:  # log(1-a) / logit(a) must be finite
             need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
 
@@ -221,7 +223,10 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
         seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"], mesh=mesh)
     seq_output = jax.lax.stop_gradient(seq_output)
     query = embed(model.retriever, seq_output)
-    ids = retrieve(query, batch["user"], batch["prefix_len"], memory, backend=hp.retrieval_backend,
+    # the exclusion rule forbids same-user entries whose prefix is not shorter than the query's: a query prefix
+    # of 0 makes that every same-user entry (all have prefix >= 1), with no change to the search backends
+    q_prefix = jnp.zeros_like(batch["prefix_len"]) if hp.exclude_same_user else batch["prefix_len"]
+    ids = retrieve(query, batch["user"], q_prefix, memory, backend=hp.retrieval_backend,
                    top_k=hp.top_k, chunk_size=hp.retrieval_chunk_size, searcher=searcher)
     return seq_output, query, ids
 
