@@ -327,7 +327,8 @@ class FTragrecSetup:
             factory = _ivf_factory(len(self.ds.train)) if backend == "ivf" else "Flat"
             self.kbs[backend] = KnowledgeBase.build(self.model.encoder, self.model.retriever, self.ds.train,
                                                     backend="exact" if backend == "exact" else "faiss",
-                                                    faiss_index=factory, nprobe=16, top_k=self.hp.top_k)
+                                                    faiss_index=factory, nprobe=16, top_k=self.hp.top_k,
+                                                    with_rec_ce=True)  # as the trainer builds it
         return self.kbs[backend]
 
     def jax_step(self, backend: str, cached: bool):

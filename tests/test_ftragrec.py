@@ -228,3 +228,44 @@ def test_encode_samples_pads_last_chunk():
     b = encode_samples(enc, s["item_seq"], s["item_seq_len"], chunk_size=10000)
     assert a.shape == (len(s["target"]), 16)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["representation", "knn_lm"])
+def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
+    """The cached step reads the backbone CE per sample from the base (Memory.rec_ce) instead of scoring every
+    item again: same loss terms and the same updated retriever as computing it in the step."""
+    from ftragrec_jax.models.ftragrec import make_train_step
+    from ftragrec_jax.models.knowledge_base import backbone_ce
+    from ftragrec_jax.optim import make_optimizer
+
+    samples, hp, _, _ = setup
+    hp = dataclasses.replace(hp, fusion=fusion, alpha=0.3)
+    model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)
+    plain = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
+    with_ce = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k,
+                                  with_rec_ce=True)
+    assert plain.memory.rec_ce is None
+    logits = np.asarray(with_ce.h, np.float64) @ np.asarray(model.encoder.item_table(), np.float64).T
+    logits -= logits.max(1, keepdims=True)
+    naive = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(logits)), with_ce.target]
+    np.testing.assert_allclose(with_ce.rec_ce, naive, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(backbone_ce(model.encoder, with_ce.h, with_ce.target, chunk_size=7), with_ce.rec_ce,
+                               rtol=1e-6, atol=1e-6)
+
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    opt = make_optimizer(1e-2)
+    step = make_train_step(gd, hp, opt, rest=rest, cached=True)
+    batch = batch_of(samples, np.arange(3, 35), 40)
+    copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the step donates its inputs)
+    p1, _, a1 = step(copy(params), opt.init(params), batch, plain.memory)
+    p2, _, a2 = step(copy(params), opt.init(params), batch, with_ce.memory)
+    for k in ("loss", "rec_loss", "enhanced_rec_loss", "kl_loss", "grad_norm"):
+        np.testing.assert_allclose(float(a2[k]), float(a1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+    assert float(a1["grad_norm"]) > 0
+    # extending the base (valid samples before testing) extends the cached CE with it
+    n = len(with_ce)
+    with_ce.extend(model.encoder, model.retriever, batch_of(samples, np.arange(5), 5))
+    assert with_ce.memory.rec_ce.shape == (n + 5,)
+    np.testing.assert_allclose(with_ce.rec_ce[n:], with_ce.rec_ce[:5], rtol=1e-6, atol=1e-6)

@@ -173,9 +173,10 @@ def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
     return jnp.where(a > 0, mixed, base)
 
 
-def _knn_lm_nll(seq_output, item_table, nb: dict, kb_target_ids, target):
-    """-log p(target) of the kNN-LM mixture without materialising p_knn (so gradients stay finite)."""
-    p_base = jnp.exp(-_ce(seq_output @ item_table.T, target))
+def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
+    """-log p(target) of the kNN-LM mixture without materialising p_knn (so gradients stay finite);
+    rec_rows [B]: the backbone's CE, -log softmax(s·Eᵀ)[target]."""
+    p_base = jnp.exp(-rec_rows)
     hit = (kb_target_ids == target[:, None]) & nb["valid"]
     p_knn = jnp.where(hit, nb["p_ret"], 0.0).sum(-1)
     a = nb["alpha"][:, 0]
@@ -187,8 +188,9 @@ def _ce(logits, target):
 
 
 def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams,
-                   alpha=None):
-    """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test."""
+                   alpha=None, rec_ce=None):
+    """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test.
+    rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way."""
     seq_output = jax.lax.stop_gradient(seq_output)
     item_table = jax.lax.stop_gradient(item_table)
     h = jax.lax.stop_gradient(h)
@@ -196,9 +198,10 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     query = embed(retriever, seq_output)
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
-    rec = (_ce(seq_output @ item_table.T, target) * mask).sum() / n_real
+    rec_rows = _ce(seq_output @ item_table.T, target) if rec_ce is None else jax.lax.stop_gradient(rec_ce)
+    rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
-        nll = _knn_lm_nll(seq_output, item_table, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
+        nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
     else:
         nll = _ce(nb["enhanced"] @ item_table.T, target)
     enhanced = (nll * mask).sum() / n_real
@@ -232,13 +235,13 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
 
 
 def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams, seq_output=None,
-                  searcher: FaissSearcher | None = None):
+                  searcher: FaissSearcher | None = None, rec_ce=None):
     """(total, aux) for one batch. `seq_output` [B, H]: the cached frozen encoder output of the batch rows
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
     seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
     return ftragrec_terms(model.retriever, seq_output, ids, memory.h, memory.target,
-                          model.encoder.item_table(), batch["target"], mask, hp, model.alpha(hp))
+                          model.encoder.item_table(), batch["target"], mask, hp, model.alpha(hp), rec_ce)
 
 
 def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
@@ -265,7 +268,8 @@ def make_train_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTran
     def step(params, opt_state, batch, memory):
         def loss_fn(p):
             seq = memory.h[batch["index"]] if cached else None
-            return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher)
+            rec = memory.rec_ce[batch["index"]] if cached and memory.rec_ce is not None else None
+            return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher, rec_ce=rec)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -40,7 +40,11 @@ def _apply_fn(graphdef, kind):
     def keys(state, h):
         return embed(nnx.merge(graphdef, state), h)
 
-    return jax.jit(encode if kind == "encode" else keys)
+    def rec_ce(state, h, target):
+        logits = h @ nnx.merge(graphdef, state).item_table().T
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[:, None], axis=1)[:, 0]
+
+    return jax.jit({"encode": encode, "keys": keys, "rec_ce": rec_ce}[kind])
 
 
 def _chunked(fn, state, arrays, chunk_size):
@@ -75,12 +79,19 @@ def compute_keys(retriever, h, *, chunk_size: int = 65536) -> np.ndarray:
     return _chunked(_apply_fn(graphdef, "keys"), state, [np.asarray(h, np.float32)], chunk_size)
 
 
+def backbone_ce(encoder, h, target, *, chunk_size: int = 4096) -> np.ndarray:
+    """-log softmax(h·Eᵀ)[target] per row, float32 [N]: the frozen backbone's CE on each entry's target."""
+    graphdef, state = nnx.split(encoder)
+    return _chunked(_apply_fn(graphdef, "rec_ce"), state,
+                    [np.asarray(h, np.float32), np.asarray(target, np.int32)], chunk_size)
+
+
 class KnowledgeBase:
     """Host arrays of the base, their device copy (`memory`, a pytree for jitted steps), and the FAISS index."""
 
     def __init__(self, h, target, user, prefix_len, keys, *, backend: str = "faiss", faiss_index: str = "Flat",
                  nprobe: int = 16, top_k: int = 5, faiss_overfetch: int = 32, n_train: int | None = None,
-                 faiss_shards: int = 1):
+                 faiss_shards: int = 1, rec_ce=None):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
         self.h = np.asarray(h, np.float32)
@@ -88,9 +99,12 @@ class KnowledgeBase:
         self.user = np.asarray(user, np.int32)
         self.prefix_len = np.asarray(prefix_len, np.int32)
         self.keys = np.asarray(keys, np.float32)
+        self.rec_ce = None if rec_ce is None else np.asarray(rec_ce, np.float32)
         n = len(self.h)
-        if not all(len(a) == n for a in (self.target, self.user, self.prefix_len, self.keys)):
-            raise ConfigError("knowledge base: h, target, user, prefix_len and keys must have the same length")
+        if not all(len(a) == n for a in (self.target, self.user, self.prefix_len, self.keys)
+                   + (() if self.rec_ce is None else (self.rec_ce,))):
+            raise ConfigError("knowledge base: h, target, user, prefix_len, keys and rec_ce must have the same "
+                              "length")
         self.n_train = n if n_train is None else int(n_train)
         self.backend = backend
         self.searcher = (FaissSearcher(faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe,
@@ -100,12 +114,14 @@ class KnowledgeBase:
 
     @classmethod
     def build(cls, encoder, retriever, samples, *, encode_chunk_size: int = 2048, key_chunk_size: int = 65536,
-              **options) -> "KnowledgeBase":
-        """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g."""
+              with_rec_ce: bool = False, **options) -> "KnowledgeBase":
+        """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g.
+        with_rec_ce: also store the backbone's CE per entry (for the cached training step)."""
         arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
         h = encode_samples(encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size)
         keys = compute_keys(retriever, h, chunk_size=key_chunk_size)
-        return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, **options)
+        rec_ce = backbone_ce(encoder, h, arrays["target"]) if with_rec_ce else None
+        return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, rec_ce=rec_ce, **options)
 
     def __len__(self) -> int:
         return len(self.h)
@@ -113,7 +129,8 @@ class KnowledgeBase:
     def _sync(self) -> float:
         """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
         self.memory = Memory(h=jnp.asarray(self.h), keys=jnp.asarray(self.keys), target=jnp.asarray(self.target),
-                             user=jnp.asarray(self.user), prefix_len=jnp.asarray(self.prefix_len))
+                             user=jnp.asarray(self.user), prefix_len=jnp.asarray(self.prefix_len),
+                             rec_ce=None if self.rec_ce is None else jnp.asarray(self.rec_ce))
         if self.searcher is None:
             return 0.0
         return self.searcher.build(self.keys, self.user, self.prefix_len)
@@ -142,6 +159,8 @@ class KnowledgeBase:
         for name in ("target", "user", "prefix_len"):
             setattr(self, name, np.concatenate([getattr(self, name), arrays[name].astype(np.int32)]))
         self.keys = np.concatenate([self.keys, compute_keys(retriever, h)])
+        if self.rec_ce is not None:
+            self.rec_ce = np.concatenate([self.rec_ce, backbone_ce(encoder, h, arrays["target"])])
         self.index_seconds = self._sync()
         return time.perf_counter() - t0
 

@@ -68,6 +68,9 @@ class Memory(NamedTuple):
     target: jax.Array  # int32 [N]: the entry's target item
     user: jax.Array  # int32 [N]
     prefix_len: jax.Array  # int32 [N]: untruncated prefix length
+    # float32 [N]: the frozen backbone's CE on each entry's own target. A constant of the frozen model, so the
+    # cached training step reads it instead of scoring all items a second time; None = compute in the step
+    rec_ce: jax.Array | None = None
 
     def shard_over(self, mesh: Mesh) -> "Memory":
         """This base placed on `mesh`: keys (with user/prefix_len copies) split along the data axis, the rest

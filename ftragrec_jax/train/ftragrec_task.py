@@ -27,13 +27,13 @@ def _hparams(source) -> "FTragrecHParams":  # noqa: F821
     return FTragrecHParams(**{k: v for k, v in items if k in names})
 
 
-def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1):
+def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
     from ftragrec_jax.models.knowledge_base import KnowledgeBase
 
     return KnowledgeBase.build(encoder, retriever, samples, backend=hp.retrieval_backend,
                                faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
                                faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size,
-                               faiss_shards=faiss_shards)
+                               faiss_shards=faiss_shards, with_rec_ce=with_rec_ce)
 
 
 def load_pretrained_encoder(path: str, dataset):
@@ -76,7 +76,9 @@ class FTragrecTask(Task):
         self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
         t0 = time.perf_counter()
-        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards)
+        # the cached step also reads the backbone's CE per training sample, a constant of the frozen model
+        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards,
+                                  with_rec_ce=cfg.cache_seq_output)
         where = (f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)" if self.kb.searcher else
                  f"exact on {self.mesh.size} device(s)")
         logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where,
