@@ -70,6 +70,25 @@ def test_ftragrec_training_on_four_devices_matches_one(tmp_path):
     assert res["retriever_max_abs_diff"] < 1e-4
 
 
+def test_duorec_step_on_four_devices_encodes_per_device(tmp_path):
+    """DuoRec's step (three passes fused into 3B rows, length-bucketed) on 4 devices with dropout off: the 1-device
+    metrics and parameters, and each device encodes only its own rows. Left to the SPMD partitioner, the
+    global sort all-gathered the 3B sequences and every device ran all 6 chunks (12 conditionals)."""
+    res = last_json(run_script("sharded_duorec_step.py", tmp_path))
+    assert res["devices"] == 4
+    assert len(res["metrics_1"]) == len(res["metrics_4"]) == 2
+    for a, b in zip(res["metrics_1"], res["metrics_4"]):
+        for k in ("loss", "ce", "sem_nce", "grad_norm"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5), k
+    for k, d in res["param_max_abs_diff"].items():
+        assert d < 1e-5, (k, d)
+    # 768 fused rows: 6 chunks of 128 on one device; 192 rows = 2 chunks on each of 4 (forward and backward)
+    assert res["conditionals_1"] == 12 and res["conditionals_4"] == 4
+    assert res["all_gathers_1"] == []
+    # nothing of the fused 3B = 768 rows crosses devices (the global sort gathered their lengths, s32[768])
+    assert res["all_gathers_4"] and not [s for s in res["all_gathers_4"] if "[768" in s], res["all_gathers_4"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,8 +206,10 @@ def test_two_process_trainer_matches_one_process(tmp_path):
     from tests.test_train import write_lines_dataset
 
     data = write_lines_dataset(tmp_path / "tiny.txt")
-    procs = _launch_two(["-m", "experiments.train", *cli_args(data, tmp_path / "two", "--epochs=1")])
-    assert train(data, tmp_path / "one", "--epochs=1", "--mesh=1") == 0
+    # dropout off: on several devices each draws its own masks (test_train checks that such runs repeat)
+    off = ("--hidden_dropout_prob=0", "--attn_dropout_prob=0")
+    procs = _launch_two(["-m", "experiments.train", *cli_args(data, tmp_path / "two", "--epochs=1", *off)])
+    assert train(data, tmp_path / "one", "--epochs=1", "--mesh=1", *off) == 0
     _wait_all(procs)
     a, b = metrics_lines(tmp_path / "two")[0], metrics_lines(tmp_path / "one")[0]
     for k in ("loss", "ce", "sem_nce", "grad_norm"):

@@ -366,17 +366,35 @@ def test_shipped_configs_load_and_state_their_command(path):
 
 
 def test_four_device_run_matches_one_device(full_run, data_file, tmp_path):
-    """The same loop on a 4-device mesh (forced CPU devices): same losses and metrics to float32 tolerance."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=1", "--mesh=4"]
+    """The same loop on a 4-device mesh (forced CPU devices). Dropout off: the 1-device losses and metrics to
+    float32 tolerance. Dropout on: each device draws its own masks (key folded with the device index, as in
+    PyTorch DDP), so the run is not the 1-device one but repeats exactly given the seed and the device count."""
+    from experiments.train import main
+
+    off = ("--hidden_dropout_prob=0", "--attn_dropout_prob=0")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    a, b = metrics_lines(out)[0], metrics_lines(full_run)[0]
+    # every command line first: cli_args rewrites the defaults file the runs read
+    cmds = {name: [sys.executable, "-m", "experiments.train", *cli_args(data_file, tmp_path / name, *extra),
+                   "--epochs=1", "--mesh=4"]
+            for name, extra in (("four_off", off), ("four_on", ()), ("four_on_again", ()))}
+    one_off = cli_args(data_file, tmp_path / "one_off", "--epochs=1", "--mesh=1", *off)
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, cmd in cmds.items()}
+    try:
+        assert main(one_off) == 0
+        for name, p in procs.items():
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, (name, err[-2000:])
+    finally:
+        for p in procs.values():
+            p.kill()
+    a, b = metrics_lines(tmp_path / "four_off")[0], metrics_lines(tmp_path / "one_off")[0]
     for k in ("loss", "ce", "sem_nce", "grad_norm"):
         assert a[k] == pytest.approx(b[k], rel=1e-5), k
     for k, v in b["valid"].items():
         assert a["valid"][k] == pytest.approx(v, abs=2e-4), k  # 4-decimal metrics; a rank tie may flip
+    assert_same_run(tmp_path / "four_on", tmp_path / "four_on_again")
+    assert metrics_lines(tmp_path / "four_on")[0]["loss"] != metrics_lines(full_run)[0]["loss"]  # masks per device
 
 
 def test_ftragrec_mostly_fallback_is_warned_once(full_run, data_file, tmp_path):

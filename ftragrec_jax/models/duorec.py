@@ -125,7 +125,7 @@ def info_nce(z_i, z_j, tau: float, weights):
 
 
 def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
-                same_target: SameTargetSampler | None = None, fuse_passes: bool = True):
+                same_target: SameTargetSampler | None = None, fuse_passes: bool = True, mesh=None):
     """DuoRec us_x loss. Returns (loss, {"loss", "ce", "sem_nce"}).
 
     batch: item_seq int32[B, L], item_seq_len int32[B], target int32[B], optional mask float32[B],
@@ -135,6 +135,10 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     fuse_passes: run the three encoder passes as one batch of 3B rows, length-bucketed
     (models/bucketing.py: exact, and ~3x fewer tokens on Amazon-like length distributions); dropout
     masks are drawn per element, so rows are as independent as in three separate passes.
+    mesh: with more than one device (batch sharded along its data axis) each device fuses and buckets
+    its own rows of the three passes; the [B, H] outputs stay sharded and CE / InfoNCE see all rows.
+    Dropout masks then depend on the device count (the key is folded with the device index), as in
+    PyTorch DDP; without dropout the result is the 1-device one up to float32 rounding.
     """
     item_seq, item_seq_len = batch["item_seq"], batch["item_seq_len"]
     target = batch["target"].astype(jnp.int32)
@@ -144,7 +148,7 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     table = encoder.item_table()
 
     if lmd_sem == 0:
-        out = encode_bucketed(encoder, item_seq, item_seq_len, k_pass) if fuse_passes else encoder(
+        out = encode_bucketed(encoder, item_seq, item_seq_len, k_pass, mesh=mesh) if fuse_passes else encoder(
             item_seq, item_seq_len, k_pass)
         ce = masked_cross_entropy(out @ table.T, target, weights)
         return ce, {"loss": ce, "ce": ce, "sem_nce": jnp.zeros_like(ce)}
@@ -158,7 +162,10 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
         raise ConfigError("duorec_loss: lmd_sem > 0 needs batch['sem_aug'] or same_target= with a key")
 
     b = item_seq.shape[0]
-    if fuse_passes:
+    if fuse_passes and mesh is not None and mesh.size > 1:
+        out, aug_out, sem_out = _fused_passes_per_device(
+            encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh)
+    elif fuse_passes:
         outs = encode_bucketed(
             encoder,
             jnp.concatenate([item_seq, item_seq, sem_seq]).astype(jnp.int32),
@@ -174,3 +181,28 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     nce = info_nce(aug_out, sem_out, tau, weights)
     loss = ce + lmd_sem * nce
     return loss, {"loss": loss, "ce": ce, "sem_nce": nce}
+
+
+def _fused_passes_per_device(encoder, seqs, lens, key, mesh):
+    """The fused passes with each device's rows only: [B, L] inputs sharded along the data axis -> one
+    sharded [B, H] output per pass. A global concatenate-and-sort would make the SPMD partitioner gather
+    the whole 3B batch and every device encode all of it (N devices, N times the encoder work)."""
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+
+    from ftragrec_jax.parallel import DATA_AXIS
+
+    graphdef, state = nnx.split(encoder)
+    n = len(seqs)
+
+    def local(state, seqs, lens, key):
+        if key is not None:  # devices draw different masks, as the rows of one device do
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+        rows = seqs[0].shape[0]
+        outs = encode_bucketed(nnx.merge(graphdef, state), jnp.concatenate(seqs).astype(jnp.int32),
+                               jnp.concatenate(lens).astype(jnp.int32), key)
+        return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
+
+    rows = (P(DATA_AXIS),) * n
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=rows)(
+        state, tuple(seqs), tuple(lens), key)

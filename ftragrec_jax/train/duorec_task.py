@@ -38,7 +38,7 @@ class DuoRecTask(Task):
         self.graphdef, self._init_params, self.rest = nnx.split(encoder, nnx.Param, ...)
         # the training sequences live on the device once; the step gathers same-target positives from them
         self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
-        self.mesh = parallel.make_mesh(cfg.mesh)  # evaluation batches are sharded over it
+        self.mesh = parallel.make_mesh(cfg.mesh)  # the trainer's mesh: train and eval batches are sharded on it
         self._score = jax.jit(self._scores)
 
     def merge(self, params):
@@ -56,7 +56,7 @@ class DuoRecTask(Task):
 
         def loss_fn(p):
             return duorec_loss(self.merge(p), batch, key, lmd_sem=self.cfg.lmd_sem, tau=self.cfg.tau,
-                               same_target=sampler)
+                               same_target=sampler, mesh=self.mesh)  # >1 device: each encodes its own rows
 
         (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = self.tx.update(grads, opt_state, params)
