@@ -69,16 +69,31 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
 
 def _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, mesh):
     """encode_bucketed on each device's rows; the encoder's parameters enter replicated."""
+    (out,) = encode_passes_per_device(encoder, (item_seq,), (item_seq_len,), dropout_key, mesh,
+                                      chunk=chunk, buckets=buckets)
+    return out
+
+
+def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: int = 128, buckets=(8, 16, 32)):
+    """Several [B, L] passes sharded along the mesh's data axis -> one sharded [B, H] output per pass. Each
+    device joins its own rows of every pass and buckets them together (DuoRec's three fused passes); a global
+    concatenate-and-sort would make the SPMD partitioner gather everything onto every device."""
     from flax import nnx
 
     from ftragrec_jax.parallel import DATA_AXIS
 
     graphdef, state = nnx.split(encoder)
+    n = len(seqs)
 
-    def local(state, seq, lens, key):
+    def local(state, seqs, lens, key):
         if key is not None:  # devices draw different masks, as the rows of one device do
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-        return encode_bucketed(nnx.merge(graphdef, state), seq, lens, key, chunk=chunk, buckets=buckets)
+        rows = seqs[0].shape[0]
+        joined = (seqs[0], lens[0]) if n == 1 else (jnp.concatenate(seqs).astype(jnp.int32),
+                                                     jnp.concatenate(lens).astype(jnp.int32))
+        outs = encode_bucketed(nnx.merge(graphdef, state), *joined, key, chunk=chunk, buckets=buckets)
+        return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
-                         out_specs=P(DATA_AXIS))(state, item_seq, item_seq_len, dropout_key)
+    sharded = (P(DATA_AXIS),) * n
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), sharded, sharded, P()), out_specs=sharded)(
+        state, tuple(seqs), tuple(lens), dropout_key)

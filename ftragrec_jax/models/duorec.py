@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.bucketing import encode_bucketed
+from ftragrec_jax.models.bucketing import encode_bucketed, encode_passes_per_device
 
 
 class SameTargetIndex(NamedTuple):
@@ -163,7 +163,7 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
 
     b = item_seq.shape[0]
     if fuse_passes and mesh is not None and mesh.size > 1:
-        out, aug_out, sem_out = _fused_passes_per_device(
+        out, aug_out, sem_out = encode_passes_per_device(
             encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh)
     elif fuse_passes:
         outs = encode_bucketed(
@@ -182,27 +182,3 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     loss = ce + lmd_sem * nce
     return loss, {"loss": loss, "ce": ce, "sem_nce": nce}
 
-
-def _fused_passes_per_device(encoder, seqs, lens, key, mesh):
-    """The fused passes with each device's rows only: [B, L] inputs sharded along the data axis -> one
-    sharded [B, H] output per pass. A global concatenate-and-sort would make the SPMD partitioner gather
-    the whole 3B batch and every device encode all of it (N devices, N times the encoder work)."""
-    from flax import nnx
-    from jax.sharding import PartitionSpec as P
-
-    from ftragrec_jax.parallel import DATA_AXIS
-
-    graphdef, state = nnx.split(encoder)
-    n = len(seqs)
-
-    def local(state, seqs, lens, key):
-        if key is not None:  # devices draw different masks, as the rows of one device do
-            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-        rows = seqs[0].shape[0]
-        outs = encode_bucketed(nnx.merge(graphdef, state), jnp.concatenate(seqs).astype(jnp.int32),
-                               jnp.concatenate(lens).astype(jnp.int32), key)
-        return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
-
-    rows = (P(DATA_AXIS),) * n
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=rows)(
-        state, tuple(seqs), tuple(lens), key)

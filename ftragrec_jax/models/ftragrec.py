@@ -183,8 +183,10 @@ def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
     return -jnp.log((1.0 - a) * p_base + a * p_knn)
 
 
-def _ce(logits, target):
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[:, None].astype(jnp.int32), axis=1)[:, 0]
+def cross_entropy_rows(logits, target):
+    """-log softmax(logits)[target] per row."""
+    rows = target[:, None].astype(jnp.int32)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), rows, axis=1)[:, 0]
 
 
 def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams,
@@ -198,12 +200,13 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     query = embed(retriever, seq_output)
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
-    rec_rows = _ce(seq_output @ item_table.T, target) if rec_ce is None else jax.lax.stop_gradient(rec_ce)
+    rec_rows = (cross_entropy_rows(seq_output @ item_table.T, target) if rec_ce is None
+                else jax.lax.stop_gradient(rec_ce))
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
     else:
-        nll = _ce(nb["enhanced"] @ item_table.T, target)
+        nll = cross_entropy_rows(nb["enhanced"] @ item_table.T, target)
     enhanced = (nll * mask).sum() / n_real
     p_rec = _masked_softmax(jnp.einsum("bh,bkh->bk", seq_output, nb["target_emb"]), nb["valid"])
     p_ret = nb["p_ret"]

@@ -41,8 +41,9 @@ def _apply_fn(graphdef, kind):
         return embed(nnx.merge(graphdef, state), h)
 
     def rec_ce(state, h, target):
-        logits = h @ nnx.merge(graphdef, state).item_table().T
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[:, None], axis=1)[:, 0]
+        from ftragrec_jax.models.ftragrec import cross_entropy_rows  # the loss's own CE: same numbers
+
+        return cross_entropy_rows(h @ nnx.merge(graphdef, state).item_table().T, target)
 
     return jax.jit({"encode": encode, "keys": keys, "rec_ce": rec_ce}[kind])
 
