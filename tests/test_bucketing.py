@@ -19,9 +19,10 @@ def _batch(n, max_len, n_items, seed):
 
 
 def test_budgets():
-    assert length_budgets(50) == (8, 16, 32, 50)
-    assert length_budgets(10) == (8, 10)
-    assert length_budgets(8) == (8,)
+    assert length_budgets(50) == (2, 4, 8, 16, 32, 50)
+    assert length_budgets(10) == (2, 4, 8, 10)
+    assert length_budgets(8) == (2, 4, 8)
+    assert length_budgets(50, buckets=(8, 16, 32)) == (8, 16, 32, 50)
 
 
 @pytest.mark.parametrize("n,chunk", [(300, 64), (70, 32)])

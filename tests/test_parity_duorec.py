@@ -90,8 +90,8 @@ def test_us_x_loss_terms_and_gradients_match(twins, batch, fuse):
 
 
 def test_length_bucketed_fused_pass_matches_torch_on_a_larger_batch():
-    """3B = 192 rows, max length 40: the fused pass goes through models/bucketing.py with a short
-    chunk (budget 8) and a full one (budget 40), which must still equal DuoRec's full-length passes."""
+    """3B = 192 rows, max length 40: the fused pass goes through models/bucketing.py with short chunks
+    (budget 8 or less) and a full one (budget 40), which must still equal DuoRec's full-length passes."""
     from ftragrec_jax.models.bucketing import length_budgets
 
     max_len = 40

@@ -73,7 +73,7 @@ def test_ftragrec_training_on_four_devices_matches_one(tmp_path):
 def test_duorec_step_on_four_devices_encodes_per_device(tmp_path):
     """DuoRec's step (three passes fused into 3B rows, length-bucketed) on 4 devices with dropout off: the 1-device
     metrics and parameters, and each device encodes only its own rows. Left to the SPMD partitioner, the
-    global sort all-gathered the 3B sequences and every device ran all 6 chunks (12 conditionals)."""
+    global sort all-gathered the 3B sequences and every device ran all the chunks."""
     res = last_json(run_script("sharded_duorec_step.py", tmp_path))
     assert res["devices"] == 4
     assert len(res["metrics_1"]) == len(res["metrics_4"]) == 2
@@ -82,8 +82,10 @@ def test_duorec_step_on_four_devices_encodes_per_device(tmp_path):
             assert b[k] == pytest.approx(a[k], rel=1e-5), k
     for k, d in res["param_max_abs_diff"].items():
         assert d < 1e-5, (k, d)
-    # 768 fused rows: 6 chunks of 128 on one device; 192 rows = 2 chunks on each of 4 (forward and backward)
-    assert res["conditionals_1"] == 12 and res["conditionals_4"] == 4
+    # 768 fused rows: a scan over 12 chunks of 64 on one device; 192 rows = 3 chunks on each of 4 (one scan
+    # forward, one backward, each with one length-bucket conditional)
+    assert res["chunk_loops_1"] == [12, 12] and res["chunk_loops_4"] == [3, 3]
+    assert res["conditionals_1"] == res["conditionals_4"] == 2
     assert res["all_gathers_1"] == []
     # nothing of the fused 3B = 768 rows crosses devices (the global sort gathered their lengths, s32[768])
     assert res["all_gathers_4"] and not [s for s in res["all_gathers_4"] if "[768" in s], res["all_gathers_4"]
@@ -251,8 +253,9 @@ def test_four_device_evaluation_gives_the_one_device_ranks(sharded_eval):
         assert four["sharding"] == {"input_rows": [4] * 4, "user_rows": [4] * 4, "score_rows": [4] * 4}
     assert runs["ftragrec_exact/1"]["valid_16"] != runs["duorec/1"]["valid_16"]  # retrieval changed the ranks
     assert runs["duorec/1"]["valid_masked"] != runs["duorec/1"]["valid_16"]
-    # the DuoRec scorer (length-bucketed on each device's 128 rows) needs no cross-device traffic at all
-    assert res["duorec_scorer_collectives"] == 0 and res["duorec_scorer_conditionals"] == 1
+    # the DuoRec scorer (length-bucketed on each device's 128 rows: 2 chunks of 64) needs no cross-device traffic
+    assert res["duorec_scorer_collectives"] == 0 and res["duorec_scorer_chunk_loops"] == [2]
+    assert res["duorec_scorer_conditionals"] == 1
 
 
 def test_eval_batch_not_divisible_by_devices_is_refused_first(sharded_eval):

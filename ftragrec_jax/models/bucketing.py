@@ -10,6 +10,15 @@ Here rows are sorted by length on the device, cut into fixed-size chunks, and ea
 smallest length budget that holds its longest row (`lax.switch`: only the chosen branch executes, forward
 and backward). Shapes stay static, nothing leaves the device, and gradients are those of the plain call.
 
+Why every branch is rematerialised (`jax.checkpoint`): differentiating a `lax.switch` makes each branch
+return the union of all branches' residuals, zero-filled for the branches not taken, so every chunk wrote
+and carried the attention and feed-forward activations of the 50-position branch too. Saving only the
+branch inputs and recomputing the chosen branch's forward in the backward pass cut the DuoRec step's
+gradient from 356 to 187 ms on the 2-core CPU (Beauty, B 256; experiments/results/2026-11-28_bench_cpu_remat.md).
+Chunks of 64 rows and budgets down to 2 positions then fit Amazon's short prefixes more tightly
+(encoder gradient 174 -> 143 ms). The chunks go through one `lax.scan`, so the branches compile once
+(unrolled, the 12 chunks x 6 budgets of a DuoRec step took 78 s to compile instead of 15 s).
+
 On a mesh (`mesh=`, batch sharded along its data axis) each device sorts and buckets its own rows
 (`jax.shard_map`): left to the SPMD partitioner, the global sort gathers the whole batch and every device
 would encode all of it.
@@ -19,15 +28,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 
-def length_budgets(max_len: int, buckets=(8, 16, 32)) -> tuple[int, ...]:
+BUCKETS = (2, 4, 8, 16, 32)  # length budgets below max_len; max_len itself is always the last
+CHUNK = 64  # rows per bucketed chunk
+
+
+def length_budgets(max_len: int, buckets=BUCKETS) -> tuple[int, ...]:
     return tuple(sorted({b for b in buckets if 0 < b < max_len} | {max_len}))
 
 
-def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk: int = 128,
-                    buckets=(8, 16, 32), mesh=None):
+def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk: int = CHUNK,
+                    buckets=BUCKETS, mesh=None):
     """[B, L] sequences -> [B, H] outputs, equal to `encoder(item_seq, item_seq_len, dropout_key)`.
 
     With dropout the masks are drawn per chunk (fold_in of the chunk index): as random as the plain
@@ -47,23 +61,28 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
     len_sorted = jnp.pad(lengths[order], (0, pad), constant_values=1)
     budget_arr = jnp.asarray(budgets, jnp.int32)
 
+    graphdef, state = nnx.split(encoder)  # parameters enter every branch as an operand
+
     def run(budget):
-        def branch(seq, lens, key):
-            return encoder(seq[:, :budget], lens, key)
-        return branch
+        def branch(state, seq, lens, key):
+            return nnx.merge(graphdef, state)(seq[:, :budget], lens, key)
+        return jax.checkpoint(branch)  # residuals = inputs only (module docstring)
 
     branches = [run(b) for b in budgets]
-    outs = []
-    for c in range(n_chunks):
-        seq_c = seq_sorted[c * chunk:(c + 1) * chunk]
-        len_c = len_sorted[c * chunk:(c + 1) * chunk]
+    if dropout_key is None:
+        branches = [lambda st, s, l, k, b=b: b(st, s, l, None) for b in branches]
+
+    # one chunk per scan iteration: the branches are compiled once, not once per chunk
+    def body(state, xs):
+        c, seq_c, len_c = xs
         which = jnp.sum(budget_arr < jnp.max(len_c))  # smallest budget >= the chunk's longest row
         key_c = None if dropout_key is None else jax.random.fold_in(dropout_key, c)
-        if key_c is None:
-            outs.append(jax.lax.switch(which, [lambda s, l, b=b: b(s, l, None) for b in branches], seq_c, len_c))
-        else:
-            outs.append(jax.lax.switch(which, branches, seq_c, len_c, key_c))
-    sorted_out = jnp.concatenate(outs)[:n]
+        return state, jax.lax.switch(which, branches, state, seq_c, len_c, key_c)
+
+    xs = (jnp.arange(n_chunks, dtype=jnp.int32), seq_sorted.reshape(n_chunks, chunk, max_len),
+          len_sorted.reshape(n_chunks, chunk))
+    _, outs = jax.lax.scan(body, state, xs)
+    sorted_out = outs.reshape(n_chunks * chunk, -1)[:n]
     return jnp.zeros_like(sorted_out).at[order].set(sorted_out)
 
 
@@ -74,18 +93,21 @@ def _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, me
     return out
 
 
-def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: int = 128, buckets=(8, 16, 32)):
+def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: int = CHUNK, buckets=BUCKETS):
     """Several [B, L] passes sharded along the mesh's data axis -> one sharded [B, H] output per pass. Each
     device joins its own rows of every pass and buckets them together (DuoRec's three fused passes); a global
     concatenate-and-sort would make the SPMD partitioner gather everything onto every device."""
-    from flax import nnx
-
     from ftragrec_jax.parallel import DATA_AXIS
 
     graphdef, state = nnx.split(encoder)
     n = len(seqs)
 
     def local(state, seqs, lens, key):
+        # Explicitly device-varying, so the transpose of this cast psums the parameter gradients once. Left
+        # implicit (replicated values entering lax.switch branches whose index differs per device), some
+        # parameter gradients came back wrong on 4 devices once the branches were rematerialised
+        # (tests/test_scale_out.py::test_duorec_step_on_four_devices_encodes_per_device caught it).
+        state = jax.tree.map(lambda x: jax.lax.pcast(x, DATA_AXIS, to="varying"), state)
         if key is not None:  # devices draw different masks, as the rows of one device do
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
         rows = seqs[0].shape[0]

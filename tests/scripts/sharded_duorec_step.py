@@ -22,11 +22,11 @@ from tests.test_train import TINY, write_lines_dataset
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py sets it
 
-# 256 rows: 3 x 256 fused rows are 6 chunks of 128 on one device, 192 rows = 2 chunks on each of 4
+# 256 rows: 3 x 256 fused rows are 12 chunks of 64 on one device, 192 rows = 3 chunks on each of 4
 BATCH, STEPS = 256, 2
 work = Path(sys.argv[1])
 data = write_lines_dataset(work / "tiny.txt", n_users=120)  # ~650 training samples: 2 full batches
-# length 20 > the smallest bucket (8): the bucketed encoder has budgets to choose from
+# length 20 > the smallest buckets: the bucketed encoder has budgets to choose from
 common = [*TINY, "MAX_ITEM_LIST_LENGTH=20", f"data={data}", f"train_batch_size={BATCH}", "hidden_dropout_prob=0",
           "attn_dropout_prob=0", "lmd_sem=0.1"]
 dataset = dataset_from_config(load_config(None, [*common, "mesh=1"]))
@@ -41,6 +41,11 @@ def all_gathers(hlo: str) -> list[str]:
             result = line.split("=", 1)[1].split("all-gather")[0]
             shapes += [f"{t}[{d}]" for t, d in re.findall(r"\b([a-z]+\d+)\[([\d,]*)\]", result)]
     return shapes
+
+
+def chunk_loops(hlo: str) -> list[int]:
+    """Trip counts of the compiled while loops: the bucketed encoder scans over its row chunks."""
+    return sorted(int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo))
 
 
 def run(n_devices: int) -> dict:
@@ -64,12 +69,12 @@ def run(n_devices: int) -> dict:
     flat = {"/".join(map(str, p)): np.asarray(v) for p, v in
             jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.device_get(params)))[0]}
     return {"mesh": mesh.size, "metrics": metrics, "params": flat, "all_gathers": all_gathers(hlo),
-            "conditionals": hlo.count(" conditional(")}
+            "conditionals": hlo.count(" conditional("), "chunk_loops": chunk_loops(hlo)}
 
 
 one, four = run(1), run(4)
 diffs = {k: float(np.max(np.abs(one["params"][k] - four["params"][k]))) for k in one["params"]}
 out = {"devices": jax.device_count(), "param_max_abs_diff": diffs}
 for r in (one, four):
-    out.update({f"{k}_{r['mesh']}": r[k] for k in ("metrics", "all_gathers", "conditionals")})
+    out.update({f"{k}_{r['mesh']}": r[k] for k in ("metrics", "all_gathers", "conditionals", "chunk_loops")})
 print(json.dumps(out))

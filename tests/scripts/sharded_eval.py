@@ -9,6 +9,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests do).
 import contextlib
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -110,4 +111,5 @@ hlo = task4._score.lower(task4.init()[0], batch["item_seq"], batch["item_seq_len
 collectives = sum(hlo.count(f"{op}(") for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"))
 print(json.dumps({"devices": jax.device_count(), "models": sorted(models), "runs": out, "errors": errors,
                   "scored_before_refusal": len(calls), "refused_run_written": (work / "refused").exists(),
-                  "duorec_scorer_collectives": collectives, "duorec_scorer_conditionals": hlo.count("conditional(")}))
+                  "duorec_scorer_collectives": collectives, "duorec_scorer_conditionals": hlo.count("conditional("),
+                  "duorec_scorer_chunk_loops": [int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo)]}))
