@@ -27,6 +27,7 @@ import numpy as np
 
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed, encode_passes_per_device
+from ftragrec_jax.models.softmax_ce import masked_cross_entropy
 
 
 class SameTargetIndex(NamedTuple):
@@ -97,12 +98,6 @@ def sample_same_target_np(index: SameTargetIndex, sample_ids, rng: np.random.Gen
     return np.asarray(index.order)[pos]
 
 
-def masked_cross_entropy(logits, labels, weights):
-    """Weighted mean of per-row CE; `weights` 0 drops a row."""
-    per_row = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    return jnp.sum(per_row * weights) / jnp.sum(weights)
-
-
 def info_nce(z_i, z_j, tau: float, weights):
     """DuoRec InfoNCE (dot similarity) restricted to rows with weight 1.
 
@@ -150,7 +145,7 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     if lmd_sem == 0:
         out = encode_bucketed(encoder, item_seq, item_seq_len, k_pass, mesh=mesh) if fuse_passes else encoder(
             item_seq, item_seq_len, k_pass)
-        ce = masked_cross_entropy(out @ table.T, target, weights)
+        ce = masked_cross_entropy(out, table, target, weights)
         return ce, {"loss": ce, "ce": ce, "sem_nce": jnp.zeros_like(ce)}
 
     if "sem_aug" in batch:
@@ -177,7 +172,7 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
         out = encoder(item_seq, item_seq_len, k_pass)
         aug_out = encoder(item_seq, item_seq_len, k_aug)
         sem_out = encoder(sem_seq, sem_len, k_sem)
-    ce = masked_cross_entropy(out @ table.T, target, weights)
+    ce = masked_cross_entropy(out, table, target, weights)
     nce = info_nce(aug_out, sem_out, tau, weights)
     loss = ce + lmd_sem * nce
     return loss, {"loss": loss, "ce": ce, "sem_nce": nce}

@@ -32,6 +32,7 @@ from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.retriever import Retriever, embed
+from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 from ftragrec_jax.optim import keep_frozen
 
 KL_EPS = 1e-8
@@ -183,12 +184,6 @@ def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
     return -jnp.log((1.0 - a) * p_base + a * p_knn)
 
 
-def cross_entropy_rows(logits, target):
-    """-log softmax(logits)[target] per row."""
-    rows = target[:, None].astype(jnp.int32)
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), rows, axis=1)[:, 0]
-
-
 def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams,
                    alpha=None, rec_ce=None):
     """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test.
@@ -200,13 +195,13 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     query = embed(retriever, seq_output)
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
-    rec_rows = (cross_entropy_rows(seq_output @ item_table.T, target) if rec_ce is None
+    rec_rows = (cross_entropy_rows(seq_output, item_table, target) if rec_ce is None
                 else jax.lax.stop_gradient(rec_ce))
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
     else:
-        nll = cross_entropy_rows(nb["enhanced"] @ item_table.T, target)
+        nll = cross_entropy_rows(nb["enhanced"], item_table, target)
     enhanced = (nll * mask).sum() / n_real
     p_rec = _masked_softmax(jnp.einsum("bh,bkh->bk", seq_output, nb["target_emb"]), nb["valid"])
     p_ret = nb["p_ret"]

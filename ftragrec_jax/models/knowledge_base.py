@@ -23,6 +23,7 @@ from flax import nnx
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory
 from ftragrec_jax.models.retriever import embed
+from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
 SAMPLE_FIELDS = ("item_seq", "item_seq_len", "target", "user", "prefix_len")
 
@@ -40,10 +41,8 @@ def _apply_fn(graphdef, kind):
     def keys(state, h):
         return embed(nnx.merge(graphdef, state), h)
 
-    def rec_ce(state, h, target):
-        from ftragrec_jax.models.ftragrec import cross_entropy_rows  # the loss's own CE: same numbers
-
-        return cross_entropy_rows(h @ nnx.merge(graphdef, state).item_table().T, target)
+    def rec_ce(state, h, target):  # the loss's own CE: the cached value is the one the step would compute
+        return cross_entropy_rows(h, nnx.merge(graphdef, state).item_table(), target)
 
     return jax.jit({"encode": encode, "keys": keys, "rec_ce": rec_ce}[kind])
 
