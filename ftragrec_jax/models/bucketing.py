@@ -68,9 +68,7 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
             return nnx.merge(graphdef, state)(seq[:, :budget], lens, key)
         return jax.checkpoint(branch)  # residuals = inputs only (module docstring)
 
-    branches = [run(b) for b in budgets]
-    if dropout_key is None:
-        branches = [lambda st, s, l, k, b=b: b(st, s, l, None) for b in branches]
+    branches = [run(b) for b in budgets]  # a None key passes through lax.switch as an empty pytree
 
     # one chunk per scan iteration: the branches are compiled once, not once per chunk
     def body(state, xs):
@@ -93,10 +91,26 @@ def _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, me
     return out
 
 
+def encode_passes(encoder, seqs, lens, dropout_key=None, *, mesh=None, chunk: int = CHUNK, buckets=BUCKETS):
+    """Several [B, L] passes -> one [B, H] output per pass, all rows bucketed together (DuoRec's three fused
+    passes). mesh with more than one device: each device joins and buckets its own rows."""
+    if mesh is not None and mesh.size > 1:
+        return encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, chunk=chunk, buckets=buckets)
+    return _joined(encoder, seqs, lens, dropout_key, chunk, buckets)
+
+
+def _joined(encoder, seqs, lens, dropout_key, chunk, buckets):
+    rows, n = seqs[0].shape[0], len(seqs)
+    joined = (seqs[0], lens[0]) if n == 1 else (jnp.concatenate(seqs).astype(jnp.int32),
+                                                 jnp.concatenate(lens).astype(jnp.int32))
+    outs = encode_bucketed(encoder, *joined, dropout_key, chunk=chunk, buckets=buckets)
+    return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
+
+
 def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: int = CHUNK, buckets=BUCKETS):
-    """Several [B, L] passes sharded along the mesh's data axis -> one sharded [B, H] output per pass. Each
-    device joins its own rows of every pass and buckets them together (DuoRec's three fused passes); a global
-    concatenate-and-sort would make the SPMD partitioner gather everything onto every device."""
+    """`encode_passes` with the passes sharded along the mesh's data axis -> one sharded [B, H] output per pass.
+    Each device joins its own rows of every pass and buckets them together; a global concatenate-and-sort
+    would make the SPMD partitioner gather everything onto every device."""
     from ftragrec_jax.parallel import DATA_AXIS
 
     graphdef, state = nnx.split(encoder)
@@ -110,11 +124,7 @@ def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: i
         state = jax.tree.map(lambda x: jax.lax.pcast(x, DATA_AXIS, to="varying"), state)
         if key is not None:  # devices draw different masks, as the rows of one device do
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-        rows = seqs[0].shape[0]
-        joined = (seqs[0], lens[0]) if n == 1 else (jnp.concatenate(seqs).astype(jnp.int32),
-                                                     jnp.concatenate(lens).astype(jnp.int32))
-        outs = encode_bucketed(nnx.merge(graphdef, state), *joined, key, chunk=chunk, buckets=buckets)
-        return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
+        return _joined(nnx.merge(graphdef, state), seqs, lens, key, chunk, buckets)
 
     sharded = (P(DATA_AXIS),) * n
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), sharded, sharded, P()), out_specs=sharded)(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.bucketing import encode_bucketed, encode_passes_per_device
+from ftragrec_jax.models.bucketing import encode_bucketed, encode_passes
 from ftragrec_jax.models.softmax_ce import masked_cross_entropy
 
 
@@ -156,18 +156,9 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     else:
         raise ConfigError("duorec_loss: lmd_sem > 0 needs batch['sem_aug'] or same_target= with a key")
 
-    b = item_seq.shape[0]
-    if fuse_passes and mesh is not None and mesh.size > 1:
-        out, aug_out, sem_out = encode_passes_per_device(
-            encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh)
-    elif fuse_passes:
-        outs = encode_bucketed(
-            encoder,
-            jnp.concatenate([item_seq, item_seq, sem_seq]).astype(jnp.int32),
-            jnp.concatenate([item_seq_len, item_seq_len, sem_len]).astype(jnp.int32),
-            k_pass,
-        )
-        out, aug_out, sem_out = outs[:b], outs[b:2 * b], outs[2 * b:]
+    if fuse_passes:
+        out, aug_out, sem_out = encode_passes(
+            encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh=mesh)
     else:
         out = encoder(item_seq, item_seq_len, k_pass)
         aug_out = encoder(item_seq, item_seq_len, k_aug)
@@ -176,4 +167,3 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     nce = info_nce(aug_out, sem_out, tau, weights)
     loss = ce + lmd_sem * nce
     return loss, {"loss": loss, "ce": ce, "sem_nce": nce}
-
