@@ -4,7 +4,11 @@
     python -m experiments.evaluate --checkpoint converted/ --data Amazon_Beauty.inter --json out.json
 
 Dataset settings (format, k-core, max length) come from the checkpoint's model.json unless overridden
-with --set; metrics are every RecBole metric at K in topk (default 5, 10, 20, 50).
+with --set; metrics are every RecBole metric at K in topk (default 5, 10, 20, 50). For an FTragrec model,
+--set may also change how the trained retriever is used (alpha, top_k, retriever_temperature,
+quality_threshold, fusion, the backend, ...), e.g. to pick alpha on valid without retraining:
+
+    python -m experiments.evaluate --checkpoint runs/ftragrec-Beauty-seed2020/best_model --set alpha=0.3
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
     from ftragrec_jax.checkpoint import check_vocab_compat, load_model, read_meta
     from ftragrec_jax.config import DATASET_KEYS, load_config
     from ftragrec_jax.errors import CheckpointError
+    from ftragrec_jax.config import parse_override
     from ftragrec_jax.train.evaluate import evaluate_split
+    from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 
     meta = read_meta(checkpoint)
@@ -58,7 +64,9 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
         raise CheckpointError(
             f"{checkpoint}: the stored item vocabulary differs from the dataset's at id {diff} "
             f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items")
-    score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg, mesh)
+    given = {parse_override(o)[0] for o in overrides}
+    inference = {k: getattr(cfg, k) for k in sorted(given & set(INFERENCE_KEYS + TRAINED_KEYS))}
+    score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg, mesh, inference)
     valid = evaluate_split(score, dataset, "valid", cfg, mesh=mesh)
     before_test()
     return {"valid": valid, "test": evaluate_split(score, dataset, "test", cfg, mesh=mesh)}

@@ -323,6 +323,29 @@ def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
     assert got["valid"] == res["valid"] and got["test"] == res["test"]
 
 
+def test_evaluate_overrides_how_a_trained_retriever_is_used(ft_run, full_run, data_file, tmp_path, capsys):
+    from experiments.evaluate import main
+
+    def evaluate(ckpt, *sets):
+        out = tmp_path / "eval.json"
+        args = ["--checkpoint", str(ckpt), "--data", str(data_file), "--json", str(out), "--no-progress"]
+        assert main([*args, *(a for s in sets for a in ("--set", s))]) == 0
+        return json.loads(out.read_text())
+
+    # alpha 0 leaves the frozen backbone's vector, so the fine-tuned model must score exactly as its backbone
+    backbone = json.loads((full_run / "results.json").read_text())
+    assert evaluate(ft_run / "best_model", "alpha=0") == {"valid": backbone["valid"], "test": backbone["test"]}
+    stored = json.loads((ft_run / "results.json").read_text())
+    assert evaluate(ft_run / "best_model", "alpha=0.9", "quality_threshold=0") != {"valid": stored["valid"],
+                                                                                  "test": stored["test"]}
+    for ckpt, key, expected in ((ft_run / "best_model", "retriever_layers=2", "fixed by the trained model"),
+                                (full_run / "best_model", "top_k=2", "FTragrec checkpoints only")):
+        with pytest.raises(SystemExit):
+            evaluate(ckpt, key)
+        err = capsys.readouterr().err
+        assert key.split("=")[0] in err and expected in err, err
+
+
 def test_ftragrec_refuses_a_backbone_of_another_catalogue(full_run, tmp_path, capsys):
     other = write_lines_dataset(tmp_path / "other.txt", n_items=45, seed=1)
     with pytest.raises(SystemExit):

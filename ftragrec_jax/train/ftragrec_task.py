@@ -27,6 +27,25 @@ def _hparams(source) -> "FTragrecHParams":  # noqa: F821
     return FTragrecHParams(**{k: v for k, v in items if k in names})
 
 
+# settings that change how a trained model retrieves and mixes, not its parameters: an evaluation may override
+# them (experiments.evaluate --set alpha=0.3) to study a trained retriever without retraining it
+INFERENCE_KEYS = ("retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "retrieval_chunk_size", "top_k",
+                  "retriever_temperature", "quality_threshold", "alpha", "fusion", "exclude_same_user",
+                  "extend_memory_with_valid")
+TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha")  # shape or meaning of parameters
+
+
+def check_inference_overrides(inference: dict, stored: dict, path: str) -> dict:
+    unknown = sorted(set(inference) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
+                          f"only {list(INFERENCE_KEYS)}")
+    if "alpha" in inference and stored.get("learnable_alpha"):
+        raise ConfigError(f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
+                          "it cannot be overridden")
+    return dict(inference)
+
+
 def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
     from ftragrec_jax.models.knowledge_base import KnowledgeBase
 
@@ -189,10 +208,12 @@ class FTragrecTask(Task):
         return nnx.split(model, nnx.Param, ...)[1]
 
 
-def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None):
+def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None, inference=None):
     """(score_fn, before_test) for an FTragrec model directory: the base is rebuilt from the dataset's training
     split with the saved g, as during training after a refresh. On `mesh` (None = config key `mesh`) the
-    parameters are replicated and the base placed as for training (exact backend: keys sharded)."""
+    parameters are replicated and the base placed as for training (exact backend: keys sharded).
+    inference: {key: value} over INFERENCE_KEYS replacing the stored settings (e.g. another alpha or top_k
+    for the same trained g)."""
     from ftragrec_jax.checkpoint import assign_params
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
@@ -200,6 +221,7 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mes
     ftr = meta.get("ftragrec")
     if not isinstance(ftr, dict):
         raise CheckpointError(f"{path}/model.json: an FTragrec model needs its 'ftragrec' settings")
+    ftr = {**ftr, **check_inference_overrides(inference or {}, ftr, str(path))}
     try:
         hp = _hparams(ftr)
         encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)

@@ -45,10 +45,11 @@ def finite_params(tree) -> list[str]:
     return bad
 
 
-def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None):
+def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None, inference=None):
     """(score_fn, before_test) for a loaded model directory (JAX-trained or converted from PyTorch);
     before_test() runs once between the valid and test evaluations (FTragrec: extend the memory).
-    Parameters are replicated over `mesh` (None = config key `mesh`), whose data axis shards the batches."""
+    Parameters are replicated over `mesh` (None = config key `mesh`), whose data axis shards the batches.
+    inference: FTragrec settings that replace the stored ones (`ftragrec_task.INFERENCE_KEYS`, e.g. alpha)."""
     from ftragrec_jax import parallel
 
     mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
@@ -58,6 +59,9 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, 
     if meta["model"] == "duorec":
         from ftragrec_jax.models.encoder import EncoderConfig
 
+        if inference:
+            raise ConfigError(f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is DuoRec")
+
         try:
             enc_cfg = EncoderConfig(**meta["encoder"])
         except (TypeError, ConfigError) as e:
@@ -66,7 +70,7 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, 
         return (lambda item_seq, item_seq_len, batch: score(item_seq, item_seq_len)), (lambda: None)
     from ftragrec_jax.train.ftragrec_task import scorer_from_params
 
-    return scorer_from_params(path, meta, params, dataset, cfg, mesh)
+    return scorer_from_params(path, meta, params, dataset, cfg, mesh, inference)
 
 
 def encoder_scorer(enc_cfg, params, source: str, mesh=None):
