@@ -42,9 +42,8 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
     """{"valid": metrics, "test": metrics} of a model directory; raises the project's errors on bad input."""
     from ftragrec_jax import parallel
     from ftragrec_jax.checkpoint import check_vocab_compat, load_model, read_meta
-    from ftragrec_jax.config import DATASET_KEYS, load_config
+    from ftragrec_jax.config import DATASET_KEYS, load_config, parse_override
     from ftragrec_jax.errors import CheckpointError
-    from ftragrec_jax.config import parse_override
     from ftragrec_jax.train.evaluate import evaluate_split
     from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir

@@ -35,15 +35,20 @@ INFERENCE_KEYS = ("retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch
 TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha")  # shape or meaning of parameters
 
 
-def check_inference_overrides(inference: dict, stored: dict, path: str) -> dict:
+def check_inference_overrides(inference: dict, meta: dict, path: str) -> None:
+    """Refuse evaluation-time settings that a model directory cannot take (keys named in the message)."""
+    if not inference:
+        return
+    if meta.get("model") != "ftragrec":
+        raise ConfigError(f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is "
+                          f"{meta.get('model')!r}")
     unknown = sorted(set(inference) - set(INFERENCE_KEYS))
     if unknown:
         raise ConfigError(f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
                           f"only {list(INFERENCE_KEYS)}")
-    if "alpha" in inference and stored.get("learnable_alpha"):
+    if "alpha" in inference and (meta.get("ftragrec") or {}).get("learnable_alpha"):
         raise ConfigError(f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
                           "it cannot be overridden")
-    return dict(inference)
 
 
 def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
@@ -213,7 +218,7 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mes
     split with the saved g, as during training after a refresh. On `mesh` (None = config key `mesh`) the
     parameters are replicated and the base placed as for training (exact backend: keys sharded).
     inference: {key: value} over INFERENCE_KEYS replacing the stored settings (e.g. another alpha or top_k
-    for the same trained g)."""
+    for the same trained g), already checked by `check_inference_overrides`."""
     from ftragrec_jax.checkpoint import assign_params
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
@@ -221,7 +226,7 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mes
     ftr = meta.get("ftragrec")
     if not isinstance(ftr, dict):
         raise CheckpointError(f"{path}/model.json: an FTragrec model needs its 'ftragrec' settings")
-    ftr = {**ftr, **check_inference_overrides(inference or {}, ftr, str(path))}
+    ftr = {**ftr, **(inference or {})}
     try:
         hp = _hparams(ftr)
         encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)

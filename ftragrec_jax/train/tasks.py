@@ -51,16 +51,15 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, 
     Parameters are replicated over `mesh` (None = config key `mesh`), whose data axis shards the batches.
     inference: FTragrec settings that replace the stored ones (`ftragrec_task.INFERENCE_KEYS`, e.g. alpha)."""
     from ftragrec_jax import parallel
+    from ftragrec_jax.train.ftragrec_task import check_inference_overrides
 
+    check_inference_overrides(inference or {}, meta, str(path))
     mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
     bad = finite_params(params)
     if bad:
         raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
     if meta["model"] == "duorec":
         from ftragrec_jax.models.encoder import EncoderConfig
-
-        if inference:
-            raise ConfigError(f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is DuoRec")
 
         try:
             enc_cfg = EncoderConfig(**meta["encoder"])
