@@ -45,7 +45,7 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
     from ftragrec_jax.config import DATASET_KEYS, load_config, parse_override
     from ftragrec_jax.errors import CheckpointError
     from ftragrec_jax.train.evaluate import evaluate_split
-    from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS
+    from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS, check_inference_overrides
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 
     meta = read_meta(checkpoint)
@@ -53,6 +53,9 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
     extra = [f"data={data}"] if data is not None else []
     cfg = load_config(None, list(overrides) + extra, base=stored)
     cfg.show_progress = show_progress
+    given = {parse_override(o)[0] for o in overrides}
+    inference = {k: getattr(cfg, k) for k in sorted(given & set(INFERENCE_KEYS + TRAINED_KEYS))}
+    check_inference_overrides(inference, meta, str(checkpoint))  # before the dataset and weights are loaded
     mesh = parallel.make_mesh(cfg.mesh)  # batches sharded over it, as in training
     parallel.check_batch_divides(cfg.eval_batch_size, mesh, "eval_batch_size")  # before loading anything
     dataset = dataset_from_config(cfg)
@@ -63,8 +66,6 @@ def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) 
         raise CheckpointError(
             f"{checkpoint}: the stored item vocabulary differs from the dataset's at id {diff} "
             f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items")
-    given = {parse_override(o)[0] for o in overrides}
-    inference = {k: getattr(cfg, k) for k in sorted(given & set(INFERENCE_KEYS + TRAINED_KEYS))}
     score, before_test = scorer_from_model_dir(checkpoint, meta, params, dataset, cfg, mesh, inference)
     valid = evaluate_split(score, dataset, "valid", cfg, mesh=mesh)
     before_test()

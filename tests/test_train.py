@@ -338,10 +338,11 @@ def test_evaluate_overrides_how_a_trained_retriever_is_used(ft_run, full_run, da
     stored = json.loads((ft_run / "results.json").read_text())
     assert evaluate(ft_run / "best_model", "alpha=0.9", "quality_threshold=0") != {"valid": stored["valid"],
                                                                                   "test": stored["test"]}
+    # refused before any data is read: the data file given here does not exist
     for ckpt, key, expected in ((ft_run / "best_model", "retriever_layers=2", "fixed by the trained model"),
                                 (full_run / "best_model", "top_k=2", "FTragrec checkpoints only")):
         with pytest.raises(SystemExit):
-            evaluate(ckpt, key)
+            main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "missing.txt"), "--set", key])
         err = capsys.readouterr().err
         assert key.split("=")[0] in err and expected in err, err
 
