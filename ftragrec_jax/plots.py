@@ -20,7 +20,8 @@ PIPELINE_STAGES = ("duorec", "ftragrec")
 # per-epoch bookkeeping in metrics.jsonl that is not a training curve
 # per-epoch diagnostics, drawn after the loss terms
 DIAGNOSTICS = ("fallback_fraction", "neighbours", "grad_norm")
-NOT_CURVES = {"epoch", "step", "train_time_s", "compile_time_s", "valid_time_s", "index_refresh_time_s", "best"}
+NOT_CURVES = {"epoch", "step", "train_time_s", "compile_time_s", "valid_time_s", "index_refresh_time_s",
+              "valid_refresh_time_s", "best"}
 
 
 def read_metrics(path) -> list[dict]:

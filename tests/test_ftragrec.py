@@ -40,6 +40,26 @@ def test_knowledge_base_matches_direct_encoding(setup):
         np.testing.assert_array_equal(np.asarray(getattr(kb.memory, name)), samples[name])
 
 
+def test_set_keys_hands_back_the_keys_of_before_a_refresh(setup):
+    """Validation refreshes for itself, then restores the training keys: index and device copy included."""
+    samples, hp, model, _ = setup
+    model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="faiss", top_k=3)
+    users, lens = samples["user"][:5] * 0, samples["prefix_len"][:5]
+    kept = kb.keys
+    before = kb.searcher.search_host(kept[:5][::-1], users, lens)
+    kernel = model.retriever.layers[0].dense_2.kernel
+    kernel[...] = jax.random.normal(jax.random.key(0), kernel.shape)
+    kb.refresh_keys(model.retriever)
+    assert not np.allclose(kb.keys, kept, atol=1e-3)
+    kb.set_keys(kept)
+    np.testing.assert_array_equal(kb.keys, kept)
+    np.testing.assert_array_equal(np.asarray(kb.memory.keys), kept)
+    np.testing.assert_array_equal(kb.searcher.search_host(kept[:5][::-1], users, lens), before)
+    with pytest.raises(ConfigError, match=r"keys of shape \(3, 64\)"):
+        kb.set_keys(np.zeros((3, 64), np.float32))
+
+
 def test_refresh_recomputes_keys_and_rebuilds_index(setup):
     samples, hp, model, _ = setup
     model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)

@@ -127,11 +127,11 @@ def test_ftragrec_killed_before_first_checkpoint_mid_rebuild_and_mid_write(ftrag
     killed("step:0:2", args, env)  # nothing committed yet: the restart starts from scratch
     assert checkpoints(out)[0] == []
 
-    err = killed("refresh:2", args, env)  # keys of epoch 2 recomputed, index half rebuilt
+    err = killed("refresh:2", args, env)  # end of epoch 1: keys for epoch 2 recomputed, index half rebuilt
     assert "index rebuild of epoch 2" in err
-    assert checkpoints(out) == (["1", "2"], [])
+    assert checkpoints(out) == (["1"], [])  # checkpoint 2 comes after the refresh, so that it holds the keys
 
-    killed("ckpt_partial:3", args, env)  # restores epoch 2's keys, refreshes again, dies writing 3
+    killed("ckpt_partial:3", args, env)  # redoes epoch 1 and its refresh, commits 2, dies writing 3
     committed, temporary = checkpoints(out)
     assert committed == ["1", "2"] and len(temporary) == 1
 

@@ -277,7 +277,7 @@ def ft_args(full_run):
 
 @pytest.fixture(scope="module")
 def ft_run(full_run, data_file, tmp_path_factory) -> Path:
-    """Uninterrupted FTragrec reference: 3 epochs, keys refreshed before epoch 2."""
+    """Uninterrupted FTragrec reference: 3 epochs, keys refreshed for epoch 2 (at the end of epoch 1)."""
     out = tmp_path_factory.mktemp("ft") / "run"
     assert train(data_file, out, "--epochs=3", *ft_args(full_run)) == 0
     return out
@@ -287,7 +287,9 @@ def test_ftragrec_trains_only_the_retriever_and_resumes_identically(ft_run, full
     from ftragrec_jax.checkpoint import load_model
 
     rows = json.loads("[" + ",".join((ft_run / "metrics.jsonl").read_text().splitlines()) + "]")
-    assert [("index_refresh_time_s" in r) for r in rows] == [False, False, True]
+    assert [("index_refresh_time_s" in r) for r in rows] == [False, True, False]
+    # validation refreshes for itself whenever the scheduled refresh did not just happen
+    assert [("valid_refresh_time_s" in r) for r in rows] == [True, False, True]
     assert {"rec_loss", "enhanced_rec_loss", "kl_loss", "fallback_fraction"} <= rows[0].keys()
     _, backbone, _ = load_model(full_run / "best_model")
     meta, tuned, _ = load_model(ft_run / "latest_model")
@@ -300,8 +302,17 @@ def test_ftragrec_trains_only_the_retriever_and_resumes_identically(ft_run, full
 
     out = tmp_path / "run"
     assert train(data_file, out, "--epochs=1", *ft_args(full_run)) == 0
-    assert train(data_file, out, "--epochs=3", *ft_args(full_run)) == 0  # the refresh at epoch 2 happens here
+    assert train(data_file, out, "--epochs=3", *ft_args(full_run)) == 0  # the refresh for epoch 2 happens here
     assert_same_run(ft_run, out)
+
+
+def test_ftragrec_validation_judges_each_epoch_as_its_saved_model(ft_run):
+    """Epoch 0's validation (no scheduled refresh after it) searches keys of its own g, like the final
+    evaluation of best_model, so the two valid rows agree; with the keys of the initial g they did not."""
+    rows = [json.loads(line) for line in (ft_run / "metrics.jsonl").read_text().splitlines()]
+    res = json.loads((ft_run / "results.json").read_text())
+    assert rows[res["best_epoch"]]["valid"] == res["valid"]
+    assert "valid_refresh_time_s" in rows[0] and "index_refresh_time_s" not in rows[0]
 
 
 def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file, tmp_path):

@@ -138,9 +138,16 @@ class KnowledgeBase:
     def refresh_keys(self, retriever, *, chunk_size: int = 65536) -> float:
         """Recompute every key with the current g and rebuild the index (between epochs). Returns seconds."""
         t0 = time.perf_counter()
-        self.keys = compute_keys(retriever, self.h, chunk_size=chunk_size)
-        self.index_seconds = self._sync_keys()
+        self.set_keys(compute_keys(retriever, self.h, chunk_size=chunk_size))
         return time.perf_counter() - t0
+
+    def set_keys(self, keys) -> None:
+        """Search with these keys from now on (one per entry), e.g. the keys of before a temporary refresh."""
+        keys = np.asarray(keys, np.float32)
+        if keys.ndim != 2 or len(keys) != len(self.h):
+            raise ConfigError(f"knowledge base: keys of shape {keys.shape}, expected ({len(self.h)}, dim)")
+        self.keys = keys
+        self.index_seconds = self._sync_keys()
 
     def _sync_keys(self) -> float:
         """Like _sync when only the keys changed: h, target, user and prefix_len keep their device copies

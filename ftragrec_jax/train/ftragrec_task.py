@@ -3,6 +3,7 @@ knowledge base whose keys are refreshed between epochs (the only host state a re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -92,6 +93,7 @@ class FTragrecTask(Task):
         self.hp = _hparams(cfg)
         self.mesh = parallel.make_mesh(cfg.mesh)
         self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
+        self._fresh_for = None  # the epoch whose end-of-epoch g made the current keys, if it is known
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
         validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
                        encoder_cfg=encoder.config, n_items=dataset.n_items)
@@ -138,12 +140,33 @@ class FTragrecTask(Task):
 
         return score_fn(self._scorer, params, self._memory_on_mesh())
 
-    def begin_epoch(self, params, epoch: int) -> dict:
-        interval = self.cfg.retriever_update_interval
-        if epoch == 0 or epoch % interval:
+    def end_epoch(self, params, epoch: int) -> dict:
+        """The scheduled refresh: the keys epoch N searches are those of g after epoch N-1 whenever N is a
+        multiple of retriever_update_interval. Done at the end of epoch N-1, so that its validation and its
+        checkpoint already have them."""
+        self._fresh_for = None
+        if (epoch + 1) % self.cfg.retriever_update_interval:
             return {}
         seconds = self.kb.refresh_keys(self.merge(params).retriever, chunk_size=self.hp.retrieval_chunk_size)
+        self._fresh_for = epoch
         return {"index_refresh_time_s": round(seconds, 3)}
+
+    @contextlib.contextmanager
+    def validation_scorer(self, params, epoch: int, record: dict):
+        """Between scheduled refreshes the index holds keys of an older g, while the query uses the current
+        one. A saved model directory always searches keys of its own g (as the final evaluation does), so
+        validation does too: it refreshes for itself and hands the training keys back afterwards, which
+        leaves training (and a resumed run) exactly as without validation."""
+        if self._fresh_for == epoch:
+            yield self.score_fn(params)
+            return
+        kept = self.kb.keys
+        seconds = self.kb.refresh_keys(self.merge(params).retriever, chunk_size=self.hp.retrieval_chunk_size)
+        record["valid_refresh_time_s"] = round(seconds, 3)
+        try:
+            yield self.score_fn(params)
+        finally:
+            self.kb.set_keys(kept)
 
     def before_final(self, params) -> dict:
         """Keys from the selected model's own g, as a model directory evaluated later would have them."""

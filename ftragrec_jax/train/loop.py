@@ -132,7 +132,6 @@ class Trainer:
         cfg, log, task = self.cfg, self.log, self.task
         from ftragrec_jax.data.batches import iterate_batches, num_batches
 
-        hook_info = task.begin_epoch(params, epoch) or {}
         train = self.dataset.train
         n_batches = num_batches(len(train), cfg.train_batch_size, False)
         step0 = loop["step"]
@@ -165,7 +164,7 @@ class Trainer:
             record["compile_time_s"] = round(compile_time, 3)
         names = sorted(fetched, key=lambda k: (k != "loss", k == "grad_norm", k))  # loss first, grad_norm last
         record.update({k: float(np.mean(fetched[k])) for k in names})
-        record.update(hook_info)
+        record.update(task.end_epoch(params, epoch) or {})
         if (epoch + 1) % cfg.eval_step == 0:
             self._validate(epoch, params, loop, record)
         log.info(epoch_log.epoch_line(record, epochs=cfg.epochs, valid_metric=cfg.valid_metric,
@@ -189,7 +188,8 @@ class Trainer:
     def _validate(self, epoch: int, params, loop: dict, record: dict) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        valid = evaluate_split(self.task.score_fn(params), self.dataset, "valid", cfg, mesh=self.mesh)
+        with self.task.validation_scorer(params, epoch, record) as score_fn:
+            valid = evaluate_split(score_fn, self.dataset, "valid", cfg, mesh=self.mesh)
         eval_time = time.perf_counter() - t0
         score = valid[cfg.valid_metric]
         record["valid"] = valid

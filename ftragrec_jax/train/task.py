@@ -7,7 +7,8 @@ host-side state that must survive a restart (FTragrec's knowledge-base keys).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 # (item_seq [B, L], item_seq_len [B], batch dict) -> scores [B, n_items]; the evaluator's contract.
 ScoreFn = Callable[[Any, Any, dict], Any]
@@ -56,9 +57,19 @@ class Task:
         raise NotImplementedError
 
     # --- optional hooks ----------------------------------------------------------------------
-    def begin_epoch(self, params, epoch: int) -> dict:
-        """Called before every epoch, outside jit (FTragrec: index refresh). Returns values to log."""
+    def end_epoch(self, params, epoch: int) -> dict:
+        """Called after every epoch's steps, before its validation and checkpoint, outside jit (FTragrec: the
+        scheduled index refresh, so that the checkpoint holds the keys the next epoch searches). Returns values
+        to log."""
         return {}
+
+    @contextlib.contextmanager
+    def validation_scorer(self, params, epoch: int, record: dict) -> Iterator[ScoreFn]:
+        """The score function for the validation after `epoch`, as a context: on exit the task is back in the
+        state training continues from (FTragrec: keys from the current g for validation only, so the epoch is
+        judged as its saved model directory would score, then the training keys back). May add values to log
+        to `record`."""
+        yield self.score_fn(params)
 
     def before_final(self, params) -> dict:
         """Called once with the selected (best) parameters before the final valid/test evaluation

@@ -7,8 +7,8 @@ POINT (epochs count from 0, checkpoints by completed epochs, as in RUN/checkpoin
   ckpt_partial:N      checkpoint N half written: Orbax's temporary folder exists, the loop record is not
                       written yet (arrays possibly in flight)
   ckpt_commit:N       checkpoint N fully written into its temporary folder, just before the commit rename
-  refresh:E           FTragrec's index refresh at the start of epoch E: keys recomputed, FAISS index being
-                      rebuilt
+  refresh:E           FTragrec's scheduled index refresh for epoch E, done at the end of epoch E-1 (before
+                      its validation and checkpoint E): keys recomputed, FAISS index being rebuilt
   model_save:E        RUN/latest_model of epoch E half written (parameters in its temporary sibling, no
                       model.json yet), after checkpoint E+1 was committed
 
@@ -93,12 +93,12 @@ def hook_refresh(epoch: int) -> None:
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
 
     state = {"epoch": None}
-    real_begin, real_build = FTragrecTask.begin_epoch, FaissSearcher.build
+    real_end, real_build = FTragrecTask.end_epoch, FaissSearcher.build
 
-    def begin_epoch(self, params, e):
-        state["epoch"] = e
+    def end_epoch(self, params, e):
+        state["epoch"] = e + 1  # the epoch whose keys these are
         try:
-            return real_begin(self, params, e)
+            return real_end(self, params, e)
         finally:
             state["epoch"] = None
 
@@ -107,7 +107,7 @@ def hook_refresh(epoch: int) -> None:
             die(f"index rebuild of epoch {epoch} ({len(keys)} fresh keys)")
         return real_build(self, keys, user, prefix_len)
 
-    FTragrecTask.begin_epoch, FaissSearcher.build = begin_epoch, build
+    FTragrecTask.end_epoch, FaissSearcher.build = end_epoch, build
 
 
 def hook_model_save(epoch: int) -> None:
