@@ -334,6 +334,35 @@ def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
     assert got["valid"] == res["valid"] and got["test"] == res["test"]
 
 
+def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_run, data_file, tmp_path, capsys):
+    from experiments.compare import main
+
+    out = tmp_path / "compare.json"
+    assert main(["--a", str(full_run / "best_model"), "--b", str(ft_run / "best_model"), "--data", str(data_file),
+                 "--json", str(out), "--no-progress"]) == 0
+    got = json.loads(out.read_text())
+    test_a = json.loads((full_run / "results.json").read_text())["test"]
+    test_b = json.loads((ft_run / "results.json").read_text())["test"]
+    assert [r["k"] for r in got["rows"]] == [5, 10, 20, 50]
+    for row in got["rows"]:  # the same users and ranks as each model's own test evaluation
+        assert np.round(row["hit_a"], 4) == test_a[f"hit@{row['k']}"]
+        assert np.round(row["hit_b"], 4) == test_b[f"hit@{row['k']}"]
+        assert row["hit_b"] - row["hit_a"] == pytest.approx((row["b_only"] - row["a_only"]) / got["users"])
+    assert "p (sign test)" in capsys.readouterr().out
+
+
+def test_compare_refuses_models_resolving_to_different_datasets(full_run, data_file):
+    import dataclasses
+
+    from experiments.evaluate import load_scorer
+    from ftragrec_jax.errors import ConfigError
+
+    cfg, dataset, *_ = load_scorer(full_run / "best_model", str(data_file), show_progress=False)
+    other = dataclasses.replace(cfg, MAX_ITEM_LIST_LENGTH=cfg.MAX_ITEM_LIST_LENGTH + 1)
+    with pytest.raises(ConfigError, match="MAX_ITEM_LIST_LENGTH"):
+        load_scorer(full_run / "best_model", str(data_file), show_progress=False, shared=(other, dataset))
+
+
 def test_evaluate_overrides_how_a_trained_retriever_is_used(ft_run, full_run, data_file, tmp_path, capsys):
     from experiments.evaluate import main
 

@@ -335,7 +335,8 @@ def test_config_reference_is_up_to_date():
 
 ENTRY_POINTS = ["experiments.train", "experiments.evaluate", "experiments.plot", "experiments.recommend",
                 "experiments.config_reference", "experiments.bench", "experiments.ablate", "experiments.memory",
-                "experiments.scaling", "converters.duorec_to_flax", "converters.flax_to_duorec"]
+                "experiments.scaling", "experiments.compare", "converters.duorec_to_flax",
+                "converters.flax_to_duorec"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)

@@ -1,0 +1,50 @@
+"""Is model B's hit rate different from model A's on the same users? A paired, exact sign test.
+
+Both models rank the same target for the same user, so the only users that carry evidence are the discordant
+ones: hit@K by A and not B (`a_only`), or by B and not A (`b_only`). Under "no difference" each discordant
+user is a fair coin, so the two-sided p-value is the exact binomial tail (McNemar's exact test):
+
+    >>> sign_test_p(5, 0)       # 5 of 5 discordant users favour A: 2 * 0.5**5
+    0.0625
+    >>> round(sign_test_p(62, 56), 3)  # FTragrec's default vs its backbone, Sports HR@10: a 6-user gap
+    0.645
+
+Users whose ranks tie (both hit or both miss) do not enter, so no tie rule is needed.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+
+def sign_test_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided p-value of `a_only` vs `b_only` discordant pairs (1.0 when there are none)."""
+    a_only, b_only = int(a_only), int(b_only)
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"counts must be >= 0, got {a_only} and {b_only}")
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(a_only, b_only) + 1))  # exact integers: no float underflow
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
+    """Per cut-off K: both hit rates, the discordant users each way and the sign-test p-value.
+
+    ranks_*: 1-based target rank per user, same users in the same order (evaluation.sample_ranks)."""
+    a, b = np.asarray(ranks_a, np.int64), np.asarray(ranks_b, np.int64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"rank arrays must be 1-d and the same length, got {a.shape} and {b.shape}")
+    if a.size and min(a.min(), b.min()) < 1:
+        raise ValueError("ranks are 1-based: found a rank below 1")
+    rows = []
+    for k in ks:
+        hit_a, hit_b = a <= k, b <= k
+        a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
+        rows.append({"k": int(k), "hit_a": float(hit_a.mean()) if a.size else 0.0,
+                     "hit_b": float(hit_b.mean()) if b.size else 0.0,
+                     "a_only": a_only, "b_only": b_only, "p_value": sign_test_p(a_only, b_only)})
+    return rows

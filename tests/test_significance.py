@@ -1,0 +1,59 @@
+"""The paired sign test against brute force over every outcome, and paired_hits against a per-user loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ftragrec_jax.significance import paired_hits, sign_test_p
+
+
+def brute_force_p(a_only: int, b_only: int) -> float:
+    """P(a split at least as uneven as the observed one) over all 2^n equally likely discordant outcomes."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    observed = abs(a_only - b_only)
+    extreme = sum(abs(2 * sum(bits) - n) >= observed for bits in itertools.product((0, 1), repeat=n))
+    return extreme / 2**n
+
+
+@pytest.mark.parametrize("a_only,b_only", [(0, 0), (1, 0), (0, 1), (3, 3), (5, 0), (0, 7), (2, 9), (6, 5),
+                                           (4, 8), (10, 2)])
+def test_sign_test_matches_brute_force(a_only, b_only):
+    assert sign_test_p(a_only, b_only) == pytest.approx(brute_force_p(a_only, b_only), abs=1e-12)
+    assert sign_test_p(a_only, b_only) == sign_test_p(b_only, a_only)  # two-sided: symmetric
+
+
+def test_sign_test_large_counts_stay_finite_and_ordered():
+    # 2**n overflows floats past n ~ 1024; the exact integer tail does not
+    assert 0 < sign_test_p(600, 500) < sign_test_p(560, 540) < 1
+    assert sign_test_p(2000, 2000) == 1.0
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        sign_test_p(-1, 3)
+
+
+def test_paired_hits_against_a_per_user_loop():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 40, size=500)
+    b = np.where(rng.random(500) < 0.3, rng.integers(1, 40, size=500), a)  # mostly the same ranks
+    rows = paired_hits(a, b, (1, 5, 10, 20))
+    for row in rows:
+        k = row["k"]
+        a_only = sum(1 for x, y in zip(a, b) if x <= k and not y <= k)
+        b_only = sum(1 for x, y in zip(a, b) if y <= k and not x <= k)
+        assert (row["a_only"], row["b_only"]) == (a_only, b_only)
+        assert row["hit_a"] == pytest.approx(sum(x <= k for x in a) / 500)
+        assert row["hit_b"] - row["hit_a"] == pytest.approx((b_only - a_only) / 500)
+        assert row["p_value"] == sign_test_p(a_only, b_only)
+    same = paired_hits(a, a, (10,))[0]
+    assert (same["a_only"], same["b_only"], same["p_value"]) == (0, 0, 1.0)
+
+
+def test_paired_hits_rejects_unpaired_or_zero_based_ranks():
+    with pytest.raises(ValueError, match="same length"):
+        paired_hits([1, 2, 3], [1, 2], (5,))
+    with pytest.raises(ValueError, match="1-based"):
+        paired_hits([0, 2], [1, 2], (5,))
