@@ -5,7 +5,10 @@
 
 A metric table says that B's HR@10 is 0.0002 below A's; this says how many users B gained and lost at
 each K and whether that could be chance (exact two-sided sign test over the users only one model hits,
-ftragrec_jax/significance.py). --set applies to both models (dataset keys, FTragrec inference keys).
+ftragrec_jax/significance.py). --set applies to both models (dataset and evaluation keys); --set-a and
+--set-b to one of them, e.g. an FTragrec inference key such as alpha, which a DuoRec model refuses:
+
+    python -m experiments.compare --a RUN/best_model --b RUN/best_model --set-b alpha=0.3
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def parse_args(argv):
     parser.add_argument("--split", default="test", choices=("valid", "test"), help="which split's users")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dataset/evaluation key for both models (repeatable)")
+    parser.add_argument("--set-a", dest="overrides_a", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key for model A only (repeatable)")
+    parser.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key for model B only (repeatable)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args, unknown = parser.parse_known_args(rest)
@@ -49,12 +56,13 @@ def split_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=T
     return (cfg, dataset), ranks
 
 
-def compare(a, b, split="test", data=None, overrides=(), show_progress=True) -> tuple[list[dict], int]:
-    """(paired_hits rows at the config's topk, number of users) of model B against model A."""
+def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
+            show_progress=True) -> tuple[list[dict], int]:
+    """(paired_hits rows at model A's topk, number of users) of model B against model A."""
     from ftragrec_jax.significance import paired_hits
 
-    shared, ranks_a = split_ranks(a, split, data, overrides, show_progress)
-    _, ranks_b = split_ranks(b, split, data, overrides, show_progress, shared=shared)
+    shared, ranks_a = split_ranks(a, split, data, overrides_a, show_progress)
+    _, ranks_b = split_ranks(b, split, data, overrides_b, show_progress, shared=shared)
     return paired_hits(ranks_a, ranks_b, shared[0].topk), len(ranks_a)
 
 
@@ -71,7 +79,8 @@ def main(argv=None) -> int:
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        rows, n_users = compare(args.a, args.b, args.split, args.data, overrides, not args.no_progress)
+        rows, n_users = compare(args.a, args.b, args.split, args.data, overrides + args.overrides_a,
+                                overrides + args.overrides_b, not args.no_progress)
     except FtragrecError as e:
         fail(str(e))
     print(table(rows, n_users))

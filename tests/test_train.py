@@ -349,6 +349,12 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
         assert np.round(row["hit_b"], 4) == test_b[f"hit@{row['k']}"]
         assert row["hit_b"] - row["hit_a"] == pytest.approx((row["b_only"] - row["a_only"]) / got["users"])
     assert "p (sign test)" in capsys.readouterr().out
+    # --set-b reaches model B only: FTragrec with alpha 0 is its backbone, user by user (a DuoRec model A
+    # would refuse alpha)
+    assert main(["--a", str(full_run / "best_model"), "--b", str(ft_run / "best_model"), "--data", str(data_file),
+                 "--set-b", "alpha=0", "--json", str(out), "--no-progress"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all((r["a_only"], r["b_only"], r["p_value"]) == (0, 0, 1.0) for r in rows)
 
 
 def test_compare_refuses_models_resolving_to_different_datasets(full_run, data_file):
