@@ -93,7 +93,6 @@ class FTragrecTask(Task):
         self.hp = _hparams(cfg)
         self.mesh = parallel.make_mesh(cfg.mesh)
         self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
-        self._fresh_for = None  # the epoch whose end-of-epoch g made the current keys, if it is known
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
         validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
                        encoder_cfg=encoder.config, n_items=dataset.n_items)
@@ -144,12 +143,14 @@ class FTragrecTask(Task):
         """The scheduled refresh: the keys epoch N searches are those of g after epoch N-1 whenever N is a
         multiple of retriever_update_interval. Done at the end of epoch N-1, so that its validation and its
         checkpoint already have them."""
-        self._fresh_for = None
-        if (epoch + 1) % self.cfg.retriever_update_interval:
+        if not self._refresh_due(epoch):
             return {}
         seconds = self.kb.refresh_keys(self.merge(params).retriever, chunk_size=self.hp.retrieval_chunk_size)
-        self._fresh_for = epoch
         return {"index_refresh_time_s": round(seconds, 3)}
+
+    def _refresh_due(self, epoch: int) -> bool:
+        """Whether end_epoch(epoch) refreshes; validation after that epoch then already has fresh keys."""
+        return (epoch + 1) % self.cfg.retriever_update_interval == 0
 
     @contextlib.contextmanager
     def validation_scorer(self, params, epoch: int, record: dict):
@@ -157,7 +158,7 @@ class FTragrecTask(Task):
         one. A saved model directory always searches keys of its own g (as the final evaluation does), so
         validation does too: it refreshes for itself and hands the training keys back afterwards, which
         leaves training (and a resumed run) exactly as without validation."""
-        if self._fresh_for == epoch:
+        if self._refresh_due(epoch):
             yield self.score_fn(params)
             return
         kept = self.kb.keys
