@@ -45,15 +45,12 @@ def parse_args(argv):
 def split_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=True, shared=None):
     """((cfg, dataset), target rank per user of `split`) for one model directory."""
     from experiments.evaluate import load_scorer
-    from ftragrec_jax.evaluation import sample_ranks
-    from ftragrec_jax.train.evaluate import history_for
+    from ftragrec_jax.train.evaluate import split_ranks as ranks_of
 
     cfg, dataset, mesh, score, before_test = load_scorer(checkpoint, data, overrides, show_progress, shared)
     if split == "test":
         before_test()  # FTragrec's extend_memory_with_valid, as in evaluate
-    ranks = sample_ranks(score, getattr(dataset, split), dataset.n_items, batch_size=cfg.eval_batch_size,
-                         history=history_for(dataset, split, cfg), mesh=mesh)
-    return (cfg, dataset), ranks
+    return (cfg, dataset), ranks_of(score, dataset, split, cfg, mesh=mesh)
 
 
 def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
