@@ -28,13 +28,25 @@ def _setup(**kw):
     return hp, samples, model, kb
 
 
+def _retrieved(model, hp, kb, batch):
+    """The model's own pieces, jitted as one program (eager dispatch compiled hundreds of one-op programs):
+    the sequence vector, the retrieved ids and the neighbour weights."""
+
+    @nnx.jit
+    def run(model, item_seq, item_seq_len, user, prefix_len):
+        seq = model.encoder(item_seq, item_seq_len)
+        q = embed(model.retriever, seq)
+        ids = retrieve(q, user, prefix_len, kb.memory, backend="exact", top_k=hp.top_k)
+        nb = neighbours(model.retriever, q, seq, ids, kb.memory.h, kb.memory.target, model.encoder.item_table(), hp)
+        return seq, ids, nb
+
+    seq, ids, nb = run(model, *(jnp.asarray(batch[k]) for k in ("item_seq", "item_seq_len", "user", "prefix_len")))
+    return seq, np.asarray(ids), nb
+
+
 def _naive_knn_lm(model, hp, kb, batch):
     """float64 loop: p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j), from the same retrieved ids."""
-    seq = model.encoder(jnp.asarray(batch["item_seq"]), jnp.asarray(batch["item_seq_len"]))
-    q = embed(model.retriever, seq)
-    ids = np.asarray(retrieve(q, batch["user"], batch["prefix_len"], kb.memory, backend="exact", top_k=hp.top_k))
-    nb = neighbours(model.retriever, q, seq, jnp.asarray(ids), kb.memory.h, kb.memory.target,
-                    model.encoder.item_table(), hp)
+    seq, ids, nb = _retrieved(model, hp, kb, batch)
     p_ret, valid = np.asarray(nb["p_ret"], np.float64), np.asarray(nb["valid"])
     logits = np.asarray(seq, np.float64) @ np.asarray(model.encoder.item_table(), np.float64).T
     p = np.exp(logits - logits.max(1, keepdims=True))
@@ -60,14 +72,12 @@ def test_knn_lm_scores_and_loss_match_naive_mixture():
     np.testing.assert_allclose(np.exp(scores), mix, rtol=2e-5, atol=1e-7)
     assert np.isclose(mix.sum(1), 1.0).all()
     # the loss term is -log p(target) of the same mixture, and its gradient reaches g and is finite
-    _, aux = ftragrec_loss(model, batch, kb.memory, hp=hp)
-    nll = -np.log(mix[np.arange(len(mix)), batch["target"]]).mean()
-    np.testing.assert_allclose(float(aux["enhanced_rec_loss"]), nll, rtol=2e-5)
-
     def enhanced(p):
         return ftragrec_loss(nnx.merge(gd, p, rest), batch, kb.memory, hp=hp)[1]["enhanced_rec_loss"]
 
-    grads = jax.grad(enhanced)(params)
+    loss, grads = jax.jit(jax.value_and_grad(enhanced))(params)
+    nll = -np.log(mix[np.arange(len(mix)), batch["target"]]).mean()
+    np.testing.assert_allclose(float(loss), nll, rtol=2e-5)
     leaves = jax.tree_util.tree_leaves(grads["retriever"])
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
     assert sum(float(jnp.abs(x).sum()) for x in leaves) > 0
@@ -82,11 +92,7 @@ def test_knn_lm_ranks_a_neighbour_target_above_backbone_when_alpha_large():
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     scores = np.asarray(score_fn(make_scorer(gd, hp, rest=rest), params, kb.memory)(
         batch["item_seq"], batch["item_seq_len"], batch))
-    seq = model.encoder(jnp.asarray(batch["item_seq"]), jnp.asarray(batch["item_seq_len"]))
-    q = embed(model.retriever, seq)
-    ids = np.asarray(retrieve(q, batch["user"], batch["prefix_len"], kb.memory, backend="exact", top_k=hp.top_k))
-    nb = neighbours(model.retriever, q, seq, jnp.asarray(ids), kb.memory.h, kb.memory.target,
-                    model.encoder.item_table(), hp)
+    _, ids, nb = _retrieved(model, hp, kb, batch)
     p_ret = np.asarray(nb["p_ret"])
     # temperature 1e-3: P_ret is one-hot on the nearest neighbour unless cosines tie (duplicate sequences);
     # where it is, that neighbour's target holds >= 0.9 of the mass and ranks first

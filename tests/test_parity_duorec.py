@@ -44,7 +44,8 @@ def _jax_loss_and_grads(enc, batch, **kw):
     def f(p):
         return duorec_loss(nnx.merge(graphdef, p), batch, None, **kw)
 
-    (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+    # jitted, as the trainer runs it (eager dispatch compiled hundreds of one-op programs)
+    (loss, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
     return loss, aux, grads, graphdef, params
 
 
@@ -274,10 +275,11 @@ def test_loss_with_in_step_sampling_uses_same_target_sequences(twins):
     sampled, _ = jax.jit(lambda b, k: duorec_loss(enc, b, k, lmd_sem=LMD_SEM, tau=TAU, same_target=sampler))(
         base, key)
     explicit = {**base, "sem_aug": Train.item_seq[partner], "sem_aug_lengths": Train.item_seq_len[partner]}
-    expected, _ = duorec_loss(enc, explicit, None, lmd_sem=LMD_SEM, tau=TAU)
+    given = jax.jit(lambda b: duorec_loss(enc, b, None, lmd_sem=LMD_SEM, tau=TAU)[0])
+    expected = given(explicit)
     assert abs(float(sampled) - float(expected)) <= 1e-6
     wrong = {**explicit, "sem_aug": Train.item_seq[rows], "sem_aug_lengths": Train.item_seq_len[rows]}
-    assert abs(float(duorec_loss(enc, wrong, None, lmd_sem=LMD_SEM, tau=TAU)[0]) - float(expected)) > 1e-4
+    assert abs(float(given(wrong)) - float(expected)) > 1e-4
 
 
 def test_dropout_passes_differ_and_are_reproducible():
