@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import ROOT
 
 TINY = ["hidden_size=8", "n_layers=1", "n_heads=2", "inner_size=16", "MAX_ITEM_LIST_LENGTH=8",
-        "train_batch_size=16", "eval_batch_size=64", "min_user_inter_num=3", "min_item_inter_num=1",
+        "train_batch_size=8", "eval_batch_size=64", "min_user_inter_num=3", "min_item_inter_num=1",
         "show_progress=false", "learning_rate=0.01"]
 KS = (5, 10, 20, 50)
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
@@ -193,7 +193,8 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, t
 
     monkeypatch.setattr(tasks, "make_task", lambda cfg, ds: Poisoned(cfg, ds))
     cfg = load_config(None, [f"data={data_file}", f"output_dir={out}", *TINY, "epochs=5"])
-    with pytest.raises(NonFiniteError, match=r"loss term 'sem_nce' is nan at epoch 3, step 60 \(batch 0"):
+    step = metrics_lines(full_run)[2]["step"]  # steps done after epoch 2: the first step of epoch 3
+    with pytest.raises(NonFiniteError, match=rf"loss term 'sem_nce' is nan at epoch 3, step {step} \(batch 0"):
         run_cli(cfg)
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit())[-1] == "3"
     assert metrics_lines(out) == metrics_lines(full_run)
