@@ -42,15 +42,15 @@ def parse_args(argv):
     return args, args.overrides + flag_overrides
 
 
-def split_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=True, shared=None):
+def model_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=True, shared=None):
     """((cfg, dataset), target rank per user of `split`) for one model directory."""
     from experiments.evaluate import load_scorer
-    from ftragrec_jax.train.evaluate import split_ranks as ranks_of
+    from ftragrec_jax.train.evaluate import split_ranks
 
     cfg, dataset, mesh, score, before_test = load_scorer(checkpoint, data, overrides, show_progress, shared)
     if split == "test":
         before_test()  # FTragrec's extend_memory_with_valid, as in evaluate
-    return (cfg, dataset), ranks_of(score, dataset, split, cfg, mesh=mesh)
+    return (cfg, dataset), split_ranks(score, dataset, split, cfg, mesh=mesh)
 
 
 def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
@@ -58,8 +58,8 @@ def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
     """(paired_hits rows at model A's topk, number of users) of model B against model A."""
     from ftragrec_jax.significance import paired_hits
 
-    shared, ranks_a = split_ranks(a, split, data, overrides_a, show_progress)
-    _, ranks_b = split_ranks(b, split, data, overrides_b, show_progress, shared=shared)
+    shared, ranks_a = model_ranks(a, split, data, overrides_a, show_progress)
+    _, ranks_b = model_ranks(b, split, data, overrides_b, show_progress, shared=shared)
     return paired_hits(ranks_a, ranks_b, shared[0].topk), len(ranks_a)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 
@@ -13,38 +12,32 @@ def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress:
                    mesh=None) -> dict:
     """RecBole-named metrics at every K in cfg.topk for `split` ("valid" or "test"), data-parallel over `mesh`
     (None = the mesh of config key `mesh`); score_fn gets batches sharded along its data axis."""
-    from ftragrec_jax import parallel
     from ftragrec_jax.evaluation import full_sort_evaluate
 
-    mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
-    samples = getattr(dataset, split)
-    with _counted(score_fn, len(samples), split, cfg, show_progress) as counted:
-        return dict(full_sort_evaluate(counted, samples, dataset.n_items, ks=tuple(cfg.topk),
-                                       batch_size=cfg.eval_batch_size, history=history_for(dataset, split, cfg),
-                                       mesh=mesh))
+    return dict(_over_split(full_sort_evaluate, score_fn, dataset, split, cfg, show_progress, mesh,
+                            ks=tuple(cfg.topk)))
 
 
 def split_ranks(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None,
                 mesh=None):
     """int64 [N]: every sample's target rank in `split`, batched and masked as evaluate_split ranks them
     (for paired comparisons of two models on the same users)."""
-    from ftragrec_jax import parallel
     from ftragrec_jax.evaluation import sample_ranks
+
+    return _over_split(sample_ranks, score_fn, dataset, split, cfg, show_progress, mesh)
+
+
+def _over_split(run, score_fn, dataset, split: str, cfg: Config, show_progress: bool | None, mesh, **kw):
+    """run(score_fn, samples, n_items, ...) over `split` with the configured batch size, history masking and
+    mesh, behind an "Evaluate <split>" progress bar that advances one batch per score_fn call."""
+    from tqdm.auto import tqdm
+
+    from ftragrec_jax import parallel
 
     mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
     samples = getattr(dataset, split)
-    with _counted(score_fn, len(samples), split, cfg, show_progress) as counted:
-        return sample_ranks(counted, samples, dataset.n_items, batch_size=cfg.eval_batch_size,
-                            history=history_for(dataset, split, cfg), mesh=mesh)
-
-
-@contextlib.contextmanager
-def _counted(score_fn, n_samples: int, split: str, cfg: Config, show_progress: bool | None):
-    """score_fn that advances an "Evaluate <split>" progress bar by one batch per call."""
-    from tqdm.auto import tqdm
-
     show = cfg.show_progress if show_progress is None else show_progress
-    total = math.ceil(n_samples / cfg.eval_batch_size)
+    total = math.ceil(len(samples) / cfg.eval_batch_size)
     with tqdm(total=total, desc=f"Evaluate {split}", disable=not show, leave=False, dynamic_ncols=True,
               file=sys.stderr) as bar:
         def counted(item_seq, item_seq_len, batch):
@@ -52,7 +45,8 @@ def _counted(score_fn, n_samples: int, split: str, cfg: Config, show_progress: b
             bar.update(1)
             return out
 
-        yield counted
+        return run(counted, samples, dataset.n_items, batch_size=cfg.eval_batch_size,
+                   history=history_for(dataset, split, cfg), mesh=mesh, **kw)
 
 
 def history_for(dataset, split: str, cfg: Config):
