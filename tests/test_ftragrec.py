@@ -158,6 +158,41 @@ def test_loss_terms_against_numpy(setup):
     np.testing.assert_allclose(float(aux["fallback_fraction"]), 1 - w.sum() / mask.sum(), rtol=1e-6)
 
 
+def test_kl_is_a_mean_over_rows_with_neighbours(setup):
+    """The rule docs/model.md states, checked as a rule rather than as a formula: the batch KL is the mean of
+    the one-row KLs of the rows that kept a neighbour, and rows without a neighbour (all ids -1) or padding
+    rows change nothing, while they do dilute the CE means."""
+    samples, hp, model, kb = setup
+    rng = np.random.default_rng(9)
+    b, k = 10, hp.top_k
+    ids = rng.integers(0, len(kb), (b, k)).astype(np.int32)
+    seq = kb.h[rng.integers(0, len(kb), b)]
+    target = rng.integers(0, N_ITEMS, b).astype(np.int32)
+    table = model.encoder.item_table()
+    terms = jax.jit(lambda s, i, t, m: ftragrec_terms(model.retriever, s, i, kb.memory.h, kb.memory.target,
+                                                      table, t, m, hp)[1])
+
+    def kl(rows, extra_empty=0, extra_padded=0):
+        s, i, t = seq[rows], ids[rows], target[rows]
+        m = np.ones(len(rows), np.float32)
+        if extra_empty or extra_padded:
+            n = extra_empty + extra_padded
+            s = np.concatenate([s, seq[:n]])
+            i = np.concatenate([i, np.where(np.arange(n)[:, None] < extra_empty, -1, ids[:n])]).astype(np.int32)
+            t = np.concatenate([t, target[:n]])
+            m = np.concatenate([m, (np.arange(n) < extra_empty).astype(np.float32)])
+        return terms(s, i, t, m)
+
+    whole = kl(np.arange(b))
+    assert float(whole["fallback_fraction"]) == 0.0 and float(whole["kl_loss"]) > 0
+    one_row = [float(kl(np.array([r]))["kl_loss"]) for r in range(b)]
+    np.testing.assert_allclose(float(whole["kl_loss"]), np.mean(one_row), rtol=1e-5)
+    diluted = kl(np.arange(b), extra_empty=4, extra_padded=3)
+    np.testing.assert_allclose(float(diluted["fallback_fraction"]), 4 / 14, rtol=1e-6)
+    np.testing.assert_allclose(float(diluted["kl_loss"]), float(whole["kl_loss"]), rtol=1e-6)
+    assert float(diluted["enhanced_rec_loss"]) != pytest.approx(float(whole["enhanced_rec_loss"]))
+
+
 def test_threshold_one_falls_back_to_backbone(setup):
     samples, hp, model, kb = setup
     hp1 = dataclasses.replace(hp, quality_threshold=1.0)

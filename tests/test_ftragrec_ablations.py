@@ -133,7 +133,8 @@ def test_bad_ablation_settings_rejected(kw):
 
 def test_exclude_same_user_retrieves_no_sample_of_the_query_user():
     hp, samples, model, kb = _setup()
-    batch = batch_of(samples, np.arange(len(samples)))
+    batch = batch_of(samples, np.arange(len(samples["target"])))  # every sample of the base, not 5 rows
+    assert len(batch["target"]) > 200
     seq = model.encoder(jnp.asarray(batch["item_seq"]), jnp.asarray(batch["item_seq_len"]))
 
     def retrieved(h):

@@ -143,3 +143,95 @@ def test_bad_factory_string_is_config_error():
     keys = _unit(np.random.default_rng(0).normal(size=(100, 16)))
     with pytest.raises(ConfigError, match="faiss_index"):
         searcher.build(keys, np.zeros(100, np.int32), np.zeros(100, np.int32))
+
+
+def _tie_heavy(seed, n=3000, b=64, h=8, n_users=25):
+    """Keys and queries with small integer entries: every dot product is an exact small integer in float32, so
+    equal scores are equal in every implementation (XLA, FAISS, numpy) whatever the summation order, and there
+    are many of them (duplicated rows and distinct rows with the same score)."""
+    rng = np.random.default_rng(seed)
+    distinct = rng.integers(-3, 4, size=(n // 2, h)).astype(np.float32)
+    keys = distinct[rng.integers(0, len(distinct), n)]
+    user = rng.integers(1, n_users, n).astype(np.int32)
+    prefix = rng.integers(1, 30, n).astype(np.int32)
+    src = rng.integers(0, n, b)
+    return keys[src].copy(), user[src], prefix[src], keys, user, prefix
+
+
+def test_two_stage_top_k_breaks_ties_by_smaller_column():
+    """0.9 at column 300 and 0.5 at columns 310 and 5: the second slot is column 5, as lax.top_k says, although
+    column 310's group ranks before column 5's by group order."""
+    from ftragrec_jax.models.retrieval import _top_k
+
+    scores = np.zeros((1, 1000), np.float32)
+    scores[0, 300], scores[0, 310], scores[0, 5] = 0.9, 0.5, 0.5
+    _, idx = jax.jit(lambda s: _top_k(s, 2))(scores)
+    np.testing.assert_array_equal(np.asarray(idx), [[300, 5]])
+    np.testing.assert_array_equal(np.asarray(jax.lax.top_k(scores, 2)[1]), [[300, 5]])
+
+
+def test_two_stage_top_k_equals_lax_top_k_on_quantised_scores():
+    from ftragrec_jax.models.retrieval import GROUP, _top_k
+
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 2000, size=(16, 40 * GROUP + 5)).astype(np.float32)  # ~2.6 ties per value
+    for k in (1, 3, 7):
+        top, idx = jax.jit(lambda s: _top_k(s, k))(scores)
+        ref_top, ref_idx = jax.lax.top_k(scores, k)
+        np.testing.assert_array_equal(np.asarray(top), np.asarray(ref_top))
+        np.testing.assert_array_equal(np.asarray(idx), np.asarray(ref_idx))
+
+
+@pytest.mark.parametrize("chunk", [64, 500, 1024, 3000, 100000])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_exact_ties_go_to_the_smaller_id_across_chunk_sizes(chunk, k):
+    q, qu, qp, keys, user, prefix = _tie_heavy(5)
+    ids, _ = jax.jit(lambda *a: exact_search(*a, top_k=k, chunk_size=chunk))(q, qu, qp, keys, user, prefix)
+    np.testing.assert_array_equal(np.asarray(ids), naive_top_k(q, qu, qp, keys, user, prefix, k))
+
+
+@pytest.mark.parametrize("overfetch", [0, 3, 32])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_faiss_flat_ties_go_to_the_smaller_id(overfetch, k):
+    """FAISS orders equal scores as it likes and may stop inside a run of ties: the searcher re-orders and
+    re-fetches until the last slot is settled, so Flat gives the naive (and exact) ids, ties included."""
+    q, qu, qp, keys, user, prefix = _tie_heavy(6)
+    searcher = FaissSearcher("Flat", keys.shape[1], top_k=k, overfetch=overfetch)
+    searcher.build(keys, user, prefix)
+    np.testing.assert_array_equal(searcher.search_host(q, qu, qp), naive_top_k(q, qu, qp, keys, user, prefix, k))
+    assert searcher.take_counts() == {"short": 0, "capped": 0}
+
+
+def test_faiss_max_fetch_bounds_the_re_search_and_warns():
+    """A run of ties longer than max_fetch cannot be settled: the rows keep what was found, are counted, and one
+    warning names the index and its nprobe."""
+    q, qu, qp, keys, user, prefix = _tie_heavy(7)
+    searcher = FaissSearcher("Flat", keys.shape[1], top_k=5, overfetch=0, max_fetch=20)
+    searcher.build(keys, user, prefix)
+    with pytest.warns(RuntimeWarning, match=r"FAISS index 'Flat' \(nprobe 16\)"):
+        ids = searcher.search_host(q, qu, qp)
+    counts = searcher.take_counts()
+    assert counts["capped"] > 0 and (ids >= 0).all()
+    assert searcher.take_counts() == {"short": 0, "capped": 0}  # taken, then reset
+
+
+def test_ivf_shortfall_stops_when_the_probed_lists_run_out_and_is_counted():
+    """A tiny IVF (2 lists) probed with nprobe 1: the query's one list holds 200 entries, 198 of them its own user's later
+    samples. The re-search grows the fetch until the list runs out (FAISS pads with -1), then stops there with
+    the 2 allowed entries instead of escalating to the whole base, and the searcher counts the short query."""
+    rng = np.random.default_rng(8)
+    centres = np.zeros((2, 16), np.float32)
+    centres[0, 0], centres[1, 1] = 1.0, 1.0  # two far-apart clusters: k-means with 2 lists separates them
+    keys = _unit(np.repeat(centres, [200, 1400], axis=0) + 0.01 * rng.normal(size=(1600, 16)))
+    user = np.arange(len(keys), dtype=np.int32)
+    user[2:200] = 7  # cluster 0: all but two entries belong to the query's user ...
+    prefix = np.full(len(keys), 5, np.int32)  # ... with prefixes not shorter than its 5: excluded
+    searcher = FaissSearcher("IVF2,Flat", 16, top_k=5, nprobe=1, overfetch=0)
+    searcher.build(keys, user, prefix)
+    calls = []
+    search = searcher.index.search
+    searcher.index.search = lambda x, k: calls.append(k) or search(x, k)
+    ids = searcher.search_host(centres[:1], np.array([7], np.int32), np.array([5], np.int32))
+    assert sorted(ids[0, :2]) == [0, 1] and (ids[0, 2:] == -1).all(), ids
+    assert max(calls) < len(keys) and calls[-1] >= 200, calls  # stopped once the list ran out
+    assert searcher.take_counts()["short"] == 1

@@ -35,7 +35,8 @@ def test_sharded_exact_search_matches_one_device():
     for case in res["cases"]:
         assert case["keys_type"] == "ShardedKeys", case
         assert case["shard_rows"] == [-(-case["n"] // case["devices"])], case  # padded, split evenly
-        assert case["same_as_one_device"] and case["same_as_naive"], case
+        assert case["same_as_one_device"] and case["same_as_naive"] and case["faiss_flat_same"], case
+    assert {c["devices"] for c in res["cases"] if c["ties"] == "int"} == {2, 3, 4}
     assert any(c["n"] % c["devices"] for c in res["cases"])  # padding rows were never returned
     assert any(c["missing"] for c in res["cases"])  # fewer allowed entries than top_k: -1, as on one device
     assert res["cases"][0]["grad"] == 0.0

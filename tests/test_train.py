@@ -316,6 +316,87 @@ def test_ftragrec_validation_judges_each_epoch_as_its_saved_model(ft_run):
     assert "valid_refresh_time_s" in rows[0] and "index_refresh_time_s" not in rows[0]
 
 
+def _training_terms(run: Path) -> list[dict]:
+    keep = ("epoch", "step", "loss", "rec_loss", "enhanced_rec_loss", "kl_loss", "fallback_fraction",
+            "short_fraction", "neighbours", "grad_norm")
+    return [{k: r[k] for k in keep if k in r} for r in metrics_lines(run)]
+
+
+def test_ftragrec_validation_refresh_leaves_training_unchanged(ft_run, full_run, data_file, tmp_path):
+    """Validation refreshes keys for itself (epochs 0 and 2 here) and hands the training keys back: without any
+    validation (eval_step > epochs) every training loss term and the final retriever are bit for bit the same."""
+    out = tmp_path / "no_valid"
+    assert train(data_file, out, "--epochs=3", "--eval_step=10", *ft_args(full_run)) == 0
+    assert all("valid" not in r for r in metrics_lines(out))
+    assert _training_terms(out) == _training_terms(ft_run)
+    a, b = final_params(ft_run), final_params(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_ftragrec_epoch_after_a_scheduled_refresh_searches_the_new_keys(full_run, data_file):
+    """retriever_update_interval 2: end_epoch(1) recomputes every key with the current g and the step data the
+    next epoch's steps receive holds them; end_epoch(0) and end_epoch(2) keep the keys as they are."""
+    from flax import nnx
+
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.models.knowledge_base import compute_keys
+    from ftragrec_jax.train.tasks import dataset_from_config, make_task
+
+    cfg = load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in ft_args(full_run))])
+    task = make_task(cfg, dataset_from_config(cfg))
+    model = task.merge(task.init()[0])
+    rng = np.random.default_rng(0)
+    for layer in model.retriever.layers:  # move g away from its initial LN(x), as training would
+        w = layer.dense_2.kernel[...]
+        layer.dense_2.kernel[...] = w + 0.3 * rng.normal(size=w.shape).astype(np.float32)
+    params = nnx.split(model, nnx.Param, ...)[1]
+    new = compute_keys(task.merge(params).retriever, task.kb.h)
+    assert not np.allclose(new, np.asarray(task.step_data().keys), atol=1e-4)
+    for epoch, refreshed in ((0, False), (1, True), (2, False)):
+        before = np.asarray(task.step_data().keys).copy()
+        record = task.end_epoch(params, epoch)
+        after = np.asarray(task.step_data().keys)
+        assert ("index_refresh_time_s" in record) == refreshed, epoch
+        if refreshed:
+            np.testing.assert_allclose(after, new, rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(after, before)
+
+
+def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_file, tmp_path):
+    """extend_memory_with_valid adds the validation samples to the base before testing only: validation and
+    training are those of the run without it, the test base is larger, the model directory records the setting,
+    and evaluating that directory later gives the same test metrics as the run printed."""
+    from experiments.evaluate import main as evaluate_main
+    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
+
+    out = tmp_path / "ext"
+    assert train(data_file, out, "--epochs=3", "--extend_memory_with_valid=true", *ft_args(full_run)) == 0
+    assert metrics_lines(out) == metrics_lines(ft_run)
+    res, ref = json.loads((out / "results.json").read_text()), json.loads((ft_run / "results.json").read_text())
+    assert res["valid"] == ref["valid"]
+    meta, params, _ = load_model(out / "best_model")
+    assert meta["ftragrec"]["extend_memory_with_valid"] is True
+    # the saved model's scorer: test scores change once before_test() has put the validation samples in the base
+    cfg = load_config(None, [*TINY, f"data={data_file}"])
+    dataset = dataset_from_config(cfg)
+    score, before_test = scorer_from_model_dir(out / "best_model", meta, params, dataset, cfg)
+    test = dataset.test
+    batch = {"user": np.asarray(test.user, np.int32), "prefix_len": np.asarray(test.prefix_len, np.int32)}
+    seq, lens = np.asarray(test.item_seq, np.int32), np.asarray(test.item_seq_len, np.int32)
+    plain = np.asarray(score(seq, lens, batch))
+    before_test()
+    extended = np.asarray(score(seq, lens, batch))
+    assert (np.abs(extended - plain).max(axis=1) > 1e-6).mean() > 0.2  # many test rows got other neighbours
+    report = tmp_path / "eval.json"
+    assert evaluate_main(["--checkpoint", str(out / "best_model"), "--data", str(data_file), "--no-progress",
+                          "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["test"] == res["test"]
+
+
 def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.train", *cli_args(data_file, out), "--epochs=3", *ft_args(full_run)]

@@ -57,8 +57,32 @@ class EncoderConfig:
                 raise ConfigError(f"encoder config: invalid {key}={getattr(self, key)!r}{extra}")
 
 
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@jax.custom_jvp
 def gelu(x):
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU written as RecBole writes it: x * 0.5 * (1 + erf(x / sqrt(2))), with its derivative
+    0.5 * (1 + erf(x / sqrt(2))) + x * exp(-x^2 / 2) / sqrt(2 pi) given explicitly (`gelu_jvp`).
+
+    Why not `jax.nn.gelu(approximate=False)`: since jax 0.12 both `lax.erfc` (which it evaluates) and the
+    derivative of `lax.erf` (through `exp_neg_sq`) go through `lax.polynomial`, whose coefficients jax builds
+    as constants that are not device-varying. Inside `shard_map` (the per-device bucketed encoder) `x` varies
+    along the data axis, so the varying-manual-axes check rejects that polynomial ("requires varying manual
+    axes to match"). The forward `lax.erf` lowers to one native `chlo.erf`, and the derivative here uses
+    only `exp` and arithmetic, whose constants jax broadcasts to `x`'s varying type: correct under the check
+    on every jax, with the same values as PyTorch's erf GELU and its autograd.
+    """
+    return x * 0.5 * (1.0 + jax.lax.erf(x * _INV_SQRT2))
+
+
+@gelu.defjvp
+def gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * _INV_SQRT2))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return x * cdf, (cdf + x * pdf) * dx
 
 
 def dropout(x, rate: float, key):

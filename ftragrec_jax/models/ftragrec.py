@@ -213,6 +213,9 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
         "loss": total, "rec_loss": rec, "enhanced_rec_loss": enhanced, "kl_loss": kl,
         "fallback_fraction": 1.0 - with_nb.sum() / n_real,
         "neighbours": (nb["valid"].sum(-1) * mask).sum() / n_real,
+        # queries the search returned fewer than top_k ids for (threshold masking aside): a tiny base, a user
+        # whose own samples are most of it, or an approximate index that ran out (retrieval.py)
+        "short_fraction": ((ids < 0).any(-1).astype(mask.dtype) * mask).sum() / n_real,
     }
     if hp.learnable_alpha:
         aux["alpha"] = jnp.asarray(alpha, jnp.float32)

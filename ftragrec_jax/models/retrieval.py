@@ -4,22 +4,33 @@ Exclusion rule (both backends): a query of user u with untruncated prefix length
 with user == u and prefix_len >= l. That excludes its own sample and every later sample of the same user,
 whose sequences contain the query's target; without it training learns to copy labels.
 
-Backends return ids only, int32 [B, top_k] in descending score order, -1 where fewer than top_k entries are
-allowed (the model masks those):
+Order (every backend, chunk size and device count): score descending, and among equal scores the smaller entry
+id first. Equal scores are common: duplicate prefixes (frequent in Amazon data) give identical keys, so which
+of the tied entries fill the last slots must not depend on how the search is laid out.
+
+Both backends only propose candidates (top_k + RERANK_MARGIN by their own scores); `rerank` recomputes each
+candidate's score one (query, key) pair at a time and orders them, so `exact` and FAISS `Flat` return the same
+ids even where their matmuls round two nearly equal scores differently.
+
+Backends return ids only, int32 [B, top_k] in that order, -1 where fewer than top_k entries are allowed or
+found (the model masks those; the training log reports the share of such queries as `short`):
 - `exact`: inside the jitted graph; scores are computed one chunk of `chunk_size` keys at a time and merged
   into a running top-k, so memory is O(B · chunk_size) whatever the base size. On a mesh of several devices
   (`Memory.shard_over`) the keys are split along the `data` axis: each device searches its shard for the
   local top-k of every query (`jax.shard_map`), and one top-k over the D·top_k candidates merges them.
 - `faiss`: a FAISS index searched on the host through `jax.pure_callback` with a static [B, top_k] result.
-  It over-fetches `top_k + overfetch` candidates, drops excluded ones, and re-searches only the rows that
-  still lack top_k allowed candidates with a larger fetch, so for a Flat index the result equals `exact`.
+  It over-fetches `top_k + overfetch` candidates, drops excluded ones, orders the rest by (score, id), and
+  re-searches only the rows that still lack top_k allowed candidates, or whose last slot ties with an unfetched
+  score, with a larger fetch (bounded by `MAX_FETCH`), so for a Flat index the result equals `exact`.
 Queries are cut from the autodiff graph (`stop_gradient`): ids are integers and carry no gradient; the model
 recomputes scores of the retrieved ids in-graph, which is where gradients flow.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -97,14 +108,22 @@ def excluded(q_user, q_prefix, e_user, e_prefix):
 # --- exact, in-graph ------------------------------------------------------------------------------------
 
 GROUP = 128  # columns per group in the two-stage top-k
+# Candidates beyond top_k that each backend hands to `rerank`: the backends' own scores may order near-equal
+# entries differently, so each passes on a margin and the shared rerank decides.
+RERANK_MARGIN = 16
 
 
 def _top_k(scores, k):
     """lax.top_k over the last axis, in two stages when the row is long.
 
     A full top_k over tens of thousands of columns is a sort-like pass and dominated the CPU step. Instead take
-    the max of each group of GROUP columns, the k best groups, then top_k over those k·GROUP candidates. Exact:
-    every one of the k largest values lies in a group whose max is among the k largest group maxima.
+    the max of each group of GROUP columns, the k best groups, then top_k over those k·GROUP candidates.
+
+    Exact, ties included (the order is score descending, then column ascending, as `lax.top_k` orders a row):
+    if an element e of the true top k lay in a group G that was not chosen, each of the k chosen groups would
+    hold an element that precedes e (its max is > e's score, or equal with the group, and so every column of
+    it, before G's), so e would not be in the top k. The chosen groups are put back in column order before
+    the second top_k, so among equal candidates it keeps the smaller column, as the one-stage top_k does.
     """
     b, c = scores.shape
     n_groups = -(-c // GROUP)
@@ -114,6 +133,7 @@ def _top_k(scores, k):
         scores = jnp.pad(scores, ((0, 0), (0, n_groups * GROUP - c)), constant_values=-jnp.inf)
     grouped = scores.reshape(b, n_groups, GROUP)
     _, groups = jax.lax.top_k(grouped.max(axis=-1), k)  # [b, k]
+    groups = jnp.sort(groups, axis=1)  # candidates in column order: equal scores go to the smaller column
     cand = jnp.take_along_axis(grouped, groups[:, :, None], axis=1).reshape(b, k * GROUP)
     top, pos = jax.lax.top_k(cand, k)
     idx = jnp.take_along_axis(groups, pos // GROUP, axis=1) * GROUP + pos % GROUP
@@ -141,9 +161,42 @@ def _merge(top_a, ids_a, top_b, ids_b, k):
 def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536,
                  limit=None):
     """(ids int32 [B, top_k], scores float32 [B, top_k]); ids -1 and score -inf where nothing is allowed.
-    limit: entries at index >= limit are never returned (a traced scalar: the padding of a shard)."""
+    limit: entries at index >= limit are never returned (a traced scalar: the padding of a shard).
+    The matmul picks top_k + RERANK_MARGIN candidates, `rerank` orders them (module docstring)."""
     if isinstance(keys, ShardedKeys):
         return sharded_exact_search(query, q_user, q_prefix, keys, top_k=top_k, chunk_size=chunk_size)
+    width = min(top_k + RERANK_MARGIN, keys.shape[0])
+    cand, _ = _matmul_search(query, q_user, q_prefix, keys, e_user, e_prefix, top_k=width, chunk_size=chunk_size,
+                             limit=limit)
+    return rerank(query, cand, keys, top_k)
+
+
+def rerank(query, cand, keys, top_k: int):
+    """The top_k of candidate ids [B, C] (-1 = none) by scores recomputed one pair at a time, then the smaller id.
+
+    Both backends end here, so they order their candidates by the same float32 numbers: a matmul (XLA's or
+    FAISS's BLAS) rounds q·k differently with the shape and position of the block it computes, and on real
+    data two different keys often score within one rounding step of each other, so the two backends' own
+    scores put such pairs in different orders. The elementwise product summed over the hidden axis gives one
+    value per (query, key) pair whatever else is in the batch. Returns (ids [B, top_k], scores [B, top_k])."""
+    query = jax.lax.stop_gradient(query)
+    valid = cand >= 0
+    order = jnp.argsort(jnp.where(valid, cand, jnp.iinfo(jnp.int32).max), axis=1)  # id order: ties -> smaller
+    cand = jnp.take_along_axis(cand, order, axis=1)
+    valid = cand >= 0
+    kc = jax.lax.stop_gradient(keys)[jnp.where(valid, cand, 0)]  # [B, C, H]
+    scores = jnp.where(valid, jnp.sum(query[:, None, :] * kc, axis=-1), -jnp.inf)
+    k = min(top_k, cand.shape[1])
+    top, pos = jax.lax.top_k(scores, k)
+    ids = jnp.where(jnp.isfinite(top), jnp.take_along_axis(cand, pos, axis=1), -1)
+    if k < top_k:  # fewer candidates than slots (a base smaller than top_k)
+        ids = jnp.pad(ids, ((0, 0), (0, top_k - k)), constant_values=-1)
+        top = jnp.pad(top, ((0, 0), (0, top_k - k)), constant_values=-jnp.inf)
+    return ids.astype(jnp.int32), top
+
+
+def _matmul_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int, limit=None):
+    """The chunked scan: top_k by the matmul's scores, ties to the smaller id."""
     query = jax.lax.stop_gradient(query)
     keys = jax.lax.stop_gradient(keys)
     n, b = keys.shape[0], query.shape[0]
@@ -225,6 +278,10 @@ def check_faiss_factory(factory: str, dim: int) -> None:
 
 
 GPU_MAX_K = 2048  # FAISS GPU indexes return at most this many candidates per query
+# Largest re-search fetch per query. A Flat index needs more than top_k + overfetch only for a query whose best
+# entries are its own user's later samples or tie at the boundary; 16384 candidates cost 16384 x 12 bytes per
+# such query and far exceed what Amazon data needs (its longest user history is a few hundred samples).
+MAX_FETCH = 16384
 
 
 def faiss_gpus() -> int:
@@ -287,12 +344,15 @@ class FaissSearcher:
     """
 
     def __init__(self, factory: str, dim: int, *, top_k: int, nprobe: int = 16, overfetch: int = 32,
-                 shards: int = 1, use_gpu: bool | None = None):
+                 shards: int = 1, use_gpu: bool | None = None, max_fetch: int = MAX_FETCH):
         make_faiss_index(factory, dim)  # fail early on a bad string
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigError(f"config key 'faiss_shards': expected an integer >= 1, got {shards!r}")
         self.factory, self.dim, self.top_k = factory, int(dim), int(top_k)
         self.nprobe, self.overfetch, self.shards = int(nprobe), int(overfetch), shards
+        self.max_fetch = int(max_fetch)
+        self.short = self.capped = 0  # queries left with fewer than top_k ids / stopped at max_fetch
+        self._warned = False
         self.gpus = faiss_gpus() if use_gpu is None or use_gpu else 0
         if use_gpu and not self.gpus:
             raise ConfigError("FAISS reports no GPU: install faiss-gpu, or let use_gpu default to auto")
@@ -319,44 +379,94 @@ class FaissSearcher:
             self.device = "cpu"
         self.user = np.asarray(user, dtype=np.int32)
         self.prefix_len = np.asarray(prefix_len, dtype=np.int32)
+        self._warned = False
         return time.perf_counter() - t0
 
     @property
     def ntotal(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
 
-    def search_host(self, query, q_user, q_prefix) -> np.ndarray:
-        """numpy in, int32 [B, top_k] out (-1 where fewer allowed entries exist)."""
+    def search_host(self, query, q_user, q_prefix, k: int | None = None) -> np.ndarray:
+        """numpy in, int32 [B, k] out (k None = top_k; -1 where fewer allowed entries were found).
+
+        Each row's allowed candidates are ordered by score, then by the smaller id (FAISS promises no order
+        among equal scores). A row is final when its top_k-th allowed score is above the last score fetched
+        (nothing unfetched can tie or beat it), or when the index returned fewer candidates than asked (an IVF
+        row whose probed lists ran out: a larger fetch finds nothing more). Other rows are searched again with
+        4x the fetch, up to `max_fetch` (and the GPU cap): for a Flat index the result then equals `exact`,
+        ties included. Rows still short at the cap are counted in `capped` and warned about once per build;
+        every row left with fewer than top_k ids is counted in `short` (the training log reports the share)."""
         if self.index is None:
             raise RuntimeError("FaissSearcher.search_host called before build()")
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
         qu, qp = np.asarray(q_user), np.asarray(q_prefix)
-        out = np.full((q.shape[0], self.top_k), -1, dtype=np.int32)
+        k = self.top_k if k is None else int(k)
+        out = np.full((q.shape[0], k), -1, dtype=np.int32)
         rows = np.arange(q.shape[0])
-        # a GPU index returns at most GPU_MAX_K candidates: a row whose GPU_MAX_K best are all excluded keeps -1s
+        # a GPU index returns at most GPU_MAX_K candidates per query
         most = min(self.ntotal, GPU_MAX_K) if self.device.startswith("gpu") else self.ntotal
-        fetch = min(self.top_k + self.overfetch, most)
+        cap = min(most, max(self.max_fetch, k + self.overfetch))
+        fetch = min(k + self.overfetch, cap)
         while rows.size:
-            _, cand = self.index.search(q[rows], fetch)
-            ok = cand >= 0
-            safe = np.where(ok, cand, 0)
-            ok &= ~((self.user[safe] == qu[rows, None]) & (self.prefix_len[safe] >= qp[rows, None]))
-            pos = np.cumsum(ok, axis=1) - 1  # order-preserving compaction of the allowed candidates
-            take = ok & (pos < self.top_k)
-            r, c = np.nonzero(take)
-            out[rows[r], pos[r, c]] = cand[r, c]
-            short = ok.sum(axis=1) < self.top_k
-            if fetch >= most or not short.any():
-                break
-            rows, fetch = rows[short], min(fetch * 4, most)
+            dist, cand = self.index.search(q[rows], fetch)
+            found = cand >= 0
+            safe = np.where(found, cand, 0)
+            ok = found & ~((self.user[safe] == qu[rows, None]) & (self.prefix_len[safe] >= qp[rows, None]))
+            # allowed candidates first, by score descending, then id ascending
+            order = np.lexsort((np.where(ok, cand, np.iinfo(np.int64).max),
+                                np.where(ok, -dist, np.inf)), axis=1)
+            cand_s = np.take_along_axis(cand, order, axis=1)
+            dist_s = np.take_along_axis(dist, order, axis=1)
+            n_ok = ok.sum(axis=1)
+            exhausted = ~found.all(axis=1)
+            if n_ok.size and k <= fetch:
+                kth = dist_s[:, k - 1]
+                settled = (n_ok >= k) & (kth > dist[:, -1])
+            else:
+                settled = np.zeros(rows.size, bool)
+            done = settled | exhausted | (fetch >= cap)
+            take = min(k, fetch)
+            sel = np.where(np.arange(take)[None, :] < n_ok[done, None], cand_s[done, :take], -1)
+            out[rows[done], :take] = sel
+            if fetch >= cap and cap < most:
+                capped = ~(settled | exhausted)
+                if capped.any():
+                    self.capped += int(capped.sum())
+                    if not self._warned:
+                        self._warned = True
+                        warnings.warn(
+                            f"FAISS index {self.factory!r} (nprobe {self.nprobe}): {int(capped.sum())} queries "
+                            f"still lacked {k} allowed candidates, or had ties at the boundary, after fetching "
+                            f"{cap} of {most} entries; they keep what was found (-1 for the rest). Most of "
+                            f"their best entries are excluded by the same-user rule; raise max_fetch, or use "
+                            f"retrieval_backend=exact.", RuntimeWarning, stacklevel=2)
+            rows = rows[~done]
+            fetch = min(fetch * 4, cap)
+        self.short += int((out < 0).any(axis=1).sum())
         return out
 
+    def take_counts(self) -> dict:
+        """{'short', 'capped'} queries since the last call (or the build), then reset: the epoch log reads them."""
+        counts = {"short": self.short, "capped": self.capped}
+        self.short = self.capped = 0
+        return counts
 
-def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix):
-    """FAISS search from inside jit / grad: int32 [B, top_k] through a host callback with a static shape."""
+
+def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix, keys=None):
+    """FAISS search from inside jit / grad through a host callback with a static shape: int32 [B, top_k].
+    keys: the base's keys on the device (Memory.keys); the callback then returns top_k + RERANK_MARGIN
+    candidates and `rerank` orders them as the exact backend does. None: FAISS's own top_k (benchmarks)."""
     query = jax.lax.stop_gradient(query)
-    shape = jax.ShapeDtypeStruct((query.shape[0], searcher.top_k), jnp.int32)
-    return jax.pure_callback(searcher.search_host, shape, query, q_user, q_prefix, vmap_method="sequential")
+    k = searcher.top_k
+    width = k if keys is None else k + RERANK_MARGIN
+    shape = jax.ShapeDtypeStruct((query.shape[0], width), jnp.int32)
+    cand = jax.pure_callback(functools.partial(searcher.search_host, k=width), shape, query, q_user, q_prefix,
+                             vmap_method="sequential")
+    if keys is None:
+        return cand
+    if isinstance(keys, ShardedKeys):  # ids index the unpadded base, which the sharded array starts with
+        keys = keys.keys
+    return rerank(query, cand, keys, k)[0]
 
 
 def retrieve(query, q_user, q_prefix, memory: Memory, *, backend: str, top_k: int, chunk_size: int = 65536,
@@ -370,5 +480,5 @@ def retrieve(query, q_user, q_prefix, memory: Memory, *, backend: str, top_k: in
             raise ConfigError("retrieval_backend='faiss' needs a built FaissSearcher (see KnowledgeBase)")
         if searcher.top_k != top_k:
             raise ConfigError(f"config key 'top_k': searcher was built for {searcher.top_k}, model asks {top_k}")
-        return faiss_search(searcher, query, q_user, q_prefix)
+        return faiss_search(searcher, query, q_user, q_prefix, memory.keys)
     raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")

@@ -5,7 +5,7 @@ The epoch line is built from the same record that goes to metrics.jsonl, so the 
 disagree:
 
     epoch  3  loss 9.0712 (ce 8.8694, sem_nce 2.0178)  valid mrr@10 0.0281 ndcg@10 0.0354 hit@10 0.0597 best  train 41.2s eval 3.1s
-    epoch 1  loss 8.91 (rec_loss ..., enhanced_rec_loss ..., kl_loss ...)  fallback 3.1% (4.8 nb)  index kept  valid ...
+    epoch 1  loss 8.91 (rec_loss ..., enhanced_rec_loss ..., kl_loss ...)  fallback 3.1% (4.8 nb)  short 0.02%  index kept  valid ...
 
 Epochs count from 0, as in metrics.jsonl and results.json's best_epoch.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 # per-step scalars that are diagnostics, not loss terms (shown apart, or only in metrics.jsonl)
-NOT_TERMS = ("loss", "grad_norm", "fallback_fraction", "neighbours", "alpha")
+NOT_TERMS = ("loss", "grad_norm", "fallback_fraction", "short_fraction", "neighbours", "alpha")
 # loss terms in the order a reader follows the objective (others after them, as recorded)
 TERM_ORDER = ("ce", "sem_nce", "rec_loss", "enhanced_rec_loss", "kl_loss")
 # a fallback share from which FTragrec is mostly its backbone: worth a warning, not an error
@@ -43,6 +43,8 @@ def epoch_line(record: dict, *, epochs: int, valid_metric: str, patience: int, s
     if "fallback_fraction" in record:  # FTragrec: samples left without neighbours, and the index refresh
         nb = f" ({record['neighbours']:.1f} nb)" if "neighbours" in record else ""
         parts.append(f"fallback {100 * record['fallback_fraction']:.1f}%{nb}")
+        if record.get("short_fraction"):  # the search itself found fewer than top_k allowed entries
+            parts.append(f"short {100 * record['short_fraction']:.2f}%")
         if "alpha" in record:
             parts.append(f"alpha {record['alpha']:.3f}")
         refresh = record.get("index_refresh_time_s")
