@@ -10,13 +10,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+from converters import duorec_to_flax, flax_to_duorec
 from converters.safe_pickle import read_torch_checkpoint
 from ftragrec_jax.checkpoint import encoder_from_model_dir, load_model
 from tests import forge_checkpoints as forge
 from tests.conftest import ROOT
-
-pytest.importorskip("converters.mapping", reason="converters/mapping.py (engineer parity) not in the tree yet")
-from converters import duorec_to_flax, flax_to_duorec  # noqa: E402
 
 REAL = "checkpoints/raserec_beauty_recbole02.pth"
 
