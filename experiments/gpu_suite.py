@@ -21,6 +21,16 @@ DIR holds at most 8 files, so that a device run can return them all: summary.jso
 seconds and parsed results), summary.md (the same as tables), logs.tar.gz (every stage's full output), and
 one .tar.gz per trained model.
 
+On the lent device machine (Python 3.12, jax with CUDA, torch, no faiss, no network, ../shared absent), from the
+repository root, with the faiss-cpu wheel in .whl/ and the Sports file in .gpu_data/ (both ignored by git;
+`python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+--platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1` and a copy of
+../shared/data/amazon/Sports_and_Outdoors.txt), carrying both:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+    PYTHONPATH=/tmp/site:$PWD python3 -m experiments.gpu_suite --out $OUT --budget-s 540 \
+        --sports .gpu_data/Sports_and_Outdoors.txt
+
 --smoke: the same stages on tiny sizes (a tiny generated dataset, 1-2 epochs, small benches, one parity test
 file), any device; tests/test_gpu_suite.py runs it so that the script cannot rot between GPU lendings.
 """
