@@ -26,6 +26,16 @@ def setup(device: str | None, threads: int) -> torch.device:
     return torch.device(device)
 
 
+def environment() -> dict:
+    """What the PyTorch side runs on: CUDA availability, the device and its default fp32 matmul settings."""
+    rec = {"torch_cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        rec["torch_device"] = torch.cuda.get_device_name(0)
+        rec["torch_tf32_matmul_default"] = torch.backends.cuda.matmul.allow_tf32
+        rec["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    return rec
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

@@ -12,7 +12,8 @@ writing its results as it finishes (a kill keeps the finished stages):
   3. bench_fp32   experiments.bench on the device with TF32 off on both sides (--fp32-matmul): DuoRec step
                   (JAX vs PyTorch eager vs torch.compile), full-sort evaluation, FTragrec step and epoch
                   (exact and FAISS), exact top-k at 131k, 10^6 and 10^7 keys;
-  4. bench_default the same at each framework's default precision (TF32 on GPUs);
+  4. bench_default the same with TF32 allowed on both sides: JAX's default on GPUs, and PyTorch set to
+                  'high' (PyTorch's own default is full fp32, which bench_fp32 measures);
   5. train_beauty DuoRec on the embedded Amazon Beauty, seed 2020, to early stopping, timed end to end;
   6. train_sports DuoRec on Sports_and_Outdoors (--sports FILE), seed 2020, to early stopping.
 Each trained best model comes back as one archive with its log and test metrics.
@@ -91,12 +92,8 @@ def _env_record() -> dict:
         except metadata.PackageNotFoundError:
             rec[name] = None
     try:
-        import torch
-        rec["torch_cuda"] = torch.cuda.is_available()
-        if torch.cuda.is_available():
-            rec["torch_device"] = torch.cuda.get_device_name(0)
-            rec["torch_tf32_matmul_default"] = torch.backends.cuda.matmul.allow_tf32
-            rec["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        from converters.torch_bench import environment  # converters/ is where torch is imported
+        rec.update(environment())
     except ImportError:
         rec["torch_cuda"] = None
     try:
