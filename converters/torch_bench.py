@@ -36,6 +36,18 @@ def environment() -> dict:
     return rec
 
 
+def describe_device(dev: str = "cpu") -> str:
+    """The PyTorch side's device as the benchmark tables name it."""
+    if str(dev).startswith("cuda"):
+        return f"cuda:0 {torch.cuda.get_device_name(0)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """'highest' (full fp32, PyTorch's default) or 'high' (TF32 allowed on GPUs)."""
+    torch.set_float32_matmul_precision(precision)
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

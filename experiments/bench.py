@@ -6,7 +6,7 @@
 Every figure: warm-up excluded, compile time apart, median and (min, max) of the repeats, device synchronised
 before the clock is read, sides alternated so drift cancels (experiments/benchlib.py). The ratio column is
 reference median / side median: the speed-up of that side over the group's reference (PyTorch where there
-is one). The JAX sides call the project's own code (the DuoRec task's train step, FTragrec's make_train_step,
+is one). The JAX sides call the project's own code (the DuoRec task's train step, FTragrec's make_ftragrec_step,
 the knowledge base, the full-sort evaluator); the PyTorch sides are in converters/torch_bench.py.
 
 Data: duorec_step always uses random ragged sequences over --items items. The other benches use Amazon
@@ -140,7 +140,7 @@ class Context:
         else:
             self.torch = torch_bench
             self.torch_dev = torch_bench.setup(args.device, args.threads)
-            self.torch_device = benchlib.torch_device(self.torch_dev.type)
+            self.torch_device = torch_bench.describe_device(self.torch_dev.type)
             self.torch_missing = None
 
     def dataset(self, which: str):
@@ -337,7 +337,7 @@ class FTragrecSetup:
 
         from flax import nnx
 
-        from ftragrec_jax.models.ftragrec import make_train_step
+        from ftragrec_jax.train.steps import make_ftragrec_step
         from ftragrec_jax.optim import make_optimizer
 
         kb = self.kb(backend)
@@ -346,7 +346,7 @@ class FTragrecSetup:
         if (backend, cached) not in self.steps:
             hp = dataclasses.replace(self.hp, retrieval_backend="exact" if backend == "exact" else "faiss")
             opt = make_optimizer(self.lr)
-            self.steps[backend, cached] = (make_train_step(graphdef, hp, opt, rest=rest, searcher=kb.searcher,
+            self.steps[backend, cached] = (make_ftragrec_step(graphdef, hp, opt, rest=rest, searcher=kb.searcher,
                                                            cached=cached), opt)
         step, opt = self.steps[backend, cached]
         return step, params, opt.init(params), kb.memory
@@ -630,9 +630,7 @@ def run(args) -> dict:
     t_start = time.perf_counter()
     ctx = Context(args)
     if ctx.torch is not None and ctx.torch_dev.type == "cuda":  # as jax: TF32 allowed unless --fp32-matmul
-        import torch
-
-        torch.set_float32_matmul_precision("highest" if args.fp32_matmul else "high")
+        ctx.torch.set_float32_matmul_precision("highest" if args.fp32_matmul else "high")
     cores = len(os.sched_getaffinity(0))
     same = "the same as" if args.threads == cores else "NOT the same as"
     header = (f"JAX on {ctx.jax_device}; PyTorch on {ctx.torch_device}: torch intra-op threads = {args.threads}, "

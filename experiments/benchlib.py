@@ -116,14 +116,6 @@ def jax_device() -> str:
     return f"{d.platform}:{d.id} {kind} (x{jax.device_count()})"
 
 
-def torch_device(dev: str = "cpu") -> str:
-    import torch
-
-    if str(dev).startswith("cuda"):
-        return f"cuda:0 {torch.cuda.get_device_name(0)}"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -47,12 +47,19 @@ def label_counts(params) -> dict[str, int]:
     return counts
 
 
-def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """Adam on the retriever (RecBole-style L2 added to the gradient when weight_decay > 0), zero elsewhere."""
-    train = optax.adam(learning_rate)
+def adam(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """torch.optim.Adam as RecBole uses it: weight_decay is L2 added to the gradient, not AdamW. DuoRec
+    pretraining uses it on every parameter; FTragrec on the retriever only (`make_optimizer`)."""
+    tx = optax.adam(learning_rate)
     if weight_decay > 0:
-        train = optax.chain(optax.add_decayed_weights(weight_decay), train)
-    return optax.multi_transform({TRAIN: train, FROZEN: optax.set_to_zero()}, param_labels)
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+    return tx
+
+
+def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """FTragrec: `adam` on the retriever, zero updates elsewhere."""
+    return optax.multi_transform({TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()},
+                                 param_labels)
 
 
 def keep_frozen(new_params, old_params):

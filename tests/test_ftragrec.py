@@ -289,7 +289,7 @@ def test_encode_samples_pads_last_chunk():
 def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
     """The cached step reads the backbone CE per sample from the base (Memory.rec_ce) instead of scoring every
     item again: same loss terms and the same updated retriever as computing it in the step."""
-    from ftragrec_jax.models.ftragrec import make_train_step
+    from ftragrec_jax.train.steps import make_ftragrec_step
     from ftragrec_jax.models.knowledge_base import backbone_ce
     from ftragrec_jax.optim import make_optimizer
 
@@ -309,7 +309,7 @@ def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
 
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(1e-2)
-    step = make_train_step(gd, hp, opt, rest=rest, cached=True)
+    step = make_ftragrec_step(gd, hp, opt, rest=rest, cached=True)
     batch = batch_of(samples, np.arange(3, 35), 40)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the step donates its inputs)
     p1, _, a1 = step(copy(params), opt.init(params), batch, plain.memory)

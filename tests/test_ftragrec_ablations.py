@@ -10,11 +10,12 @@ from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.ftragrec import (FTragrecHParams, _query_side, build_ftragrec, ftragrec_loss,
-                                          make_scorer, make_train_step, neighbours, score_fn)
+                                          make_scorer, neighbours, score_fn)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.models.retrieval import retrieve
 from ftragrec_jax.models.retriever import embed
 from ftragrec_jax.optim import label_counts, make_optimizer, path_names
+from ftragrec_jax.train.steps import make_ftragrec_step
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
 N_ITEMS, MAX_LEN = 40, 8
@@ -111,7 +112,7 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
     before = {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     tx = make_optimizer(5e-2)
     opt_state = tx.init(params)
-    step = make_train_step(gd, hp, tx, rest=rest, cached=True)
+    step = make_ftragrec_step(gd, hp, tx, rest=rest, cached=True)
     rng = np.random.default_rng(0)
     for _ in range(3):
         batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_train_step
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
+from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import FROZEN, TRAIN, is_trainable, label_counts, make_optimizer, param_labels, path_names
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
@@ -50,7 +51,7 @@ def test_n_steps_change_only_the_retriever(backend):
     retriever_shapes = sorted(v.shape for k, v in before.items() if k[0] == "retriever")
     moment_shapes = sorted(x.shape for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0)
     assert moment_shapes == sorted(retriever_shapes * 2)
-    step = make_train_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True)
+    step = make_ftragrec_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True)
     rng = np.random.default_rng(0)
     for _ in range(4):
         batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)

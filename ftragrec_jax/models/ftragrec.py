@@ -25,7 +25,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
@@ -33,7 +32,6 @@ from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
-from ftragrec_jax.optim import keep_frozen
 
 KL_EPS = 1e-8
 FUSIONS = ("representation", "knn_lm")
@@ -255,31 +253,6 @@ def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragre
     if hp.fusion == "knn_lm":
         return knn_lm_scores(seq_output, table, nb, memory.target[jnp.where(ids >= 0, ids, 0)])
     return nb["enhanced"] @ table.T
-
-
-def make_train_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTransformation, *, rest=None,
-                    searcher: FaissSearcher | None = None, cached: bool = True):
-    """jitted pure step(params, opt_state, batch, memory) -> (params, opt_state, aux); params and opt_state are
-    donated. cached=True reads seq_output from memory.h[batch["index"]] (the base built from the training
-    split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch."""
-
-    def merge(params):
-        return nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
-
-    def step(params, opt_state, batch, memory):
-        def loss_fn(p):
-            seq = memory.h[batch["index"]] if cached else None
-            rec = memory.rec_ce[batch["index"]] if cached and memory.rec_ce is not None else None
-            return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher, rec_ce=rec)
-
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        new_params = keep_frozen(optax.apply_updates(params, updates), params)
-        # frozen leaves get exact zeros (stop_gradient), so this is the retriever's gradient norm; a NaN here
-        # stops training with the step named (train/loop.py)
-        return new_params, opt_state, {**aux, "grad_norm": optax.tree.norm(grads)}
-
-    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None):

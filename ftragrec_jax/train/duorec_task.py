@@ -5,21 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import optax
 from flax import nnx
 
 from ftragrec_jax import parallel
 from ftragrec_jax.config import Config
 from ftragrec_jax.models.bucketing import encode_bucketed
+from ftragrec_jax.optim import adam
+from ftragrec_jax.train.steps import make_duorec_step
 from ftragrec_jax.train.task import Task
-
-
-def adam(cfg: Config) -> optax.GradientTransformation:
-    """torch.optim.Adam as RecBole uses it: weight_decay is L2 added to the gradient, not AdamW."""
-    tx = optax.adam(cfg.learning_rate)
-    if cfg.weight_decay > 0:
-        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
-    return tx
 
 
 class DuoRecTask(Task):
@@ -33,12 +26,13 @@ class DuoRecTask(Task):
         self.cfg = cfg
         self.dataset_settings = cfg.dataset_settings()
         self.encoder_cfg = cfg.encoder_config(dataset.n_items)
-        self.tx = adam(cfg)
+        self.tx = adam(cfg.learning_rate, cfg.weight_decay)
         encoder = build_encoder(self.encoder_cfg, seed=cfg.seed)
         self.graphdef, self._init_params, self.rest = nnx.split(encoder, nnx.Param, ...)
         # the training sequences live on the device once; the step gathers same-target positives from them
         self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
         self.mesh = parallel.make_mesh(cfg.mesh)  # the trainer's mesh: train and eval batches are sharded on it
+        self._step = make_duorec_step(self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh)
         self._score = jax.jit(self._scores)
 
     def merge(self, params):
@@ -52,16 +46,7 @@ class DuoRecTask(Task):
         return self._sampler
 
     def train_step(self, params, opt_state, batch, key, sampler=None):
-        from ftragrec_jax.models.duorec import duorec_loss
-
-        def loss_fn(p):
-            return duorec_loss(self.merge(p), batch, key, lmd_sem=self.cfg.lmd_sem, tau=self.cfg.tau,
-                               same_target=sampler, mesh=self.mesh)  # >1 device: each encodes its own rows
-
-        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {**terms, "grad_norm": optax.tree.norm(grads)}
+        return self._step(params, opt_state, batch, key, sampler)
 
     def _scores(self, params, item_seq, item_seq_len):
         encoder = self.merge(params)

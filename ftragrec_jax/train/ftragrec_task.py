@@ -86,7 +86,8 @@ class FTragrecTask(Task):
     batch_fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
 
     def __init__(self, cfg: Config, dataset):
-        from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, make_train_step, validate_setup
+        from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, validate_setup
+        from ftragrec_jax.train.steps import make_ftragrec_step
         from ftragrec_jax.optim import make_optimizer
 
         self.cfg, self.dataset = cfg, dataset
@@ -108,8 +109,8 @@ class FTragrecTask(Task):
                  f"exact on {self.mesh.size} device(s)")
         logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where,
                                             time.perf_counter() - t0)
-        self._step = make_train_step(self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher,
-                                     cached=cfg.cache_seq_output)
+        self._step = make_ftragrec_step(self.graphdef, self.hp, self.tx, rest=self.rest,
+                                        searcher=self.kb.searcher, cached=cfg.cache_seq_output)
         self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher,
                                    mesh=self.mesh)
 

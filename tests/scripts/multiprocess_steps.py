@@ -18,7 +18,8 @@ from flax import nnx
 from ftragrec_jax import parallel
 from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.evaluation import sample_ranks
-from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, make_train_step, score_fn
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, score_fn
+from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import make_optimizer
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
@@ -80,7 +81,7 @@ def ftragrec_steps(mesh):
     scorer = make_scorer(graphdef, hp, rest=rest, mesh=mesh)
     ranks = sample_ranks(score_fn(scorer, params, memory), SequenceSamples(**samples), 40,
                          batch_size=GLOBAL_BATCH, mesh=mesh)
-    step = make_train_step(graphdef, hp, tx, rest=rest)
+    step = make_ftragrec_step(graphdef, hp, tx, rest=rest)
     order = np.random.default_rng(1).permutation(len(samples["target"]))
     losses = []
     for i in range(STEPS):
