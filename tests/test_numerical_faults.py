@@ -42,19 +42,19 @@ def flat_params(model_dir: Path) -> dict:
 def test_nan_gradient_under_finite_loss_stops_and_keeps_the_checkpoint(one_epoch, data_file, tmp_path, monkeypatch):
     from experiments.train import run as run_cli
     from ftragrec_jax.config import load_config
-    from ftragrec_jax.models import duorec
+    from ftragrec_jax.train import steps
     from ftragrec_jax.train.loop import NonFiniteError
 
     out = tmp_path / "run"
     shutil.copytree(one_epoch, out)
-    real = duorec.duorec_loss
+    real = steps.duorec_loss
 
     def loss_with_nan_gradient(encoder, batch, key, **kw):
         total, terms = real(encoder, batch, key, **kw)
         s = jnp.sum(encoder.item_embedding.embedding[...])
         return total + 0.0 * jnp.sqrt(s - s), terms  # adds exactly 0; its gradient is 0 * inf = NaN
 
-    monkeypatch.setattr(duorec, "duorec_loss", loss_with_nan_gradient)
+    monkeypatch.setattr(steps, "duorec_loss", loss_with_nan_gradient)  # the name the DuoRec step calls
     cfg = load_config(None, [f"data={data_file}", f"output_dir={out}", *TINY, "epochs=3"])
     step = metrics_lines(one_epoch)[0]["step"]
     with pytest.raises(NonFiniteError, match=rf"the gradient norm is nan at epoch 1, step {step} \(batch 0 of"):
