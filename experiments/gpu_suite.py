@@ -119,41 +119,38 @@ def _tiny_dataset(path: Path, n_users: int = 80, n_items: int = 40, seed: int = 
     return path
 
 
-def _stage_commands(args, out: Path) -> dict[str, list[str]]:
+def _stage_commands(args, out: Path) -> dict[str, list[str] | None]:
     py = sys.executable
     work = out / "work"
+
+    def train(config: str, data: str, run: str, extra=()) -> list[str]:
+        return [py, "-m", "experiments.train", "--config", f"experiments/configs/{config}", "--set", f"data={data}",
+                "--set", "seed=2020", "--set", "show_progress=false", "--set", f"output_dir={work / run}", *extra]
+
     bench = [py, "-m", "experiments.bench", "--what", "duorec_step,eval,ftragrec_step,ftragrec_epoch,retrieval",
              "--kb", "131413,1000000,10000000"]
-    beauty = [py, "-m", "experiments.train", "--config", "experiments/configs/beauty_duorec.yaml",
-              "--set", "data=", "--set", "seed=2020", "--set", "show_progress=false"]
-    sports = [py, "-m", "experiments.train", "--config", "experiments/configs/sports_duorec.yaml",
-              "--set", f"data={args.sports}", "--set", "seed=2020", "--set", "show_progress=false"]
-    correctness = [py, "-m", "pytest", "-p", "no:cacheprovider", *PARITY_TESTS]
+    tests = PARITY_TESTS
+    beauty_data, sports_data, small = "", args.sports, ()  # data= (empty): the embedded Beauty file
     if args.smoke:
-        tiny = str(_tiny_dataset(work / "tiny.txt"))
-        small = ["--set", "hidden_size=16", "--set", "inner_size=32", "--set", "MAX_ITEM_LIST_LENGTH=10",
+        beauty_data = sports_data = str(_tiny_dataset(work / "tiny.txt"))
+        small = ("--set", "hidden_size=16", "--set", "inner_size=32", "--set", "MAX_ITEM_LIST_LENGTH=10",
                  "--set", "min_user_inter_num=3", "--set", "min_item_inter_num=1", "--set", "train_batch_size=32",
-                 "--set", "epochs=1", "--set", "eval_batch_size=64"]
+                 "--set", "epochs=1", "--set", "eval_batch_size=64")
         bench = [py, "-m", "experiments.bench", "--what", "retrieval", "--data", "synthetic",
                  "--items", "300", "--users", "200", "--kb", "2000", "--batch", "32", "--max-len", "10",
                  "--repeats", "1", "--epoch-repeats", "1", "--no-torch-compile"]
-        beauty = [*beauty[:7], "--set", f"data={tiny}", *beauty[9:], *small]
-        sports = [*sports[:7], "--set", f"data={tiny}", *sports[9:], *small]
-        correctness = [py, "-m", "pytest", "-p", "no:cacheprovider", *SMOKE_TESTS]
-    cmds = {
+        tests = SMOKE_TESTS
+    return {
         "env": [py, "-m", "experiments.gpu_suite", "--_env", str(work / "env.json")],
-        "correctness": correctness,
+        "correctness": [py, "-m", "pytest", "-p", "no:cacheprovider", *tests],
         "bench_fp32": [*bench, "--fp32-matmul", "--json", str(work / "bench_fp32.json")],
         "bench_default": [*bench, "--json", str(work / "bench_default.json")],
-        "train_beauty": [*beauty, "--set", f"output_dir={work / 'beauty'}"],
-        "train_sports": [*sports, "--set", f"output_dir={work / 'sports'}"],
+        "train_beauty": train("beauty_duorec.yaml", beauty_data, "beauty", small),
+        "train_sports": None if sports_data is None else train("sports_duorec.yaml", sports_data, "sports", small),
     }
-    if args.sports is None and not args.smoke:
-        cmds["train_sports"] = None
-    return cmds
 
 
-def _run_stage(name: str, cmd: list[str], box: float, log: Path) -> dict:
+def _run_stage(cmd: list[str], box: float, log: Path) -> dict:
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
@@ -244,7 +241,7 @@ def run(args) -> dict:
             summary["stages"][name] = {"status": "skipped (budget spent)"}
         else:
             log = work / f"{name}.log"
-            st = _run_stage(name, cmd, min(BOXES[name], left), log)
+            st = _run_stage(cmd, min(BOXES[name], left), log)
             st["result"] = _parse(name, work, log)
             summary["stages"][name] = st
             model = work / name.split("_", 1)[1] / "best_model" if name.startswith("train_") else None

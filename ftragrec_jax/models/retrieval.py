@@ -395,7 +395,8 @@ class FaissSearcher:
         row whose probed lists ran out: a larger fetch finds nothing more). Other rows are searched again with
         4x the fetch, up to `max_fetch` (and the GPU cap): for a Flat index the result then equals `exact`,
         ties included. Rows still short at the cap are counted in `capped` and warned about once per build;
-        every row left with fewer than top_k ids is counted in `short` (the training log reports the share)."""
+        every row left with fewer than k ids is counted in `short`. Both counts are for callers of this
+        method (`take_counts`); the training log's `short_fraction` is computed in the step from the ids."""
         if self.index is None:
             raise RuntimeError("FaissSearcher.search_host called before build()")
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
@@ -419,11 +420,8 @@ class FaissSearcher:
             dist_s = np.take_along_axis(dist, order, axis=1)
             n_ok = ok.sum(axis=1)
             exhausted = ~found.all(axis=1)
-            if n_ok.size and k <= fetch:
-                kth = dist_s[:, k - 1]
-                settled = (n_ok >= k) & (kth > dist[:, -1])
-            else:
-                settled = np.zeros(rows.size, bool)
+            # settled: the k-th allowed score beats the last fetched one (k > fetch only when fetch is the cap)
+            settled = (n_ok >= k) & (dist_s[:, k - 1] > dist[:, -1]) if k <= fetch else np.zeros(rows.size, bool)
             done = settled | exhausted | (fetch >= cap)
             take = min(k, fetch)
             sel = np.where(np.arange(take)[None, :] < n_ok[done, None], cand_s[done, :take], -1)
@@ -446,7 +444,7 @@ class FaissSearcher:
         return out
 
     def take_counts(self) -> dict:
-        """{'short', 'capped'} queries since the last call (or the build), then reset: the epoch log reads them."""
+        """{'short', 'capped'} queries since the last call (or since construction), then reset."""
         counts = {"short": self.short, "capped": self.capped}
         self.short = self.capped = 0
         return counts
