@@ -1,17 +1,21 @@
-"""Convert a PyTorch DuoRec-family checkpoint (RecBole 0.2.x) into an ftragrec-jax model directory.
+"""Convert a PyTorch SASRec-family checkpoint (RecBole 0.2.x or 1.x: SASRec, DuoRec, CL4SRec, RaSeRec's
+backbone) into an ftragrec-jax model directory.
 
     python -m converters.duorec_to_flax SRC DEST_DIR [--data FILE.inter] [--n-heads N] [--overwrite]
 
-SRC is read with the restricted reader (no pickle code runs, recbole not needed). The DuoRec
-encoder keys are mapped through converters.mapping's explicit table; every other key (RaSeRec's
+SRC is read with the restricted reader (no pickle code runs, recbole not needed). Its model class must be
+one of converters.recbole_config.SASREC_FAMILY (others are refused by name); model.json records the kind.
+The encoder keys are mapped through converters.mapping's explicit table; every other key (RaSeRec's
 seq_tar_ram*, retriever_mlp.*, ...) is listed as ignored. DEST_DIR is written only when everything
 checked out, and atomically, so a failed conversion leaves nothing behind.
 
-A .pth holds weights but no item vocabulary. With --data, the dataset file the model was trained on is
-read with the checkpoint's own settings (k-core and max length from its RecBole config), its item count is
-checked against the weights, and DEST_DIR gets vocab.json and those settings: `experiments.recommend` then
-takes original item tokens and `experiments.evaluate` needs no --data. A sanity score on validation users
-flags a file whose item ids do not follow the order the model was trained with (same count, other ids).
+A .pth holds weights but no item vocabulary. The data settings the model was trained with (k-core, duplicate
+removal, timestamp normalisation, field names; converters.recbole_config) are read from the checkpoint's own
+RecBole config and stored with the model. With --data, the dataset file the model was trained on is read with
+those settings, whatever the file is called, its item count is checked against the weights, and DEST_DIR gets
+vocab.json: `experiments.recommend` then takes original item tokens and `experiments.evaluate` needs no
+--data. A sanity score on validation users flags a file whose item ids do not follow the order the model was
+trained with (same count, other ids).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.recbole_config import EXTRA_ITEM_ROWS, SASREC_FAMILY, data_settings, model_kind
 from converters.safe_pickle import TorchCheckpoint, read_torch_checkpoint
+from ftragrec_jax.data.dataset import load_dataset
 from ftragrec_jax.errors import CheckpointError, FtragrecError
 
 # RecBole settings our encoder implements exactly; any other value would silently change numbers.
@@ -35,7 +41,9 @@ SHAPE_KEYS = {"hidden_size": "hidden_size", "n_layers": "n_layers", "inner_size"
 # RecBole config key -> EncoderConfig field that only the config can tell.
 CONFIG_KEYS = {"hidden_dropout_prob": "hidden_dropout_prob", "attn_dropout_prob": "attn_dropout_prob",
                "initializer_range": "initializer_range"}
-DATASET_KEYS = ("min_user_inter_num", "min_item_inter_num", "MAX_ITEM_LIST_LENGTH")
+# data settings a converted model stores besides data, data_format and MAX_ITEM_LIST_LENGTH
+DATA_KEYS = ("min_user_inter_num", "min_item_inter_num", "user_inter_num_interval", "item_inter_num_interval",
+             "rm_dup_inter", "normalize_time", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD")
 # validation samples scored by the id-order sanity check: enough to tell a model from chance, seconds on a CPU
 SANITY_SAMPLES = 2000
 
@@ -76,49 +84,61 @@ def check_against_config(cfg, ck: TorchCheckpoint, src: str) -> None:
             )
 
 
-def dataset_meta(ck: TorchCheckpoint) -> dict | None:
-    config = ck.config or {}
-    out = {k: config[k] for k in DATASET_KEYS if isinstance(config.get(k), (int, float, str))}
-    if isinstance(config.get("dataset"), str):
-        out["dataset"] = config["dataset"]
-    return out or None
-
-
-def dataset_options(ck: TorchCheckpoint, cfg, *, fmt: str = "auto", min_user_inter_num: int | None = None,
-                    min_item_inter_num: int | None = None, max_item_list_length: int | None = None) -> dict:
-    """Dataset settings (Config key names) for --data: each flag, else the checkpoint's RecBole config, else
-    the Config default; the max length defaults to the position table of the weights."""
+def checkpoint_data_settings(ck: TorchCheckpoint, cfg, src: str) -> tuple[dict, list[str]]:
+    """The data settings (Config key names) the checkpoint was trained with, read from its own RecBole config
+    (recbole_config.data_settings), and the RecBole keys read. A file without a config gets the project's
+    defaults, which the flags can override."""
     from ftragrec_jax.config import Config
 
-    config, default = ck.config or {}, Config()
+    if ck.config is None:
+        default = Config()
+        settings = {k: getattr(default, k) for k in DATA_KEYS}
+        read = []
+    else:
+        settings, read = data_settings(ck.config, src)
+        settings = {k: settings[k] for k in DATA_KEYS}
+    settings["MAX_ITEM_LIST_LENGTH"] = cfg.max_seq_length
+    return settings, read
 
-    def pick(flag, key):
+
+def dataset_options(settings: dict, cfg, *, fmt: str = "auto", min_user_inter_num: int | None = None,
+                    min_item_inter_num: int | None = None, max_item_list_length: int | None = None,
+                    normalize_time: bool | None = None) -> dict:
+    """Dataset settings (Config key names) for --data: the checkpoint's own (`settings`), with each flag that is
+    given replacing the setting it names; the max length defaults to the position table of the weights."""
+    out = {"data_format": fmt, **settings}
+    for who, flag in (("user", min_user_inter_num), ("item", min_item_inter_num)):
         if flag is not None:
-            return int(flag)
-        stored = config.get(key)
-        if isinstance(stored, int) and not isinstance(stored, bool):
-            return stored
-        return getattr(default, key)
-
+            out[f"min_{who}_inter_num"], out[f"{who}_inter_num_interval"] = int(flag), ""
+    if normalize_time is not None:
+        out["normalize_time"] = bool(normalize_time)
     max_len = cfg.max_seq_length if max_item_list_length is None else int(max_item_list_length)
     if not 1 <= max_len <= cfg.max_seq_length:
         raise CheckpointError(f"--max-item-list-length {max_len}: expected 1..{cfg.max_seq_length} "
                               f"(the checkpoint's position table has {cfg.max_seq_length} rows)")
-    return {"data_format": fmt, "min_user_inter_num": pick(min_user_inter_num, "min_user_inter_num"),
-            "min_item_inter_num": pick(min_item_inter_num, "min_item_inter_num"), "MAX_ITEM_LIST_LENGTH": max_len}
+    out["MAX_ITEM_LIST_LENGTH"] = max_len
+    return out
+
+
+def _filters(options: dict) -> str:
+    parts = []
+    for who in ("user", "item"):
+        interval = options.get(f"{who}_inter_num_interval")
+        parts.append(f"{who}_inter_num_interval={interval!r}" if interval else
+                     f"min_{who}_inter_num={options[f'min_{who}_inter_num']}")
+    return ", ".join(parts)
 
 
 def read_dataset(data, options: dict, n_items: int, src: str):
     """The dataset --data names, refused unless it has exactly the checkpoint's item rows."""
-    from ftragrec_jax.data.dataset import load_dataset
+    from ftragrec_jax.config import Config
 
-    dataset = load_dataset(data, fmt=options["data_format"], min_user_inter_num=options["min_user_inter_num"],
-                           min_item_inter_num=options["min_item_inter_num"],
-                           max_seq_length=options["MAX_ITEM_LIST_LENGTH"])
+    cfg = Config(data=str(data), **{k: v for k, v in options.items() if k in DATA_KEYS or k in
+                                     ("data_format", "MAX_ITEM_LIST_LENGTH")}).validate()
+    dataset = load_dataset(data, **cfg.dataset_kwargs())
     if dataset.n_items != n_items:
         raise CheckpointError(
-            f"{data}: has {dataset.n_items - 1} items after filtering (min_user_inter_num="
-            f"{options['min_user_inter_num']}, min_item_inter_num={options['min_item_inter_num']}) but {src} has "
+            f"{data}: has {dataset.n_items - 1} items after filtering ({_filters(options)}) but {src} has "
             f"{n_items - 1} (+1 padding row); not the file it was trained on, or other k-core settings "
             f"(--min-user-inter-num / --min-item-inter-num)")
     return dataset
@@ -160,11 +180,12 @@ def id_order_check(encoder, dataset, ck: TorchCheckpoint) -> dict:
 
 
 def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, data=None,
-            dataset_flags: dict | None = None) -> dict:
+            dataset_flags: dict | None = None, model_class: str | None = None) -> dict:
     """Read, map and check everything, then write DEST atomically. Returns the report as a dict.
 
     `data`: the dataset file the model was trained on (stores its vocabulary and settings with the model);
-    `dataset_flags`: dataset_options() keyword overrides for reading it."""
+    `dataset_flags`: dataset_options() keyword overrides for reading it; `model_class`: the RecBole class of a
+    plain state dict (a checkpoint records its own)."""
     src, dest = Path(src), Path(dest)
     if dest.exists() and not overwrite:
         raise CheckpointError(f"{dest}: already exists (pass --overwrite to replace a model directory)")
@@ -176,28 +197,40 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
     from ftragrec_jax.checkpoint import save_model
     from ftragrec_jax.models.encoder import build_encoder
 
-    cfg = encoder_config_from_state_dict(ck.state_dict, **encoder_overrides(ck, str(src), n_heads))
+    kind, recbole_class = model_kind(ck, str(src), model_class)
+    state = dict(ck.state_dict)
+    extra_rows = EXTRA_ITEM_ROWS.get(recbole_class, 0)
+    if extra_rows and "item_embedding.weight" in state:  # a missing table is reported by the mapping
+        state["item_embedding.weight"] = state["item_embedding.weight"][:-extra_rows]
+    cfg = encoder_config_from_state_dict(state, **encoder_overrides(ck, str(src), n_heads))
     check_against_config(cfg, ck, str(src))
+    settings, read = checkpoint_data_settings(ck, cfg, str(src))
     encoder = build_encoder(cfg, seed=0)
-    ignored = sorted(load_torch_state_into_encoder(ck.state_dict, encoder))
+    ignored = sorted(load_torch_state_into_encoder(state, encoder))
     params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
     n_params = int(sum(np.size(x) for x in _leaves(params)))
-    source = {"file": src.name, "sha256": sha256_of(src), "format": "torch-" + ck.meta["format"]}
+    source = {"file": src.name, "sha256": sha256_of(src), "format": "torch-" + ck.meta["format"],
+              "recbole_class": recbole_class}
+    if extra_rows:
+        source["dropped_item_rows"] = extra_rows  # CL4SRec's mask token, never scored
     for key in ("model_class", "epoch", "cur_step", "best_valid_score"):
         if key in ck.meta:
             source[key] = ck.meta[key]
-    meta = {"model": "duorec", "encoder": dataclasses.asdict(cfg), "ftragrec": None,
-            "dataset": dataset_meta(ck), "source": source}
+    if ck.config is not None:
+        source["recbole_config_keys_read"] = read
+        if isinstance(ck.config.get("dataset"), str):
+            source["recbole_dataset"] = ck.config["dataset"]
+    meta = {"model": kind, "encoder": dataclasses.asdict(cfg), "ftragrec": None, "dataset": settings,
+            "source": source}
     vocab, sanity = None, None
     if data is not None:
-        options = dataset_options(ck, cfg, **(dataset_flags or {}))
+        options = dataset_options(settings, cfg, **(dataset_flags or {}))
         dataset = read_dataset(data, options, cfg.n_items, str(src))
         vocab, sanity = dataset.vocab, id_order_check(encoder, dataset, ck)
-        meta["dataset"] = {"data": str(Path(data).resolve()), **options,
-                           **({"dataset": meta["dataset"]["dataset"]} if "dataset" in (meta["dataset"] or {}) else {})}
+        meta["dataset"] = {"data": str(Path(data).resolve()), **options}
     save_model(dest, params, meta, vocab=vocab)
-    mapped = [k for k in ck.state_dict if k not in set(ignored)]
-    return {"src": str(src), "dest": str(dest), "mapped": mapped, "ignored": ignored,
+    mapped = [k for k in state if k not in set(ignored)]
+    return {"src": str(src), "dest": str(dest), "mapped": mapped, "ignored": ignored, "model": kind,
             "n_params": n_params, "encoder": meta["encoder"], "dataset": meta["dataset"], "source": source,
             "vocab": vocab is not None, "sanity": sanity}
 
@@ -222,11 +255,14 @@ def format_report(r: dict) -> str:
     enc = r["encoder"]
     lines = [
         f"converted {r['src']} -> {r['dest']}",
-        f"  source: {r['source'].get('model_class', 'plain state_dict')}, sha256 {r['source']['sha256'][:16]}...",
+        f"  source: {r['source'].get('model_class', 'plain state_dict')}, sha256 {r['source']['sha256'][:16]}..."
+        f" -> model {r['model']!r}",
         f"  encoder: n_items={enc['n_items']} max_seq_length={enc['max_seq_length']} hidden_size={enc['hidden_size']} "
         f"n_layers={enc['n_layers']} n_heads={enc['n_heads']} inner_size={enc['inner_size']}",
         f"  dataset: {r['dataset']}",
-        f"  keys mapped: {len(r['mapped'])}, parameters: {r['n_params']:,}",
+        f"  keys mapped: {len(r['mapped'])}, parameters: {r['n_params']:,}"
+        + (f" (the last {r['source']['dropped_item_rows']} item_embedding row(s), {r['source']['recbole_class']}'s "
+           f"augmentation mask token, not converted)" if r["source"].get("dropped_item_rows") else ""),
         f"  keys ignored: {len(r['ignored'])}" + (f": {', '.join(_group(r['ignored']))}" if r["ignored"] else ""),
         "  vocabulary: " + ("vocab.json from --data" if r.get("vocab") else
                             "none (pass --data FILE to store it; recommend/evaluate then need --data)"),
@@ -271,6 +307,8 @@ def main(argv=None) -> int:
     ap.add_argument("dest", help="model directory to create")
     ap.add_argument("--n-heads", type=int, default=None,
                     help="attention heads, only for a file without a RecBole config")
+    ap.add_argument("--model-class", default=None, choices=sorted(SASREC_FAMILY),
+                    help="RecBole class of a plain state_dict (a RecBole checkpoint records its own)")
     ap.add_argument("--overwrite", action="store_true", help="replace DEST if it is an existing model directory")
     data = ap.add_argument_group("dataset (stores the item vocabulary and dataset settings with the model)")
     data.add_argument("--data", default=None, metavar="FILE",
@@ -278,21 +316,25 @@ def main(argv=None) -> int:
     data.add_argument("--data-format", default="auto", choices=("auto", "atomic", "lines"),
                       help="format of --data (auto: by extension)")
     data.add_argument("--min-user-inter-num", type=int, default=None,
-                      help="k-core for users (unset: the checkpoint config's value, else 5)")
+                      help="k-core for users (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)")
     data.add_argument("--min-item-inter-num", type=int, default=None,
-                      help="k-core for items (unset: the checkpoint config's value, else 5)")
+                      help="k-core for items (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)")
+    data.add_argument("--normalize-time", default=None, action=argparse.BooleanOptionalAction,
+                      help="min-max scale timestamps before ordering (unset: the checkpoint config's normalize_all / "
+                           "normalize_field; off without one)")
     data.add_argument("--max-item-list-length", type=int, default=None,
                       help="prefix length kept (unset: the rows of the checkpoint's position table)")
     args = ap.parse_args(argv)
     flags = {"fmt": args.data_format, "min_user_inter_num": args.min_user_inter_num,
-             "min_item_inter_num": args.min_item_inter_num, "max_item_list_length": args.max_item_list_length}
+             "min_item_inter_num": args.min_item_inter_num, "max_item_list_length": args.max_item_list_length,
+             "normalize_time": args.normalize_time}
     if args.data is None and any(v is not None for k, v in flags.items() if k != "fmt"):
-        print("error: --min-user-inter-num / --min-item-inter-num / --max-item-list-length need --data",
-              file=sys.stderr)
+        print("error: --min-user-inter-num / --min-item-inter-num / --max-item-list-length / --normalize-time "
+              "need --data", file=sys.stderr)
         return 2
     try:
         report = convert(args.src, args.dest, n_heads=args.n_heads, overwrite=args.overwrite, data=args.data,
-                         dataset_flags=flags)
+                         dataset_flags=flags, model_class=args.model_class)
     except FtragrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,7 +36,10 @@ VOCAB_JSON = "vocab.json"
 KNOWLEDGE_BASE = "knowledge_base.npz"
 # h float32 [N, H] (frozen encoder output), target/user/prefix_len int32 [N]; keys are recomputed with g.
 KB_FIELDS = {"h": np.float32, "target": np.int32, "user": np.int32, "prefix_len": np.int32}
-MODELS = ("duorec", "ftragrec")
+# Model kinds: an encoder alone (DuoRec as trained here; "sasrec" / "cl4srec" only from converted RecBole
+# checkpoints: the same encoder, trained with other objectives) or FTragrec (encoder + retriever + base).
+ENCODER_MODELS = ("duorec", "sasrec", "cl4srec")
+MODELS = (*ENCODER_MODELS, "ftragrec")
 # model.json key: SHA-256 of the parameters. TensorStore notices missing or truncated files, but a bit flip
 # inside array data reads back as a different number; the digest catches that.
 DIGEST_KEY = "params_sha256"

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from ftragrec_jax.errors import ConfigError
+from ftragrec_jax.data.dataset import DUPLICATE_RULES, parse_intervals
+from ftragrec_jax.errors import ConfigError, DataError
 
 MODELS = ("duorec", "ftragrec")
 BACKENDS = ("faiss", "exact")
@@ -29,6 +30,13 @@ class Config:
     data_format: str = "auto"  # "auto" (by extension), "atomic" or "lines"
     min_user_inter_num: int = 5  # k-core: users with fewer interactions are dropped (RecBole, DuoRec seq.yaml)
     min_item_inter_num: int = 5  # k-core: items with fewer interactions are dropped
+    user_inter_num_interval: str = ""  # RecBole 1.x k-core for users, e.g. "[5,inf)" or "[5,100]"; replaces min_user_inter_num
+    item_inter_num_interval: str = ""  # RecBole 1.x k-core for items, e.g. "(2,inf)"; replaces min_item_inter_num
+    rm_dup_inter: str = ""  # repeated user-item pairs: "" keeps all, "first" / "last" keeps one (RecBole's key)
+    normalize_time: bool = False  # min-max scale timestamps before ordering (RecBole's normalize_all); moves float32 ties
+    USER_ID_FIELD: str = "user_id"  # atomic files: the user column (RecBole's key)
+    ITEM_ID_FIELD: str = "item_id"  # atomic files: the item column
+    TIME_FIELD: str = "timestamp"  # atomic files: the time column (type float)
     MAX_ITEM_LIST_LENGTH: int = 50  # keep the last N items of each prefix (RecBole's name)
 
     # --- encoder (SASRec/DuoRec; RecBole names) -----------------------------------------------
@@ -93,6 +101,21 @@ class Config:
         ck.choice("data_format", ("auto", "atomic", "lines"))
         for key in ("min_user_inter_num", "min_item_inter_num"):
             ck.require(key, self._int(key) >= 0, "an integer >= 0")
+        for key in ("user_inter_num_interval", "item_inter_num_interval", "rm_dup_inter"):
+            if getattr(self, key) is None:  # RecBole's YAML writes "not set" as ~
+                setattr(self, key, "")
+            ck.require(key, isinstance(getattr(self, key), str), "a string")
+        for key in ("user_inter_num_interval", "item_inter_num_interval"):
+            try:
+                parse_intervals(getattr(self, key), key)
+            except DataError as e:
+                raise ConfigError(f"config key {key!r}: {e}") from None
+        ck.choice("rm_dup_inter", DUPLICATE_RULES)
+        for key in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD"):
+            ck.require(key, isinstance(getattr(self, key), str) and getattr(self, key).strip() != "",
+                       "a column name")
+        ck.require("TIME_FIELD", len({self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD}) == 3,
+                   "a column other than USER_ID_FIELD and ITEM_ID_FIELD")
         for key in ("MAX_ITEM_LIST_LENGTH", "hidden_size", "n_layers", "n_heads", "inner_size", "epochs",
                     "train_batch_size", "eval_step", "eval_batch_size", "top_k", "retriever_layers",
                     "retriever_inner_size", "retriever_update_interval", "nprobe", "retrieval_chunk_size",
@@ -129,7 +152,7 @@ class Config:
         if self.mesh is not None:
             ck.require("mesh", isinstance(self.mesh, int) and not isinstance(self.mesh, bool)
                        and self.mesh >= 1, "null (all local devices) or an integer >= 1")
-        for key in ("mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output",
+        for key in ("normalize_time", "mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output",
                     "learnable_alpha", "exclude_same_user"):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self
@@ -171,6 +194,14 @@ class Config:
         """What defines the dataset a model was trained on (stored with every checkpoint)."""
         return {k: getattr(self, k) for k in DATASET_KEYS}
 
+    def dataset_kwargs(self) -> dict:
+        """load_dataset's keyword arguments for this config's data settings (the path aside)."""
+        return {"fmt": self.data_format, "min_user_inter_num": self.min_user_inter_num,
+                "min_item_inter_num": self.min_item_inter_num, "max_seq_length": self.MAX_ITEM_LIST_LENGTH,
+                "normalize_time": self.normalize_time, "user_inter_num_interval": self.user_inter_num_interval,
+                "item_inter_num_interval": self.item_inter_num_interval, "rm_dup_inter": self.rm_dup_inter,
+                "fields": (self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD)}
+
     def encoder_config(self, n_items: int):
         from ftragrec_jax.models.encoder import EncoderConfig
 
@@ -181,7 +212,9 @@ class Config:
             initializer_range=self.initializer_range)
 
 
-DATASET_KEYS = ("data", "data_format", "min_user_inter_num", "min_item_inter_num", "MAX_ITEM_LIST_LENGTH")
+DATASET_KEYS = ("data", "data_format", "min_user_inter_num", "min_item_inter_num", "user_inter_num_interval",
+                "item_inter_num_interval", "rm_dup_inter", "normalize_time", "USER_ID_FIELD", "ITEM_ID_FIELD",
+                "TIME_FIELD", "MAX_ITEM_LIST_LENGTH")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 

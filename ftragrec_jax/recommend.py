@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftragrec_jax.checkpoint import ENCODER_MODELS
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
@@ -104,7 +105,7 @@ def load(path, *, data: str | None = None) -> Recommender:
     if vocab.n_items != enc_cfg.n_items:
         raise CheckpointError(f"{path}: the vocabulary has {vocab.n_items} items (padding included) but the model "
                               f"has {enc_cfg.n_items} item rows")
-    if meta["model"] == "duorec":
+    if meta["model"] in ENCODER_MODELS:
         scores_fn = _duorec_scores(path, enc_cfg, params)
     else:
         scores_fn = _ftragrec_scores(path, meta, enc_cfg, params, kb, dataset)

@@ -17,6 +17,10 @@ from tests import forge_checkpoints as forge
 from tests.conftest import ROOT
 
 REAL = "checkpoints/raserec_beauty_recbole02.pth"
+# a model directory's data settings when the checkpoint's config leaves them at RecBole's defaults
+DEFAULT_DATA = {"min_user_inter_num": 0, "min_item_inter_num": 0, "user_inter_num_interval": "",
+                "item_inter_num_interval": "", "rm_dup_inter": "", "normalize_time": False,
+                "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp"}
 
 
 def _cli(module, *args):
@@ -39,9 +43,14 @@ def test_real_checkpoint_converts(real_model, shared_dir):
     enc = meta["encoder"]
     assert (enc["n_items"], enc["max_seq_length"], enc["hidden_size"], enc["n_layers"], enc["n_heads"],
             enc["inner_size"]) == (12102, 50, 64, 2, 2, 256)
-    assert meta["model"] == "duorec" and vocab is None
-    assert meta["dataset"] == {"dataset": "Amazon_Beauty", "MAX_ITEM_LIST_LENGTH": 50,
-                               "min_user_inter_num": 5, "min_item_inter_num": 5}
+    # RaSeRec's checkpoint: only its DuoRec backbone is converted
+    assert meta["model"] == "duorec" and meta["source"]["recbole_class"] == "RaSeRec" and vocab is None
+    # the data settings come from the checkpoint's own RecBole 0.2 config
+    assert meta["dataset"] == {**DEFAULT_DATA, "MAX_ITEM_LIST_LENGTH": 50, "min_user_inter_num": 5,
+                               "min_item_inter_num": 5}
+    assert meta["source"]["recbole_dataset"] == "Amazon_Beauty"
+    assert {"min_user_inter_num", "max_item_inter_num", "eval_setting", "normalize_all",
+            "rm_dup_inter"} <= set(meta["source"]["recbole_config_keys_read"])
     assert meta["source"]["file"] == "raserec_beauty_recbole02.pth"
     assert meta["source"]["sha256"] == duorec_to_flax.sha256_of(shared_dir / REAL)
     assert params["item_embedding"]["embedding"].shape == (12102, 64)
@@ -200,8 +209,8 @@ def forged(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("forged")
     data = _lines_file(tmp / "shop.txt", n_users=50, n_items=20)
-    config = {"n_heads": 2, "hidden_size": 8, "n_layers": 1, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 6,
-              "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop", "hidden_act": "gelu"}
+    config = {"model": "DuoRec", "n_heads": 2, "hidden_size": 8, "n_layers": 1, "inner_size": 16,
+              "MAX_ITEM_LIST_LENGTH": 6, "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop", "hidden_act": "gelu"}
     n_items = load_dataset(data, min_user_inter_num=3, min_item_inter_num=2, max_seq_length=6).n_items
     enc = build_encoder(EncoderConfig(n_items=n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2,
                                       inner_size=16), seed=3)
@@ -223,8 +232,9 @@ def test_data_stores_vocab_and_settings_so_recommend_takes_tokens(forged, tmp_pa
     in_file = {t for line in data.read_text().splitlines() for t in line.split()[1:]}
     assert vocab is not None and vocab.n_items == n_items and set(vocab.item_tokens[1:]) == in_file
     # the settings come from the checkpoint's RecBole config, the max length from its position table
-    assert meta["dataset"] == {"data": str(data.absolute()), "data_format": "auto", "min_user_inter_num": 3,
-                               "min_item_inter_num": 2, "MAX_ITEM_LIST_LENGTH": 6, "dataset": "shop"}
+    assert meta["dataset"] == {**DEFAULT_DATA, "data": str(data.absolute()), "data_format": "auto",
+                               "min_user_inter_num": 3, "min_item_inter_num": 2, "MAX_ITEM_LIST_LENGTH": 6}
+    assert meta["model"] == "duorec" and meta["source"]["recbole_dataset"] == "shop"
     tokens = " ".join(vocab.item_tokens[1:4])
     assert recommend(["--checkpoint", str(dest), "--items", tokens + " nope", "--k", "5", "--json"]) == 0
     cap = capsys.readouterr()

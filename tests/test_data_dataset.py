@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ftragrec_jax.data.batches import epoch_permutation, iterate_batches, num_batches
-from ftragrec_jax.data.dataset import default_dataset_path, kcore_filter, load_dataset
+from ftragrec_jax.data.dataset import (default_dataset_path, kcore_filter, load_dataset, min_count_interval,
+                                       parse_intervals)
 from ftragrec_jax.data.readers import Interactions
 from ftragrec_jax.errors import DataError
 
@@ -66,25 +67,28 @@ def test_float32_time_ties_keep_file_order(tmp_path):
     assert ds.history.items.tolist() == [3, 1, 2, 4]  # c (earlier by > 64 s), then a, b in file order, then d
 
 
-def test_ml100k_name_normalises_time_like_recbole(tmp_path):
+def test_normalize_time_moves_float32_ties_and_a_file_name_decides_nothing(tmp_path):
+    """RecBole normalises timestamps when its config says so (normalize_all; its bundled settings say so for a
+    dataset named ml-100k). Here it is the normalize_time setting: the file's name never decides."""
     rows = [("u", "a", 881250950), ("u", "b", 881250949), ("u", "c", 881250000), ("u", "d", 881251100)]
     plain = load_dataset(atomic(tmp_path, rows), min_user_inter_num=0, min_item_inter_num=0)
     named = load_dataset(atomic(tmp_path, rows, "ml-100k.inter"), min_user_inter_num=0, min_item_inter_num=0)
-    assert plain.settings["normalize_time"] is False and named.settings["normalize_time"] is True
+    scaled = load_dataset(atomic(tmp_path, rows), min_user_inter_num=0, min_item_inter_num=0, normalize_time=True)
+    assert plain.settings["normalize_time"] is False and named.settings["normalize_time"] is False
     assert plain.settings["format"] == "atomic"
-    assert plain.history.items.tolist() == [3, 1, 2, 4]
-    assert named.history.items.tolist() == [3, 2, 1, 4]  # after min-max scaling b < a survives float32
+    assert plain.history.items.tolist() == named.history.items.tolist() == [3, 1, 2, 4]
+    assert scaled.history.items.tolist() == [3, 2, 1, 4]  # after min-max scaling b < a survives float32
 
 
-def recbole_kcore_reference(users, items, min_u, min_i):
-    """Straight transcription of the algorithm's definition with Counters (slow, obviously right)."""
+def recbole_kcore_reference(users, items, user_ok, item_ok):
+    """Straight transcription of the algorithm's definition with Counters (slow, obviously right);
+    user_ok(count) / item_ok(count) say whether a count is allowed."""
     alive = list(range(len(users)))
-    min_u, min_i = min_u or -1, min_i or -1
     while True:
         cu = Counter(users[k] for k in alive)
         ci = Counter(items[k] for k in alive)
-        ban_u = {x for x, c in cu.items() if c < min_u}
-        ban_i = {x for x, c in ci.items() if c < min_i}
+        ban_u = {x for x, c in cu.items() if not user_ok(c)}
+        ban_i = {x for x, c in ci.items() if not item_ok(c)}
         if not ban_u and not ban_i:
             return alive
         alive = [k for k in alive if users[k] not in ban_u and items[k] not in ban_i]
@@ -92,14 +96,69 @@ def recbole_kcore_reference(users, items, min_u, min_i):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_kcore_matches_reference_definition(seed):
+    """RecBole 0.2's min counts (`min_num or -1`) and 1.x's intervals, lower and upper bounds, open and closed."""
     rng = np.random.default_rng(seed)
     n = 400
     users = rng.integers(0, 60, n).astype(str)
     items = (rng.zipf(1.4, n) % 50).astype(str)
     min_u, min_i = int(rng.integers(0, 6)), int(rng.integers(0, 6))
     inter = Interactions("r", users, items, np.zeros(n), np.arange(n))
-    kept = kcore_filter(inter, min_u, min_i)
-    assert np.flatnonzero(kept).tolist() == recbole_kcore_reference(users, items, min_u, min_i)
+    kept = kcore_filter(inter, parse_intervals(min_count_interval(min_u), "u"),
+                        parse_intervals(min_count_interval(min_i), "i"))
+    assert np.flatnonzero(kept).tolist() == recbole_kcore_reference(
+        users, items, lambda c: c >= (min_u or -1), lambda c: c >= (min_i or -1))
+    lo, hi = int(rng.integers(0, 4)), int(rng.integers(8, 20))
+    user_text, item_text = f"({lo},{hi}]", f"[{min_i},{hi});[30,inf)"
+    kept = kcore_filter(inter, parse_intervals(user_text, "u"), parse_intervals(item_text, "i"))
+    assert np.flatnonzero(kept).tolist() == recbole_kcore_reference(
+        users, items, lambda c: lo < c <= hi, lambda c: min_i <= c < hi or c >= 30)
+
+
+def test_interval_settings_replace_min_counts_and_bad_intervals_name_the_key(tmp_path):
+    rows = [("A", "x", 1), ("A", "y", 2), ("A", "z", 3), ("B", "x", 1), ("B", "y", 2), ("C", "x", 5)]
+    path = atomic(tmp_path, rows)
+    capped = load_dataset(path, user_inter_num_interval="[2,2]", item_inter_num_interval="(0,inf)",
+                          max_seq_length=3)
+    assert capped.vocab.user_tokens == ("[PAD]", "B")  # A has 3, C has 1: outside [2,2]; the 5-core is replaced
+    assert capped.settings["user_inter_num_interval"] == "[2,2]"
+    assert capped.settings["item_inter_num_interval"] == "(0,inf)"
+    default = load_dataset(path, min_user_inter_num=2, min_item_inter_num=0)
+    assert default.settings["user_inter_num_interval"] == "" and default.settings["min_user_inter_num"] == 2
+    for bad in ("5,inf", "[5;inf)", "[a,b]", "[9,2]", "[1,2,3]"):
+        with pytest.raises(DataError, match=r"user_inter_num_interval=.*is not an interval"):
+            load_dataset(path, user_inter_num_interval=bad)
+
+
+def test_rm_dup_inter_sorts_by_time_then_keeps_first_or_last(tmp_path):
+    # RecBole: sort the table by time, drop repeated (user, item) pairs keeping the first or last, and assign ids
+    # in that sorted order
+    rows = [("u", "b", 5), ("u", "a", 2), ("v", "a", 1), ("u", "a", 9), ("u", "c", 7), ("v", "c", 3)]
+    path = atomic(tmp_path, rows)
+    first = load_dataset(path, min_user_inter_num=0, min_item_inter_num=0, rm_dup_inter="first")
+    last = load_dataset(path, min_user_inter_num=0, min_item_inter_num=0, rm_dup_inter="last")
+    kept = load_dataset(path, min_user_inter_num=0, min_item_inter_num=0)
+    assert first.vocab.item_tokens == ("[PAD]", "a", "c", "b") and first.vocab.user_tokens == ("[PAD]", "v", "u")
+    assert [first.vocab.item_tokens[i] for i in first.history.items] == ["a", "c", "a", "b", "c"]
+    assert [last.vocab.item_tokens[i] for i in last.history.items] == ["a", "c", "b", "c", "a"]
+    assert kept.n_interactions == 6 and first.n_interactions == last.n_interactions == 5
+    assert first.settings["rm_dup_inter"] == "first"
+
+
+def test_rm_dup_inter_with_tied_timestamps_is_refused(tmp_path):
+    """RecBole sorts with pandas' unstable quicksort before dropping duplicates: with ties its result is not
+    reproducible, so refuse rather than guess."""
+    path = atomic(tmp_path, [("u", "a", 1), ("u", "b", 1), ("u", "a", 2)])
+    with pytest.raises(DataError, match=r"rm_dup_inter='first' with 1 interaction\(s\) sharing a timestamp"):
+        load_dataset(path, min_user_inter_num=0, min_item_inter_num=0, rm_dup_inter="first")
+
+
+def test_other_field_names(tmp_path):
+    path = tmp_path / "renamed.inter"
+    path.write_text("session:token\tts:float\tsku:token\nu\t1\ta\nu\t2\tb\nu\t3\tc\n")
+    ds = load_dataset(path, min_user_inter_num=0, min_item_inter_num=0, fields=("session", "sku", "ts"))
+    assert ds.vocab.item_tokens == ("[PAD]", "a", "b", "c") and ds.settings["fields"] == ["session", "sku", "ts"]
+    with pytest.raises(DataError, match=r"missing required column\(s\) user_id:token"):
+        load_dataset(path, min_user_inter_num=0, min_item_inter_num=0)
 
 
 def test_kcore_cascade_and_log(tmp_path, caplog):
@@ -173,12 +232,12 @@ def test_same_samples_as_recbole_on_edge_case_files(case):
 
 def test_ml100k_statistics_and_recbole_samples(shared_dir):
     path = shared_dir / "data" / "ml-100k" / "ml-100k.inter"
-    ds = load_dataset(path)
+    ds = load_dataset(path, normalize_time=True)  # RecBole's ml-100k settings: normalize_all
     assert (ds.n_users, ds.n_items - 1, ds.n_interactions) == (943, 1349, 99287)
     assert ds.n_items == 1350  # RecBole's count, padding included
     assert digest_of(ds, 50) == {k: REFERENCE["ml-100k"][k] for k in digest_of(ds, 50)}
-    # the same file under another name is not normalised by RecBole: different float32 ties, other samples
-    raw = load_dataset(path, normalize_time=False)
+    # without normalisation (RecBole's defaults for any other dataset name): other float32 ties, other samples
+    raw = load_dataset(path)
     assert digest_of(raw, 50) == {k: REFERENCE["ml100kraw"][k] for k in digest_of(raw, 50)}
     assert REFERENCE["ml100kraw"]["test"] != REFERENCE["ml-100k"]["test"]
 

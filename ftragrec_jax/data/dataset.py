@@ -1,17 +1,22 @@
-"""RecBole 0.2.1's sequential preprocessing (the version DuoRec vendors), in numpy.
+"""RecBole's sequential preprocessing (0.2.1, the version DuoRec vendors, and 1.x, which does the same steps),
+in numpy.
 
 Steps, in RecBole's order (recbole/data/dataset/{dataset,sequential_dataset}.py):
-1. iterative k-core: users with < min_user_inter_num and items with < min_item_inter_num interactions are
+1. duplicate removal (`rm_dup_inter` "first"/"last", off by default): RecBole sorts the table by time, then keeps
+   the first or last row of each (user, item) pair; the sorted order is the order ids are then assigned in;
+2. iterative k-core: users whose interaction count is outside the allowed interval(s) and items likewise
+   (0.2's `min_*_inter_num`/`max_*_inter_num`, 1.x's `user_inter_num_interval`/`item_inter_num_interval`) are
    banned from the SAME counts, their interactions dropped, counts updated, repeated until nothing is banned;
-2. token -> id in order of first appearance in the filtered table, file order (pandas.factorize), 0 = "[PAD]";
-3. stable sort by timestamp, then stable sort by user id. Timestamps are compared as float32: RecBole turns
+3. token -> id in order of first appearance in the filtered table, file order (pandas.factorize), 0 = "[PAD]";
+4. stable sort by timestamp, then stable sort by user id. Timestamps are compared as float32: RecBole turns
    float columns into torch.FloatTensor before sorting, so times closer than float32 resolution tie and keep
-   file order. For a dataset named "ml-100k" RecBole first min-max normalises float columns (its bundled
-   properties/dataset/ml-100k.yaml sets normalize_all: True), which changes those float32 ties: with
-   normalize_time=None we follow that rule by name, as RecBole does;
-4. prefix augmentation: every interaction after a user's first is a target, its prefix (the last
+   file order. With `normalize_time` (RecBole's `normalize_all`, or the time field in `normalize_field`)
+   timestamps are min-max scaled first, which changes those float32 ties. RecBole's bundled ml-100k settings
+   turn it on for a dataset *named* ml-100k; here it is a setting, never inferred from a file's name (the
+   converter reads it from the checkpoint's own config);
+5. prefix augmentation: every interaction after a user's first is a target, its prefix (the last
    max_seq_length items before it) the input;
-5. leave-one-out on each user's samples: last = test, second last = valid, rest train, with RecBole's
+6. leave-one-out on each user's samples: last = test, second last = valid, rest train, with RecBole's
    `min(2, n_samples - 1)` rule (a user with 2 samples has train + test and no valid sample; a user with a
    single sample only trains).
 """
@@ -20,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ftragrec_jax.data.readers import Interactions, detect_format, read_interactions
+from ftragrec_jax.data.readers import DEFAULT_FIELDS, Interactions, detect_format, read_interactions
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.data.vocab import PAD, Vocab
 from ftragrec_jax.errors import DataError
@@ -66,6 +72,7 @@ def default_dataset_path() -> Path:
 
 
 def dataset_name(path: str | os.PathLike) -> str:
+    """A label for logs and results (the file name without extensions); no data decision depends on it."""
     name = Path(path).name
     for ext in (".gz", ".inter", ".txt"):
         if name.endswith(ext):
@@ -73,39 +80,103 @@ def dataset_name(path: str | os.PathLike) -> str:
     return name
 
 
-def load_dataset(path: str | os.PathLike, *, fmt: str = "auto", min_user_inter_num: int = 5,
-                 min_item_inter_num: int = 5, max_seq_length: int = 50,
-                 normalize_time: bool | None = None) -> SequentialDataset:
-    """Read a dataset file and build RecBole 0.2.1's train/valid/test samples and vocabulary.
+Interval = tuple[str, float, float, str]  # ("[" or "(", low, high, "]" or ")")
 
-    normalize_time: min-max normalise timestamps before the float32 ordering; None = RecBole 0.2.1's
-    default (only for a dataset named "ml-100k"). It only changes the order of near-equal timestamps.
+
+def parse_intervals(text: str, key: str) -> tuple[Interval, ...]:
+    """RecBole 1.x interval syntax: "[5,inf)", "(0,10]", several joined by ";" (a count is kept when it lies
+    in any of them). "" = no bound. Raises DataError naming `key` on anything RecBole would not parse as an
+    interval (RecBole itself warns and skips such a part, which silently changes what is filtered)."""
+    if text is None or str(text).strip() == "":
+        return ()
+    out = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        bounds = part[1:-1].split(",") if len(part) >= 2 else []
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except ValueError:
+            lo = hi = None
+        if (len(bounds) != 2 or part[0] not in "([" or part[-1] not in ")]" or lo is None
+                or math.isnan(lo) or math.isnan(hi) or lo > hi):
+            raise DataError(f"{key}={text!r}: {part!r} is not an interval; expected e.g. '[5,inf)' or "
+                            f"'(0,10]', several joined by ';'")
+        out.append((part[0], lo, hi, part[-1]))
+    return tuple(out)
+
+
+def min_count_interval(min_count: int) -> str:
+    """RecBole 0.2's `min_*_inter_num` as an interval: `min_num or -1`, so 0 keeps every count."""
+    return f"[{int(min_count)},inf)" if min_count else ""
+
+
+def within(counts: np.ndarray, intervals: tuple[Interval, ...]) -> np.ndarray:
+    """RecBole's _within_intervals, vectorised: True where a count lies in any interval (all, for none)."""
+    if not intervals:
+        return np.ones(np.shape(counts), dtype=bool)
+    ok = np.zeros(np.shape(counts), dtype=bool)
+    for left, lo, hi, right in intervals:
+        above = counts >= lo if left == "[" else counts > lo
+        below = counts <= hi if right == "]" else counts < hi
+        ok |= above & below
+    return ok
+
+
+DUPLICATE_RULES = ("", "first", "last")
+
+def load_dataset(path: str | os.PathLike, *, fmt: str = "auto", min_user_inter_num: int = 5,
+                 min_item_inter_num: int = 5, max_seq_length: int = 50, normalize_time: bool = False,
+                 user_inter_num_interval: str = "", item_inter_num_interval: str = "", rm_dup_inter: str = "",
+                 fields: tuple[str, str, str] = DEFAULT_FIELDS) -> SequentialDataset:
+    """Read a dataset file and build RecBole's train/valid/test samples and vocabulary.
+
+    min_user_inter_num / min_item_inter_num: RecBole 0.2's k-core (0 = off); a non-empty
+    user_inter_num_interval / item_inter_num_interval (RecBole 1.x syntax, e.g. "[5,inf)") replaces them.
+    normalize_time: min-max normalise timestamps before the float32 ordering (RecBole's normalize_all); it only
+    changes the order of near-equal timestamps. rm_dup_inter: "" (keep duplicates), "first" or "last".
+    fields: the user, item and time columns of an atomic file (RecBole's USER_ID_FIELD, ITEM_ID_FIELD,
+    TIME_FIELD).
     """
     for key, val in (("min_user_inter_num", min_user_inter_num), ("min_item_inter_num", min_item_inter_num)):
-        if not isinstance(val, (int, np.integer)) or val < 0:
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 0:
             raise DataError(f"{key}={val!r}: expected an integer >= 0")
     if not isinstance(max_seq_length, (int, np.integer)) or max_seq_length < 1:
         raise DataError(f"max_seq_length={max_seq_length!r}: expected an integer >= 1")
+    if not isinstance(normalize_time, bool):
+        raise DataError(f"normalize_time={normalize_time!r}: expected true or false")
+    if rm_dup_inter not in DUPLICATE_RULES:
+        raise DataError(f"rm_dup_inter={rm_dup_inter!r}: expected one of {list(DUPLICATE_RULES)}")
+    parse_intervals(user_inter_num_interval, "user_inter_num_interval")  # fail before reading a large file
+    parse_intervals(item_inter_num_interval, "item_inter_num_interval")
     if fmt == "auto":
         fmt = detect_format(path)
-    inter = read_interactions(path, fmt)
-    name = dataset_name(path)
-    if normalize_time is None:
-        normalize_time = name == "ml-100k"
-    settings = {"format": fmt, "normalize_time": bool(normalize_time), "min_user_inter_num": int(min_user_inter_num),
-                "min_item_inter_num": int(min_item_inter_num), "max_seq_length": int(max_seq_length),
-                "split": "leave_one_out", "order": "timestamp(float32), then user"}
-    return build_dataset(inter, name, settings)
+    inter = read_interactions(path, fmt, fields=tuple(fields))
+    settings = {"format": fmt, "normalize_time": normalize_time, "min_user_inter_num": int(min_user_inter_num),
+                "min_item_inter_num": int(min_item_inter_num), "user_inter_num_interval": user_inter_num_interval,
+                "item_inter_num_interval": item_inter_num_interval, "rm_dup_inter": rm_dup_inter,
+                "max_seq_length": int(max_seq_length), "split": "leave_one_out",
+                "order": "timestamp(float32), then user"}
+    if fmt == "atomic" and tuple(fields) != DEFAULT_FIELDS:
+        settings["fields"] = list(fields)
+    return build_dataset(inter, dataset_name(path), settings)
 
 
 def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialDataset:
     if len(inter) == 0:
         raise DataError(f"{inter.source}: no interactions (expected at least one data line)")
-    kept = kcore_filter(inter, settings["min_user_inter_num"], settings["min_item_inter_num"])
+    if settings.get("rm_dup_inter"):
+        inter = remove_duplicates(inter, settings["rm_dup_inter"])
+    intervals, named = [], []
+    for who in ("user", "item"):
+        key = f"{who}_inter_num_interval"
+        text = settings.get(key) or min_count_interval(settings[f"min_{who}_inter_num"])
+        intervals.append(parse_intervals(text, key))
+        named.append(f"{key}={settings[key]!r}" if settings.get(key) else
+                     f"min_{who}_inter_num={settings[f'min_{who}_inter_num']}")
+    kept = kcore_filter(inter, *intervals)
     if not kept.any():
-        raise DataError(f"{inter.source}: empty after k-core filtering (min_user_inter_num="
-                        f"{settings['min_user_inter_num']}, min_item_inter_num={settings['min_item_inter_num']}); "
-                        f"expected users and items with at least that many interactions")
+        raise DataError(f"{inter.source}: empty after k-core filtering ({', '.join(named)}); expected users and "
+                        f"items with that many interactions")
     inter = inter.take(np.flatnonzero(kept))
     uid, user_tokens = factorize(inter.user)
     iid, item_tokens = factorize(inter.item)
@@ -127,35 +198,64 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
         settings=dict(settings), history=history, source=str(inter.source))
 
 
-def kcore_filter(inter: Interactions, min_user: int, min_item: int) -> np.ndarray:
-    """Boolean mask of the interactions that survive RecBole's iterative k-core."""
+def remove_duplicates(inter: Interactions, keep: str) -> Interactions:
+    """RecBole's _remove_duplication: sort by time, then keep the first or last row of each (user, item).
+
+    RecBole sorts with pandas' default (unstable) quicksort, so rows with equal timestamps end up in an order
+    that depends on the platform's sort; that order fixes which duplicate is kept and the ids assigned next.
+    With tied timestamps its result cannot be reproduced, so they are refused; without ties every sort agrees."""
+    n_distinct = len(np.unique(inter.timestamp))
+    if n_distinct != len(inter):
+        raise DataError(
+            f"{inter.source}: rm_dup_inter={keep!r} with {len(inter) - n_distinct} interaction(s) sharing a "
+            f"timestamp with an earlier one: RecBole sorts by time with an unstable sort before removing "
+            f"duplicates, so which tied row it kept (and the item ids it assigned) cannot be reproduced; "
+            f"supported only with distinct timestamps")
+    inter = inter.take(np.argsort(inter.timestamp, kind="stable"))
+    pair = np.char.add(np.char.add(inter.user.astype(str), "\x00"), inter.item.astype(str))
+    if keep == "last":
+        _, last_from_end = np.unique(pair[::-1], return_index=True)
+        rows = np.sort(len(pair) - 1 - last_from_end)
+    else:
+        _, rows = np.unique(pair, return_index=True)
+        rows = np.sort(rows)
+    dropped = len(inter) - len(rows)
+    if dropped:
+        log.info("%s: rm_dup_inter=%s dropped %d duplicate user-item interaction(s)", inter.source, keep, dropped)
+    return inter.take(rows)
+
+
+def kcore_filter(inter: Interactions, user_intervals: tuple[Interval, ...] = (),
+                 item_intervals: tuple[Interval, ...] = ()) -> np.ndarray:
+    """Boolean mask of the interactions that survive RecBole's iterative k-core: every round bans the users
+    and items whose current count lies outside their intervals (no intervals: never banned)."""
     ucode, _ = factorize(inter.user)
     icode, _ = factorize(inter.item)
     ucode -= 1
     icode -= 1
     kept = np.ones(len(inter), dtype=bool)
-    # RecBole: `min_num or -1`, so 0 disables the bound.
-    min_user = min_user or -1
-    min_item = min_item or -1
     rounds = 0
     while True:
         ucount = np.bincount(ucode[kept], minlength=ucode.max() + 1)
         icount = np.bincount(icode[kept], minlength=icode.max() + 1)
         # only ids still present can be banned (RecBole's Counter drops ids whose count reached 0)
-        ban_u = (ucount > 0) & (ucount < min_user)
-        ban_i = (icount > 0) & (icount < min_item)
+        ban_u = (ucount > 0) & ~within(ucount, user_intervals)
+        ban_i = (icount > 0) & ~within(icount, item_intervals)
         if not ban_u.any() and not ban_i.any():
             break
         kept &= ~(ban_u[ucode] | ban_i[icode])
         rounds += 1
     dropped = len(inter) - int(kept.sum())
     if dropped:
-        log.info("%s: k-core filtering (min_user_inter_num=%d, min_item_inter_num=%d) dropped %d of %d "
-                 "interactions (%d users, %d items) in %d rounds", inter.source, max(min_user, 0),
-                 max(min_item, 0), dropped, len(inter),
-                 len(np.unique(ucode)) - len(np.unique(ucode[kept])),
+        log.info("%s: k-core filtering (users %s, items %s) dropped %d of %d interactions (%d users, %d items) "
+                 "in %d rounds", inter.source, _describe(user_intervals), _describe(item_intervals), dropped,
+                 len(inter), len(np.unique(ucode)) - len(np.unique(ucode[kept])),
                  len(np.unique(icode)) - len(np.unique(icode[kept])), rounds)
     return kept
+
+
+def _describe(intervals: tuple[Interval, ...]) -> str:
+    return ";".join(f"{a}{lo:g},{hi:g}{b}" for a, lo, hi, b in intervals) or "any count"
 
 
 def factorize(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

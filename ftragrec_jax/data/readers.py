@@ -22,8 +22,10 @@ log = logging.getLogger("ftragrec_jax")
 
 # RecBole 0.2.1's FeatureType values; anything else in a header is refused, as RecBole does.
 KNOWN_TYPES = ("token", "float", "token_seq", "float_seq")
-# Field names and types RecBole's sequential pipeline needs (USER_ID_FIELD, ITEM_ID_FIELD, TIME_FIELD).
-REQUIRED = {"user_id": "token", "item_id": "token", "timestamp": "float"}
+# The types RecBole's sequential pipeline needs for its USER_ID_FIELD, ITEM_ID_FIELD and TIME_FIELD columns,
+# and those fields' default names.
+ROLE_TYPES = ("token", "token", "float")
+DEFAULT_FIELDS = ("user_id", "item_id", "timestamp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +43,15 @@ class Interactions:
         return Interactions(self.source, self.user[idx], self.item[idx], self.timestamp[idx], self.line[idx])
 
 
-def read_interactions(path: str | os.PathLike, fmt: str = "auto") -> Interactions:
-    """`fmt`: "atomic" (RecBole .inter), "lines" (`user item1 item2 ...`) or "auto" (by the file name)."""
+def read_interactions(path: str | os.PathLike, fmt: str = "auto",
+                      fields: tuple[str, str, str] = DEFAULT_FIELDS) -> Interactions:
+    """`fmt`: "atomic" (RecBole .inter), "lines" (`user item1 item2 ...`) or "auto" (by the file's extension).
+    `fields`: the user, item and time column names of an atomic file (RecBole's USER_ID_FIELD, ITEM_ID_FIELD,
+    TIME_FIELD)."""
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "atomic":
-        return read_atomic(path)
+        return read_atomic(path, fields)
     if fmt == "lines":
         return read_lines(path)
     raise DataError(f"{path}: unknown dataset format {fmt!r} (expected 'auto', 'atomic' or 'lines')")
@@ -102,8 +107,12 @@ def _parse_floats(values: list[str], lines: np.ndarray, path, column: str) -> np
     raise DataError(f"{path}: column {column!r}: expected finite numbers")  # unreachable in practice
 
 
-def read_atomic(path: str | os.PathLike) -> Interactions:
-    """RecBole atomic file: tab-separated, header `name:type` per column, any order, extra columns ignored."""
+def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_FIELDS) -> Interactions:
+    """RecBole atomic file: tab-separated, header `name:type` per column, any order, extra columns ignored.
+    `fields` names the user, item and time columns."""
+    if len(fields) != 3 or len(set(fields)) != 3 or not all(isinstance(f, str) and f for f in fields):
+        raise DataError(f"{path}: fields {fields!r}: expected three distinct column names (user, item, time)")
+    required = dict(zip(fields, ROLE_TYPES))
     lines = _read_text_lines(path)
     if not lines or not lines[0].strip():
         raise DataError(f"{path}:1: empty file, expected a header like 'user_id:token\\titem_id:token\\t"
@@ -120,14 +129,14 @@ def read_atomic(path: str | os.PathLike) -> Interactions:
         if name in col_of:
             raise DataError(f"{path}:1: column {name!r} appears twice")
         col_of[name] = j
-        if name in REQUIRED and ftype != REQUIRED[name]:
-            raise DataError(f"{path}:1: column {name!r} has type {ftype!r}, expected {REQUIRED[name]!r}")
-    missing = [f"{n}:{t}" for n, t in REQUIRED.items() if n not in col_of]
+        if name in required and ftype != required[name]:
+            raise DataError(f"{path}:1: column {name!r} has type {ftype!r}, expected {required[name]!r}")
+    missing = [f"{n}:{t}" for n, t in required.items() if n not in col_of]
     if missing:
         raise DataError(f"{path}:1: missing required column(s) {', '.join(missing)}")
 
     n_cols = len(header)
-    ju, ji, jt = col_of["user_id"], col_of["item_id"], col_of["timestamp"]
+    ju, ji, jt = (col_of[f] for f in fields)
     users, items, times, line_nos = [], [], [], []
     no_id = []  # rows without a user or item token: RecBole drops them with a warning; we count them
     for ln, text in enumerate(lines[1:], start=2):
@@ -145,10 +154,10 @@ def read_atomic(path: str | os.PathLike) -> Interactions:
         times.append(cells[jt].strip())
         line_nos.append(ln)
     if no_id:
-        log.warning("%s: dropped %d line(s) without a user_id or item_id (first: line %d), as RecBole does",
-                    path, len(no_id), no_id[0])
+        log.warning("%s: dropped %d line(s) without a %s or %s (first: line %d), as RecBole does",
+                    path, len(no_id), fields[0], fields[1], no_id[0])
     line_arr = np.asarray(line_nos, dtype=np.int64)
-    ts = _parse_floats(times, line_arr, path, "timestamp") if times else np.zeros(0, np.float64)
+    ts = _parse_floats(times, line_arr, path, fields[2]) if times else np.zeros(0, np.float64)
     return Interactions(str(path), _str_array(users), _str_array(items), ts, line_arr)
 
 

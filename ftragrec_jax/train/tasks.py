@@ -1,10 +1,11 @@
-"""Which task trains, and which scorer evaluates, each model kind ("duorec", "ftragrec")."""
+"""Which task trains, and which scorer evaluates, each model kind (an encoder model or "ftragrec")."""
 
 from __future__ import annotations
 
 import jax
 from flax import nnx
 
+from ftragrec_jax.checkpoint import ENCODER_MODELS
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.task import Task
@@ -14,9 +15,7 @@ def dataset_from_config(cfg: Config):
     """The dataset a config names ("" = the embedded Amazon Beauty file)."""
     from ftragrec_jax.data.dataset import default_dataset_path, load_dataset
 
-    return load_dataset(cfg.data or default_dataset_path(), fmt=cfg.data_format,
-                        min_user_inter_num=cfg.min_user_inter_num, min_item_inter_num=cfg.min_item_inter_num,
-                        max_seq_length=cfg.MAX_ITEM_LIST_LENGTH)
+    return load_dataset(cfg.data or default_dataset_path(), **cfg.dataset_kwargs())
 
 
 def make_task(cfg: Config, dataset) -> Task:
@@ -58,7 +57,7 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, 
     bad = finite_params(params)
     if bad:
         raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to evaluate")
-    if meta["model"] == "duorec":
+    if meta["model"] in ENCODER_MODELS:
         from ftragrec_jax.models.encoder import EncoderConfig
 
         try:
