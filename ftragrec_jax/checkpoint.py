@@ -45,6 +45,33 @@ MODELS = (*ENCODER_MODELS, "ftragrec")
 DIGEST_KEY = "params_sha256"
 
 
+BUILTIN = "builtin:"  # `builtin:NAME` names a model directory shipped in the package (ftragrec_jax/pretrained/NAME)
+
+
+def builtin_root() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("ftragrec_jax") / "pretrained"))
+
+
+def builtin_names() -> list[str]:
+    root = builtin_root()
+    return sorted(d.name for d in root.iterdir() if (d / MODEL_JSON).is_file()) if root.is_dir() else []
+
+
+def model_dir(path) -> Path:
+    """The directory a model path names: a folder, or `builtin:NAME` for a model shipped in the package."""
+    text = str(path)
+    if not text.startswith(BUILTIN):
+        return Path(path)
+    name = text[len(BUILTIN):]
+    found = builtin_root() / name
+    if not name or "/" in name or "\\" in name or not (found / MODEL_JSON).is_file():
+        raise CheckpointError(f"{text}: no built-in model {name!r}; the package ships "
+                              f"{', '.join(BUILTIN + n for n in builtin_names()) or 'none'}")
+    return found
+
+
 def params_digest(tree) -> str:
     """SHA-256 over every leaf's dotted path, dtype, shape and bytes, in sorted path order (so int list indices
     and Orbax's string keys give the same digest)."""
@@ -182,6 +209,7 @@ def _save_knowledge_base(path: Path, kb: dict) -> None:
 
 def load_knowledge_base(path) -> dict | None:
     """The stored knowledge-base arrays of a model directory, or None when it has none (read without pickle)."""
+    path = model_dir(path)
     src = Path(path) / KNOWLEDGE_BASE
     if not src.exists():
         return None
@@ -251,6 +279,7 @@ def _int_keys(tree):
 
 def read_meta(path) -> dict:
     """model.json of a model directory, checked for format and required keys."""
+    path = model_dir(path)
     src = Path(path) / MODEL_JSON
     if not Path(path).is_dir():
         raise CheckpointError(f"{path}: model directory does not exist")
@@ -276,6 +305,7 @@ def read_meta(path) -> dict:
 
 def load_model(path) -> tuple[dict, dict, Vocab | None]:
     """(meta, params as a pure dict of numpy arrays, vocab or None) from a model directory."""
+    path = model_dir(path)
     path = Path(path).absolute()
     meta = read_meta(path)
     params_dir = path / PARAMS_DIR
@@ -347,6 +377,7 @@ def encoder_from_model_dir(path):
 
     For an FTragrec model the encoder's weights are the `encoder` subtree of its parameters.
     """
+    path = model_dir(path)
     from ftragrec_jax.errors import ConfigError
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 

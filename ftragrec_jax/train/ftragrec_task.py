@@ -13,6 +13,7 @@ import jax
 from flax import nnx
 
 from ftragrec_jax import parallel
+from ftragrec_jax.checkpoint import BUILTIN
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.run_dir import LOGGER_NAME
@@ -225,7 +226,8 @@ class FTragrecTask(Task):
         ftr["extend_memory_with_valid"] = self.cfg.extend_memory_with_valid
         return {"model": "ftragrec", "encoder": dataclasses.asdict(self.encoder_cfg), "ftragrec": ftr,
                 "dataset": self.cfg.dataset_settings(),
-                "source": {"pretrained": str(Path(self.cfg.pretrained).absolute())}}
+                "source": {"pretrained": self.cfg.pretrained if self.cfg.pretrained.startswith(BUILTIN)
+                           else str(Path(self.cfg.pretrained).absolute())}}
 
     def export_params(self, params) -> dict:
         return nnx.to_pure_dict(jax.device_get(params))
