@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from converters.recbole_config import EXTRA_ITEM_ROWS, SASREC_FAMILY, data_settings, model_kind
 from converters.safe_pickle import TorchCheckpoint, read_torch_checkpoint
+from ftragrec_jax.atomic import sha256_file
 from ftragrec_jax.data.dataset import load_dataset
 from ftragrec_jax.errors import CheckpointError, FtragrecError
 
@@ -47,13 +47,6 @@ DATA_KEYS = ("min_user_inter_num", "min_item_inter_num", "user_inter_num_interva
 # validation samples scored by the id-order sanity check: enough to tell a model from chance, seconds on a CPU
 SANITY_SAMPLES = 2000
 
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encoder_overrides(ck: TorchCheckpoint, src: str, n_heads: int | None) -> dict:
@@ -209,7 +202,7 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
     ignored = sorted(load_torch_state_into_encoder(state, encoder))
     params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
     n_params = int(sum(np.size(x) for x in _leaves(params)))
-    source = {"file": src.name, "sha256": sha256_of(src), "format": "torch-" + ck.meta["format"],
+    source = {"file": src.name, "sha256": sha256_file(src), "format": "torch-" + ck.meta["format"],
               "recbole_class": recbole_class}
     if extra_rows:
         source["dropped_item_rows"] = extra_rows  # CL4SRec's mask token, never scored

@@ -664,7 +664,7 @@ def run(args) -> dict:
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "argv")},
               "rows": rows, "errors": errors, "table": table}
     if args.json:
-        from ftragrec_jax.data.vocab import write_json_atomic
+        from ftragrec_jax.atomic import write_json_atomic
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report)

@@ -71,7 +71,7 @@ def table(rows: list[dict], n_users: int) -> str:
 
 
 def main(argv=None) -> int:
-    from ftragrec_jax.data.vocab import write_json_atomic
+    from ftragrec_jax.atomic import write_json_atomic
     from ftragrec_jax.errors import FtragrecError
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)

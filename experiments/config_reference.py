@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         same = out.exists() and out.read_text(encoding="utf-8") == text
         print(f"{out}: {'up to date' if same else 'OUT OF DATE: run python -m experiments.config_reference'}")
         return 0 if same else 1
-    from ftragrec_jax.train.run_dir import write_text_atomic
+    from ftragrec_jax.atomic import write_text_atomic
 
     write_text_atomic(out, text)
     print(f"wrote {out}")

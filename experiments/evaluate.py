@@ -90,7 +90,7 @@ def load_scorer(checkpoint, data=None, overrides=(), show_progress=True, shared=
 
 
 def main(argv=None) -> int:
-    from ftragrec_jax.data.vocab import write_json_atomic
+    from ftragrec_jax.atomic import write_json_atomic
     from ftragrec_jax.errors import FtragrecError
     from ftragrec_jax.train.evaluate import metrics_table
 

@@ -45,7 +45,7 @@ def slice_metrics(model, n: int) -> dict:
 
 def main(argv=None) -> int:
     from ftragrec_jax.checkpoint import builtin_root, read_meta
-    from ftragrec_jax.data.vocab import write_json_atomic
+    from ftragrec_jax.atomic import write_json_atomic
 
     ap = argparse.ArgumentParser(prog="python -m experiments.ship_pretrained", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="run folder (RUN/best_model, RUN/results.json)")

@@ -26,7 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftragrec_jax.data.vocab import Vocab, write_json_atomic
+from ftragrec_jax.atomic import sha256_arrays, write_json_atomic
+from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, FtragrecError, short_reason
 
 FORMAT = "ftragrec-jax/model/v1"
@@ -73,16 +74,9 @@ def model_dir(path) -> Path:
 
 
 def params_digest(tree) -> str:
-    """SHA-256 over every leaf's dotted path, dtype, shape and bytes, in sorted path order (so int list indices
+    """sha256_arrays over every leaf labelled with its dotted path, in sorted path order (so int list indices
     and Orbax's string keys give the same digest)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key, leaf in sorted(_flatten(tree).items()):
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{'.'.join(key)}:{a.dtype.str}{a.shape};".encode())
-        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
-    return h.hexdigest()
+    return sha256_arrays((".".join(key) + ":", leaf) for key, leaf in sorted(_flatten(tree).items()))
 
 
 def _numpy_tree(params) -> Any:

@@ -12,6 +12,7 @@ import pytest
 
 from converters import duorec_to_flax, flax_to_duorec
 from converters.safe_pickle import read_torch_checkpoint
+from ftragrec_jax.atomic import sha256_file
 from ftragrec_jax.checkpoint import encoder_from_model_dir, load_model
 from tests import forge_checkpoints as forge
 from tests.conftest import ROOT
@@ -52,7 +53,7 @@ def test_real_checkpoint_converts(real_model, shared_dir):
     assert {"min_user_inter_num", "max_item_inter_num", "eval_setting", "normalize_all",
             "rm_dup_inter"} <= set(meta["source"]["recbole_config_keys_read"])
     assert meta["source"]["file"] == "raserec_beauty_recbole02.pth"
-    assert meta["source"]["sha256"] == duorec_to_flax.sha256_of(shared_dir / REAL)
+    assert meta["source"]["sha256"] == sha256_file(shared_dir / REAL)
     assert params["item_embedding"]["embedding"].shape == (12102, 64)
     assert "keys mapped: 36, parameters: 877,824" in report
     assert "seq_tar_ram.* (10 keys)" in report and "retriever_mlp.* (2 keys)" in report

@@ -6,8 +6,8 @@ import dataclasses
 import json
 import os
 
+from ftragrec_jax.atomic import write_json_atomic
 from ftragrec_jax.errors import DataError, short_reason
-from ftragrec_jax.atomic import write_atomic
 
 PAD = "[PAD]"
 FORMAT = "ftragrec-jax/vocab/v1"
@@ -87,7 +87,3 @@ class Vocab:
             raise DataError(f"{path}: cannot read vocabulary ({type(e).__name__}: {short_reason(e)})") from None
         return cls.from_json(obj, str(path))
 
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), binary=False)

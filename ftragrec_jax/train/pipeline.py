@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
-from ftragrec_jax.train.run_dir import RunDir, close_log, write_text_atomic
+from ftragrec_jax.atomic import write_text_atomic
+from ftragrec_jax.train.run_dir import RunDir, close_log
 
 # The side-by-side table of the pipeline (issue 9): HR@5/10, NDCG@5/10, MRR@10.
 COMPARED = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
@@ -63,7 +64,7 @@ def train_pipeline(cfg: Config) -> dict:
     """DuoRec pretraining then FTragrec fine-tuning on its best model; returns the combined results."""
     import yaml
 
-    from ftragrec_jax.data.vocab import write_json_atomic
+    from ftragrec_jax.atomic import write_json_atomic
     from ftragrec_jax.train import tasks
 
     check_devices(cfg)

@@ -20,9 +20,8 @@ from pathlib import Path
 import yaml
 
 from ftragrec_jax.config import Config
-from ftragrec_jax.data.vocab import write_json_atomic
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.atomic import write_atomic
+from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
 
 # Keys a resumed run may change: they extend or display the run without changing what was computed so far.
 RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh",
@@ -36,9 +35,6 @@ FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_in
 
 LOGGER_NAME = "ftragrec_jax.train"
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text), binary=False)
 
 
 def default_run_name(cfg: Config) -> str:

@@ -14,10 +14,10 @@ commit (a truncated, missing or bit-flipped file) is refused with a one-line err
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from ftragrec_jax.atomic import sha256_arrays
 from ftragrec_jax.errors import CheckpointError, short_reason
 
 DIGEST_KEY = "arrays_sha256"  # in the loop record: checksum of the arrays item of the same checkpoint
@@ -78,22 +78,19 @@ class TrainCheckpoints:
 
 
 def arrays_digest(tree) -> str | None:
-    """SHA-256 over every leaf's dtype, shape and bytes, in tree order. TensorStore notices missing and
-    truncated chunk files, but a bit flip inside an array chunk reads back as a different number: the digest
-    catches that. None when a leaf is not fully addressable from this process (multi-host sharding)."""
+    """sha256_arrays over every leaf in tree order, unlabelled (PRNG keys as their key data). None when a leaf
+    is not fully addressable from this process (multi-host sharding)."""
     import jax
     import numpy as np
 
-    h = hashlib.sha256()
+    leaves = []
     for leaf in jax.tree_util.tree_leaves(tree):
         if not getattr(leaf, "is_fully_addressable", True):
             return None
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-        h.update(f"{a.dtype.str}{a.shape};".encode())
-        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
-    return h.hexdigest()
+        leaves.append(("", np.asarray(jax.device_get(leaf))))
+    return sha256_arrays(leaves)
 
 
 def arrays_like(params, opt_state, host_state: dict | None) -> dict[str, Any]:
