@@ -21,6 +21,7 @@ from flax import nnx
 
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.models.encoder import EncoderConfig
+from ftragrec_jax.trees import dotted, flatten
 
 
 class Transform(NamedTuple):
@@ -204,18 +205,6 @@ def _set(tree, path, value):
     tree[path[-1]] = value
 
 
-def _flat_paths(tree, prefix=()):
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _flat_paths(v, prefix + (k,))
-    else:
-        yield prefix
-
-
-def _dotted(path):
-    return ".".join(str(p) for p in path)
-
-
 def load_torch_state(sd: Mapping[str, np.ndarray], module: nnx.Module, table: Sequence[Entry],
                      n_layers: int, *, key_filter=None) -> list[str]:
     """Fill every nnx.Param of `module` from `sd` through `table`. Returns the sd keys the table does
@@ -229,9 +218,9 @@ def load_torch_state(sd: Mapping[str, np.ndarray], module: nnx.Module, table: Se
     for tk, path, tr in expand(table, n_layers):
         leaf = _get(pure, path)
         if leaf is None:
-            raise CheckpointError(f"mapping: Flax model has no parameter {_dotted(path)} (for {tk!r})")
+            raise CheckpointError(f"mapping: Flax model has no parameter {dotted(path)} (for {tk!r})")
         if tk not in sd:
-            raise CheckpointError(f"state_dict: missing key {tk!r} (for {_dotted(path)})")
+            raise CheckpointError(f"state_dict: missing key {tk!r} (for {dotted(path)})")
         src = np.asarray(sd[tk])
         if not np.issubdtype(src.dtype, np.floating):
             raise CheckpointError(f"state_dict: {tk} has dtype {src.dtype}, expected a float tensor")
@@ -243,9 +232,9 @@ def load_torch_state(sd: Mapping[str, np.ndarray], module: nnx.Module, table: Se
         _set(pure, path, jnp.asarray(np.asarray(value, dtype=leaf.dtype)))
         filled.add(path)
         used.add(tk)
-    unfilled = [p for p in _flat_paths(pure) if p not in filled]
+    unfilled = [p for p in flatten(pure, str_keys=False) if p not in filled]
     if unfilled:
-        raise CheckpointError(f"mapping: Flax parameter {_dotted(unfilled[0])} has no state_dict source")
+        raise CheckpointError(f"mapping: Flax parameter {dotted(unfilled[0])} has no state_dict source")
     ignored = sorted(k for k in sd if k not in used)
     if key_filter is not None:
         stray = [k for k in ignored if key_filter(k)]
@@ -266,7 +255,7 @@ def to_torch_state(module: nnx.Module, table: Sequence[Entry], n_layers: int) ->
     for tk, path, tr in expand(table, n_layers):
         leaf = _get(pure, path)
         if leaf is None:
-            raise CheckpointError(f"mapping: Flax model has no parameter {_dotted(path)} (for {tk!r})")
+            raise CheckpointError(f"mapping: Flax model has no parameter {dotted(path)} (for {tk!r})")
         out[tk] = tr.to_torch(np.asarray(leaf))
     return out
 

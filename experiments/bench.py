@@ -176,15 +176,12 @@ class Context:
         return benchlib.Side(name, self.torch_device, fn, reference=True, **kw)
 
 
-def _narrow(a):
-    a = np.asarray(a)
-    return a.astype(np.int32) if a.dtype == np.int64 else a
-
-
 def _device_batch(batch: dict, fields) -> dict:
     import jax.numpy as jnp
 
-    return {k: jnp.asarray(_narrow(batch[k])) for k in fields}
+    from ftragrec_jax import parallel
+
+    return {k: jnp.asarray(parallel.int32_host(batch[k])) for k in fields}
 
 
 def _pool(samples, batch_size: int, seed: int, n: int = POOL) -> list[dict]:

@@ -29,6 +29,7 @@ import numpy as np
 from ftragrec_jax.atomic import sha256_arrays, write_json_atomic
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, FtragrecError, short_reason
+from ftragrec_jax.trees import flatten
 
 FORMAT = "ftragrec-jax/model/v1"
 MODEL_JSON = "model.json"
@@ -76,7 +77,7 @@ def model_dir(path) -> Path:
 def params_digest(tree) -> str:
     """sha256_arrays over every leaf labelled with its dotted path, in sorted path order (so int list indices
     and Orbax's string keys give the same digest)."""
-    return sha256_arrays((".".join(key) + ":", leaf) for key, leaf in sorted(_flatten(tree).items()))
+    return sha256_arrays((".".join(key) + ":", leaf) for key, leaf in sorted(flatten(tree).items()))
 
 
 def _numpy_tree(params) -> Any:
@@ -327,22 +328,13 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
     return meta, params, vocab
 
 
-def _flatten(tree, prefix=()) -> dict[tuple, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, prefix + (str(k),)))
-        return out
-    return {prefix: tree}
-
-
 def assign_params(model, params: dict, source: str = "params") -> None:
     """Fill `model`'s nnx.Param leaves from a pure dict; every leaf must be present with its shape."""
     from flax import nnx
 
     state = nnx.state(model, nnx.Param)
     template = nnx.to_pure_dict(state)
-    want, got = _flatten(template), _flatten(params)
+    want, got = flatten(template), flatten(params)
     missing = sorted(".".join(k) for k in want.keys() - got.keys())
     extra = sorted(".".join(k) for k in got.keys() - want.keys())
     if missing or extra:

@@ -135,7 +135,7 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
                 else history.prefix_matrix(batch["user"], batch["prefix_len"], width))
         fed = batch
         if mesh is not None:
-            fed = parallel.put_batch({k: _narrow(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
+            fed = parallel.put_batch({k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
             hist = fed.pop("history")
         scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
         if tuple(scores.shape) != (batch_size, n_items):
@@ -146,11 +146,6 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
         pending = (batch, result)
     _collect(out, *pending)
     return out
-
-
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """int64 fields as int32: what jax makes of them anyway, without the dtype warning."""
-    return a.astype(np.int32) if a.dtype == np.int64 else a
 
 
 def _host(x) -> np.ndarray:

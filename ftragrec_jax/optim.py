@@ -12,25 +12,14 @@ from __future__ import annotations
 import jax
 import optax
 
+from ftragrec_jax.trees import key_names
+
 TRAINABLE = ("retriever", "fusion")  # top-level modules of FTragrec whose parameters are fine-tuned
 TRAIN, FROZEN = "train", "frozen"
 
 
-def path_names(path) -> tuple[str, ...]:
-    """A jax key path as plain strings: ('retriever', 'layers', '0', 'dense_1', 'kernel', ...)."""
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return tuple(out)
-
-
 def is_trainable(path) -> bool:
-    names = path_names(path)
+    names = key_names(path)
     return bool(names) and names[0] in TRAINABLE
 
 

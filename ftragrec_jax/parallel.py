@@ -87,6 +87,13 @@ def place_step_data(data, mesh: Mesh):
     return replicate(data, mesh)
 
 
+def int32_host(a) -> np.ndarray:
+    """Host int64 fields (row indices, ids) as int32: what jax makes of them anyway (no x64), without its
+    dtype warning; other dtypes unchanged."""
+    a = np.asarray(a)
+    return a.astype(np.int32) if a.dtype == np.int64 else a
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
     """Shard a batch along the data axis.
 

@@ -14,7 +14,8 @@ from ftragrec_jax.models.ftragrec import (FTragrecHParams, _query_side, build_ft
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.models.retrieval import retrieve
 from ftragrec_jax.models.retriever import embed
-from ftragrec_jax.optim import label_counts, make_optimizer, path_names
+from ftragrec_jax.optim import label_counts, make_optimizer
+from ftragrec_jax.trees import key_names
 from ftragrec_jax.train.steps import make_ftragrec_step
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
@@ -109,7 +110,7 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
     assert float(jax.nn.sigmoid(params["fusion"]["alpha_logit"][...])) == pytest.approx(0.3, rel=1e-6)
     counts = label_counts(params)
     assert counts["train"] == 6 + 1  # one FeedForward block + alpha_logit
-    before = {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    before = {key_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     tx = make_optimizer(5e-2)
     opt_state = tx.init(params)
     step = make_ftragrec_step(gd, hp, tx, rest=rest, cached=True)
@@ -117,7 +118,7 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
     for _ in range(3):
         batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)
         params, opt_state, aux = step(params, opt_state, batch, kb.memory)
-    after = {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    after = {key_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     assert not np.array_equal(after[("fusion", "alpha_logit", "value")], before[("fusion", "alpha_logit", "value")])
     assert 0.0 < float(aux["alpha"]) < 1.0
     for key, old in before.items():

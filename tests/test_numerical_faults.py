@@ -34,9 +34,10 @@ def committed(run: Path) -> list[str]:
 
 
 def flat_params(model_dir: Path) -> dict:
-    from ftragrec_jax.checkpoint import _flatten, load_model
+    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.trees import flatten
 
-    return _flatten(load_model(model_dir)[1])
+    return flatten(load_model(model_dir)[1])
 
 
 def test_nan_gradient_under_finite_loss_stops_and_keeps_the_checkpoint(one_epoch, data_file, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ from flax import nnx
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
 from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
-from ftragrec_jax.optim import FROZEN, TRAIN, is_trainable, label_counts, make_optimizer, param_labels, path_names
+from ftragrec_jax.optim import FROZEN, TRAIN, is_trainable, label_counts, make_optimizer, param_labels
+from ftragrec_jax.trees import key_names
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
 
@@ -17,7 +18,7 @@ def _model(hp):
 
 
 def _leaves(tree):
-    return {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {key_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_every_parameter_has_a_label_and_only_the_retriever_trains():
@@ -29,7 +30,7 @@ def test_every_parameter_has_a_label_and_only_the_retriever_trains():
     assert [p for p, _ in flat_p] == [p for p, _ in flat_l]
     for path, label in flat_l:
         assert label in (TRAIN, FROZEN)
-        assert (label == TRAIN) == (path_names(path)[0] == "retriever")
+        assert (label == TRAIN) == (key_names(path)[0] == "retriever")
     counts = label_counts(params)
     assert counts[TRAIN] == 2 * 6  # two FeedForward blocks: dense_1, dense_2, layer_norm x (kernel|scale, bias)
     assert counts[FROZEN] == len(flat_p) - counts[TRAIN] > 0

@@ -66,9 +66,10 @@ def metrics_lines(run: Path) -> list[dict]:
 
 
 def final_params(run: Path) -> dict:
-    from ftragrec_jax.checkpoint import _flatten, load_model
+    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.trees import flatten
 
-    return _flatten(load_model(run / "latest_model")[1])
+    return flatten(load_model(run / "latest_model")[1])
 
 
 def results_without_times(run: Path) -> dict:

@@ -142,7 +142,7 @@ class Trainer:
         data = parallel.place_step_data(data, self.mesh)  # FTragrec's base: keys sharded on >1 device
         with _progress(n_batches, f"Train {epoch:>3}", cfg.show_progress) as bar:
             for i, batch in enumerate(iterate_batches(train, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)):
-                fed = parallel.put_batch({k: _narrow(batch[k][local]) for k in task.batch_fields}, self.mesh)
+                fed = parallel.put_batch({k: parallel.int32_host(batch[k][local]) for k in task.batch_fields}, self.mesh)
                 args = (params, opt_state, fed, np.uint32(step0 + i), self.base_key, data)
                 if self._compiled is None:  # compile once, ahead of time, so epoch times exclude it
                     tc = time.perf_counter()
@@ -273,8 +273,4 @@ class Trainer:
         log.info("results: %s", self.run.results_json)
         return results
 
-
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """int64 row indices as int32: what jax would make of them anyway, without the dtype warning."""
-    return a.astype(np.int32) if a.dtype == np.int64 else a
 

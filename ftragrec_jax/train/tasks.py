@@ -9,6 +9,7 @@ from ftragrec_jax.checkpoint import ENCODER_MODELS
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.task import Task
+from ftragrec_jax.trees import dotted, key_names
 
 
 def dataset_from_config(cfg: Config):
@@ -40,7 +41,7 @@ def finite_params(tree) -> list[str]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         arr = np.asarray(leaf)
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            bad.append(".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path))
+            bad.append(dotted(key_names(path)))
     return bad
 
 
