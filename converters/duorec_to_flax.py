@@ -187,7 +187,7 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
     from flax import nnx
 
     from converters.mapping import encoder_config_from_state_dict, load_torch_state_into_encoder
-    from ftragrec_jax.checkpoint import save_model
+    from ftragrec_jax.model_dir import save_model
     from ftragrec_jax.models.encoder import build_encoder
 
     kind, recbole_class = model_kind(ck, str(src), model_class)

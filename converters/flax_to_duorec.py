@@ -23,7 +23,7 @@ def export(model_dir, out) -> dict:
     import torch
 
     from converters.mapping import encoder_to_torch_state
-    from ftragrec_jax.checkpoint import encoder_from_model_dir
+    from ftragrec_jax.model_dir import encoder_from_model_dir
 
     encoder, meta, _ = encoder_from_model_dir(model_dir)
     state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in encoder_to_torch_state(encoder).items())

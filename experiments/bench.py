@@ -551,7 +551,7 @@ def bench_retrieval(ctx: Context) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from ftragrec_jax.models.retrieval import FaissSearcher, exact_search, faiss_search
+    from ftragrec_jax.models.search import FaissSearcher, exact_search, faiss_search
 
     a = ctx.args
     dim, k = 64, a.top_k

@@ -45,7 +45,7 @@ def parse_args(argv):
 def model_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=True, shared=None):
     """((cfg, dataset), target rank per user of `split`) for one model directory."""
     from experiments.evaluate import load_scorer
-    from ftragrec_jax.train.evaluate import split_ranks
+    from ftragrec_jax.evaluation import split_ranks
 
     cfg, dataset, mesh, score, before_test = load_scorer(checkpoint, data, overrides, show_progress, shared)
     if split == "test":

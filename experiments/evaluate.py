@@ -40,7 +40,7 @@ def parse_args(argv):
 
 def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) -> dict:
     """{"valid": metrics, "test": metrics} of a model directory; raises the project's errors on bad input."""
-    from ftragrec_jax.train.evaluate import evaluate_split
+    from ftragrec_jax.evaluation import evaluate_split
 
     cfg, dataset, mesh, score, before_test = load_scorer(checkpoint, data, overrides, show_progress)
     valid = evaluate_split(score, dataset, "valid", cfg, mesh=mesh)
@@ -53,7 +53,7 @@ def load_scorer(checkpoint, data=None, overrides=(), show_progress=True, shared=
     load. shared: (cfg, dataset) of an earlier call whose dataset to reuse; its dataset settings (file,
     format, k-core, length) must be those this checkpoint resolves to."""
     from ftragrec_jax import parallel
-    from ftragrec_jax.checkpoint import check_vocab_compat, load_model, read_meta
+    from ftragrec_jax.model_dir import check_vocab_compat, load_model, read_meta
     from ftragrec_jax.config import DATASET_KEYS, load_config, parse_override
     from ftragrec_jax.errors import CheckpointError, ConfigError
     from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS, check_inference_overrides
@@ -92,7 +92,7 @@ def load_scorer(checkpoint, data=None, overrides=(), show_progress=True, shared=
 def main(argv=None) -> int:
     from ftragrec_jax.atomic import write_json_atomic
     from ftragrec_jax.errors import FtragrecError
-    from ftragrec_jax.train.evaluate import metrics_table
+    from ftragrec_jax.evaluation import metrics_table
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -57,8 +57,8 @@ STAGES = ("env", "correctness", "bench_fp32", "bench_default", "train_beauty", "
 BOXES = {"env": 60, "correctness": 150, "bench_fp32": 150, "bench_default": 120, "train_beauty": 240,
          "train_sports": 600}
 PARITY_TESTS = ["tests/test_parity_encoder.py", "tests/test_parity_duorec.py", "tests/test_parity_ftragrec.py",
-                "tests/test_retrieval.py", "tests/test_retrieval_real.py"]
-SMOKE_TESTS = ["tests/test_retrieval.py::test_fewer_allowed_than_k_gives_minus_one"]
+                "tests/test_search.py", "tests/test_search_real.py"]
+SMOKE_TESTS = ["tests/test_search.py::test_fewer_allowed_than_k_gives_minus_one"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

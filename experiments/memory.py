@@ -71,9 +71,9 @@ def child_ml1m_eval(args) -> dict:
     from flax import nnx
 
     import experiments.evaluate as ev
-    import ftragrec_jax.train.evaluate as tev
+    import ftragrec_jax.evaluation as tev
     import ftragrec_jax.train.tasks as tasks
-    from ftragrec_jax.checkpoint import save_model
+    from ftragrec_jax.model_dir import save_model
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
     st = Stages()
@@ -135,7 +135,7 @@ def child_kb(args) -> dict:
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
     from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples
-    from ftragrec_jax.models.retrieval import exact_search
+    from ftragrec_jax.models.search import exact_search
 
     st = Stages()
     st.mark("imports")

@@ -115,7 +115,7 @@ def child_kb(args, n_devices: int) -> dict:
     from experiments.benchlib import Side, compare, jax_device
     from experiments.memory import Stages
     from ftragrec_jax import parallel
-    from ftragrec_jax.models.retrieval import FaissSearcher, Memory, retrieve
+    from ftragrec_jax.models.search import FaissSearcher, Memory, retrieve
 
     k, rows = args.top_k, []
     for n in [int(x) for x in args.kb_sizes.split(",")]:

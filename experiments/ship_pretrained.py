@@ -32,7 +32,7 @@ def slice_metrics(model, n: int) -> dict:
     import numpy as np
 
     from experiments.evaluate import load_scorer
-    from ftragrec_jax.train.evaluate import split_ranks
+    from ftragrec_jax.evaluation import split_ranks
 
     cfg, dataset, mesh, score, _ = load_scorer(model, show_progress=False)
     dataset = dataclasses.replace(dataset, valid=dataset.valid.take(np.arange(min(n, len(dataset.valid)))))
@@ -44,7 +44,7 @@ def slice_metrics(model, n: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from ftragrec_jax.checkpoint import builtin_root, read_meta
+    from ftragrec_jax.model_dir import builtin_root, read_meta
     from ftragrec_jax.atomic import write_json_atomic
 
     ap = argparse.ArgumentParser(prog="python -m experiments.ship_pretrained", description=__doc__.split("\n\n")[0])

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
 def run(cfg) -> int:
     """Everything after the config: one training stage, or backbone + FTragrec when no backbone is given."""
-    from ftragrec_jax.train.evaluate import metrics_table
+    from ftragrec_jax.evaluation import metrics_table
     from ftragrec_jax.train.pipeline import comparison_table, needs_backbone, run_path, train_pipeline, train_stage
 
     if needs_backbone(cfg):

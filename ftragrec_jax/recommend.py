@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftragrec_jax.checkpoint import ENCODER_MODELS
+from ftragrec_jax.model_dir import ENCODER_MODELS
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
@@ -79,7 +79,7 @@ def load(path, *, data: str | None = None) -> Recommender:
     `data`: the dataset file the model was trained on, read only when the directory lacks vocab.json or (for
     FTragrec) knowledge_base.npz.
     """
-    from ftragrec_jax.checkpoint import load_knowledge_base, load_model
+    from ftragrec_jax.model_dir import load_knowledge_base, load_model
     from ftragrec_jax.models.encoder import EncoderConfig
     from ftragrec_jax.train.tasks import finite_params
 
@@ -130,7 +130,7 @@ def _duorec_scores(path, enc_cfg, params):
 def _ftragrec_scores(path, meta, enc_cfg, params, kb, dataset):
     from flax import nnx
 
-    from ftragrec_jax.checkpoint import assign_params
+    from ftragrec_jax.model_dir import assign_params
     from ftragrec_jax.models.encoder import build_encoder
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, score_fn
     from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys

@@ -13,7 +13,7 @@ import pytest
 from converters import duorec_to_flax, flax_to_duorec
 from converters.safe_pickle import read_torch_checkpoint
 from ftragrec_jax.atomic import sha256_file
-from ftragrec_jax.checkpoint import encoder_from_model_dir, load_model
+from ftragrec_jax.model_dir import encoder_from_model_dir, load_model
 from tests import forge_checkpoints as forge
 from tests.conftest import ROOT
 

@@ -12,7 +12,7 @@ from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.ftragrec import (FTragrecHParams, _query_side, build_ftragrec, ftragrec_loss,
                                           make_scorer, neighbours, score_fn)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
-from ftragrec_jax.models.retrieval import retrieve
+from ftragrec_jax.models.search import retrieve
 from ftragrec_jax.models.retriever import embed
 from ftragrec_jax.optim import label_counts, make_optimizer
 from ftragrec_jax.trees import key_names

@@ -7,7 +7,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ftragrec_jax.checkpoint import read_meta
+from ftragrec_jax.model_dir import read_meta
 from ftragrec_jax.data.vocab import FORMAT as VOCAB_FORMAT, Vocab
 from ftragrec_jax.errors import CheckpointError, DataError
 

@@ -34,7 +34,7 @@ def committed(run: Path) -> list[str]:
 
 
 def flat_params(model_dir: Path) -> dict:
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.trees import flatten
 
     return flatten(load_model(model_dir)[1])
@@ -96,7 +96,7 @@ def ftragrec_dir(one_epoch, tmp_path_factory) -> Path:
     """An FTragrec model directory on the one-epoch DuoRec backbone (retriever freshly initialised)."""
     from flax import nnx
 
-    from ftragrec_jax.checkpoint import encoder_from_model_dir, save_model
+    from ftragrec_jax.model_dir import encoder_from_model_dir, save_model
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
 
     encoder, meta, vocab = encoder_from_model_dir(one_epoch / "best_model")
@@ -117,7 +117,7 @@ def test_evaluate_and_recommend_refuse_non_finite_parameters(which, leaf, value,
                                                              tmp_path):
     from experiments.evaluate import evaluate_model_dir
     from ftragrec_jax import recommend
-    from ftragrec_jax.checkpoint import load_model, save_model
+    from ftragrec_jax.model_dir import load_model, save_model
     from ftragrec_jax.errors import CheckpointError
 
     src = one_epoch / "best_model" if which == "duorec" else ftragrec_dir

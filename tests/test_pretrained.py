@@ -7,17 +7,17 @@ import json
 import pytest
 
 from experiments.ship_pretrained import slice_metrics
-from ftragrec_jax import checkpoint
+from ftragrec_jax import model_dir
 from ftragrec_jax.errors import CheckpointError
 
 
-@pytest.mark.parametrize("name", checkpoint.builtin_names())
+@pytest.mark.parametrize("name", model_dir.builtin_names())
 def test_shipped_model_loads_matches_its_checksum_and_recorded_metrics(name):
-    folder = checkpoint.model_dir(f"builtin:{name}")
+    folder = model_dir.resolve(f"builtin:{name}")
     provenance = json.loads((folder / "PROVENANCE.json").read_text())
-    meta, params, vocab = checkpoint.load_model(f"builtin:{name}")  # verifies params_sha256 itself
+    meta, params, vocab = model_dir.load_model(f"builtin:{name}")  # verifies params_sha256 itself
     assert meta["params_sha256"] == provenance["params_sha256"]
-    assert checkpoint.params_digest(params) == provenance["params_sha256"]
+    assert model_dir.params_digest(params) == provenance["params_sha256"]
     assert vocab is not None and vocab.n_items == meta["encoder"]["n_items"]
     recorded = provenance["slice"]
     got = slice_metrics(f"builtin:{name}", recorded["first_samples"])
@@ -31,10 +31,10 @@ def test_unknown_builtin_names_list_what_ships(tmp_path, monkeypatch):
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "model.json").write_text("{}")
     (tmp_path / "half").mkdir()  # no model.json: not a shipped model
-    monkeypatch.setattr(checkpoint, "builtin_root", lambda: tmp_path)
-    assert checkpoint.builtin_names() == ["one"]
-    assert checkpoint.model_dir("builtin:one") == tmp_path / "one"
-    assert checkpoint.model_dir("runs/x/best_model").as_posix() == "runs/x/best_model"
+    monkeypatch.setattr(model_dir, "builtin_root", lambda: tmp_path)
+    assert model_dir.builtin_names() == ["one"]
+    assert model_dir.resolve("builtin:one") == tmp_path / "one"
+    assert model_dir.resolve("runs/x/best_model").as_posix() == "runs/x/best_model"
     for bad in ("builtin:two", "builtin:half", "builtin:", "builtin:../one"):
         with pytest.raises(CheckpointError, match=r"no built-in model .*; the package ships builtin:one"):
-            checkpoint.model_dir(bad)
+            model_dir.resolve(bad)

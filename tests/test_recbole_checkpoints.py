@@ -14,7 +14,7 @@ import pytest
 from converters import duorec_to_flax
 from converters.recbole_config import data_settings
 from experiments.evaluate import evaluate_model_dir
-from ftragrec_jax.checkpoint import load_model
+from ftragrec_jax.model_dir import load_model
 from ftragrec_jax.errors import CheckpointError
 
 FIXTURES = Path(__file__).parent / "data" / "recbole1x"

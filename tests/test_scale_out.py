@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ftragrec_jax import parallel
-from ftragrec_jax.models.retrieval import Memory, ShardedKeys
+from ftragrec_jax.models.search import Memory, ShardedKeys
 from tests.conftest import ROOT
 
 
@@ -148,8 +148,8 @@ def test_two_processes_match_one_process(tmp_path):
 def test_index_shards_return_the_unsharded_ids(factory, shards):
     import faiss
 
-    from ftragrec_jax.models.retrieval import FaissSearcher
-    from tests.test_retrieval import _base, naive_top_k
+    from ftragrec_jax.models.search import FaissSearcher
+    from tests.test_search import _base, naive_top_k
 
     q, qu, qp, keys, user, prefix = _base(11, n=1001, b=64)  # 1001: parts of unequal size
     one = FaissSearcher(factory, 16, top_k=8, nprobe=4)
@@ -168,8 +168,8 @@ def test_faiss_shards_checked_and_plumbed():
     from ftragrec_jax.config import Config
     from ftragrec_jax.errors import ConfigError
     from ftragrec_jax.models.knowledge_base import KnowledgeBase
-    from ftragrec_jax.models.retrieval import FaissSearcher
-    from tests.test_retrieval import _base
+    from ftragrec_jax.models.search import FaissSearcher
+    from tests.test_search import _base
 
     with pytest.raises(ConfigError, match="faiss_shards"):
         Config(faiss_shards=0).validate()
@@ -185,17 +185,17 @@ def test_faiss_shards_checked_and_plumbed():
 def test_gpu_indexes_when_faiss_reports_gpus(monkeypatch):
     """faiss-cpu here: no GPU, CPU indexes; asking for a GPU is an error; a GPU copy that fails falls back."""
     from ftragrec_jax.errors import ConfigError
-    from ftragrec_jax.models import retrieval
-    from tests.test_retrieval import _base
+    from ftragrec_jax.models import search
+    from tests.test_search import _base
 
-    assert retrieval.faiss_gpus() == 0
+    assert search.faiss_gpus() == 0
     with pytest.raises(ConfigError, match="GPU"):
-        retrieval.FaissSearcher("Flat", 16, top_k=3, use_gpu=True)
+        search.FaissSearcher("Flat", 16, top_k=3, use_gpu=True)
     q, qu, qp, keys, user, prefix = _base(2, n=300)
-    cpu = retrieval.FaissSearcher("Flat", 16, top_k=5)
+    cpu = search.FaissSearcher("Flat", 16, top_k=5)
     cpu.build(keys, user, prefix)
-    monkeypatch.setattr(retrieval, "faiss_gpus", lambda: 2)  # as if faiss-gpu saw 2 GPUs
-    fake = retrieval.FaissSearcher("Flat", 16, top_k=5, shards=2)
+    monkeypatch.setattr(search, "faiss_gpus", lambda: 2)  # as if faiss-gpu saw 2 GPUs
+    fake = search.FaissSearcher("Flat", 16, top_k=5, shards=2)
     assert fake.gpus == 2
     fake.build(keys, user, prefix)  # faiss-cpu has no StandardGpuResources: the copy fails, CPU remains
     assert fake.device.startswith("cpu (GPU copy failed")

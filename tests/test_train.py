@@ -66,7 +66,7 @@ def metrics_lines(run: Path) -> list[dict]:
 
 
 def final_params(run: Path) -> dict:
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.trees import flatten
 
     return flatten(load_model(run / "latest_model")[1])
@@ -177,7 +177,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, t
     import jax.numpy as jnp
 
     from experiments.train import run as run_cli
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
     from ftragrec_jax.train import tasks
     from ftragrec_jax.train.duorec_task import DuoRecTask
@@ -240,7 +240,7 @@ def test_help_lists_options_with_defaults(capsys):
 
 def test_evaluate_cli_json_and_refusals(full_run, data_file, tmp_path, capsys):
     from experiments.evaluate import main
-    from ftragrec_jax.checkpoint import load_model, save_model
+    from ftragrec_jax.model_dir import load_model, save_model
 
     out = tmp_path / "eval.json"
     assert main(["--checkpoint", str(full_run / "best_model"), "--data", str(data_file), "--json", str(out),
@@ -286,7 +286,7 @@ def ft_run(full_run, data_file, tmp_path_factory) -> Path:
 
 
 def test_ftragrec_trains_only_the_retriever_and_resumes_identically(ft_run, full_run, data_file, tmp_path):
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
 
     rows = json.loads("[" + ",".join((ft_run / "metrics.jsonl").read_text().splitlines()) + "]")
     assert [("index_refresh_time_s" in r) for r in rows] == [False, True, False]
@@ -370,7 +370,7 @@ def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_fil
     training are those of the run without it, the test base is larger, the model directory records the setting,
     and evaluating that directory later gives the same test metrics as the run printed."""
     from experiments.evaluate import main as evaluate_main
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 

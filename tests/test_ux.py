@@ -44,7 +44,7 @@ def _pure(model):
 
 @pytest.fixture(scope="module")
 def duorec_dir(dataset, tmp_path_factory):
-    from ftragrec_jax.checkpoint import save_model
+    from ftragrec_jax.model_dir import save_model
 
     enc = _encoder(dataset)
     meta = {"model": "duorec", "encoder": dataclasses.asdict(enc.config), "dataset": {"data": "tiny.txt"}}
@@ -53,7 +53,7 @@ def duorec_dir(dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ftragrec_dir(dataset, tmp_path_factory):
-    from ftragrec_jax.checkpoint import save_model
+    from ftragrec_jax.model_dir import save_model
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
     from ftragrec_jax.models.knowledge_base import KnowledgeBase
 
@@ -71,7 +71,7 @@ def ftragrec_dir(dataset, tmp_path_factory):
 
 def _evaluator_scores(path, dataset, rows):
     """Scores of test rows through the evaluate CLI's own scorer (base rebuilt from the dataset)."""
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
     from ftragrec_jax.train.tasks import scorer_from_model_dir
 
@@ -153,7 +153,7 @@ def test_recommend_cli(ftragrec_dir, dataset, capsys):
 def test_recommend_without_vocab_needs_the_data_file(dataset, tmp_path, capsys):
     """A converted checkpoint has no vocab.json: the error says what to pass, and --data supplies it."""
     from experiments.recommend import main
-    from ftragrec_jax.checkpoint import save_model
+    from ftragrec_jax.model_dir import save_model
 
     enc = _encoder(dataset)
     data_file = tmp_path / "tiny.txt"
@@ -196,7 +196,7 @@ def test_ftragrec_dir_without_a_stored_base_rebuilds_it_from_the_data(ftragrec_d
 def test_knowledge_base_file_is_checked_and_never_unpickled(ftragrec_dir, tmp_path):
     import shutil
 
-    from ftragrec_jax.checkpoint import load_knowledge_base
+    from ftragrec_jax.model_dir import load_knowledge_base
     from ftragrec_jax.errors import CheckpointError
 
     good = load_knowledge_base(ftragrec_dir)
@@ -269,7 +269,7 @@ def test_trainer_saves_the_knowledge_base_with_ftragrec_models(dataset, duorec_d
     """The trainer's model-dir writer stores the task's base, so the model recommends without the dataset."""
     import logging
 
-    from ftragrec_jax.checkpoint import load_knowledge_base
+    from ftragrec_jax.model_dir import load_knowledge_base
     from ftragrec_jax.config import load_config
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
     from ftragrec_jax.train.loop import Trainer
@@ -372,7 +372,7 @@ def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir)
     from ftragrec_jax.config import load_config
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
     from ftragrec_jax.train.tasks import encoder_scorer
-    from ftragrec_jax.checkpoint import load_model
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.models.encoder import EncoderConfig
 
     n_base = len(dataset.train)

@@ -1,7 +1,7 @@
 """FTragrec: retrieval-augmented fine-tuning of a retriever g on top of a frozen DuoRec encoder (issue 5).
 
 For an input with frozen representation s = encoder(seq) (dropout off):
-  q = g(s)/|g(s)|; ids = top_k entries of the knowledge base by q·key (exclusion rule in retrieval.py);
+  q = g(s)/|g(s)|; ids = top_k entries of the knowledge base by q·key (exclusion rule in search.py);
   key_j = g(h_j)/|g(h_j)| recomputed HERE from the stored h_j with the current g, so g gets gradients from
   both sides and never sees stale keys within a step; cos_j = q·key_j; neighbours with cos_j <
   quality_threshold (or id -1) are invalid; P_ret = softmax(cos/temperature) over valid neighbours;
@@ -29,7 +29,7 @@ from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed
-from ftragrec_jax.models.retrieval import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
+from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
@@ -212,7 +212,7 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
         "fallback_fraction": 1.0 - with_nb.sum() / n_real,
         "neighbours": (nb["valid"].sum(-1) * mask).sum() / n_real,
         # queries the search returned fewer than top_k ids for (threshold masking aside): a tiny base, a user
-        # whose own samples are most of it, or an approximate index that ran out (retrieval.py)
+        # whose own samples are most of it, or an approximate index that ran out (search.py)
         "short_fraction": ((ids < 0).any(-1).astype(mask.dtype) * mask).sum() / n_real,
     }
     if hp.learnable_alpha:

@@ -65,7 +65,7 @@ class DuoRecTask(Task):
         return nnx.to_pure_dict(jax.device_get(params))
 
     def import_params(self, pure: dict, like):
-        from ftragrec_jax.checkpoint import assign_params
+        from ftragrec_jax.model_dir import assign_params
 
         encoder = self.merge(like)
         assign_params(encoder, pure)

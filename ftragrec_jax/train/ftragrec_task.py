@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from ftragrec_jax import parallel
-from ftragrec_jax.checkpoint import BUILTIN
+from ftragrec_jax.model_dir import BUILTIN
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.run_dir import LOGGER_NAME
@@ -64,7 +64,7 @@ def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with
 
 def load_pretrained_encoder(path: str, dataset):
     """The frozen backbone from a model directory, checked against the dataset's item vocabulary."""
-    from ftragrec_jax.checkpoint import check_vocab_compat, encoder_from_model_dir
+    from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir
 
     if not path:
         raise ConfigError("config key 'pretrained': expected a DuoRec model directory for model=ftragrec")
@@ -233,7 +233,7 @@ class FTragrecTask(Task):
         return nnx.to_pure_dict(jax.device_get(params))
 
     def import_params(self, pure: dict, like):
-        from ftragrec_jax.checkpoint import assign_params
+        from ftragrec_jax.model_dir import assign_params
 
         model = self.merge(like)
         assign_params(model, pure)
@@ -246,7 +246,7 @@ def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mes
     parameters are replicated and the base placed as for training (exact backend: keys sharded).
     inference: {key: value} over INFERENCE_KEYS replacing the stored settings (e.g. another alpha or top_k
     for the same trained g), already checked by `check_inference_overrides`."""
-    from ftragrec_jax.checkpoint import assign_params
+    from ftragrec_jax.model_dir import assign_params
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
 

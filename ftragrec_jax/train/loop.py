@@ -22,7 +22,7 @@ from ftragrec_jax import parallel, plots
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
 from ftragrec_jax.train import epoch_log
-from ftragrec_jax.train.evaluate import evaluate_split, format_metrics, protocol_info
+from ftragrec_jax.evaluation import evaluate_split, format_metrics, protocol_info
 from ftragrec_jax.train.run_dir import RunDir
 from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
 from ftragrec_jax.train.task import Task
@@ -117,7 +117,7 @@ class Trainer:
 
     def _ensure_latest_model(self, params, epoch: int, loop: dict) -> None:
         """A kill between the checkpoint and the latest_model write leaves latest_model one epoch behind."""
-        from ftragrec_jax.checkpoint import read_meta
+        from ftragrec_jax.model_dir import read_meta
         from ftragrec_jax.errors import CheckpointError
 
         try:
@@ -225,7 +225,7 @@ class Trainer:
         raise err
 
     def _save_model(self, path, params, epoch: int, valid: dict | None) -> None:
-        from ftragrec_jax.checkpoint import save_model
+        from ftragrec_jax.model_dir import save_model
 
         if not self.main:  # multi-host: one writer; Orbax training state is saved by every process together
             return
@@ -239,7 +239,7 @@ class Trainer:
 
     # --- the end ------------------------------------------------------------------------------
     def _final(self, params, loop: dict) -> dict:
-        from ftragrec_jax.checkpoint import load_model
+        from ftragrec_jax.model_dir import load_model
 
         cfg, log = self.cfg, self.log
         if self.run.best_model.exists():

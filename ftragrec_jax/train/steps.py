@@ -14,7 +14,7 @@ from flax import nnx
 
 from ftragrec_jax.models.duorec import duorec_loss
 from ftragrec_jax.models.ftragrec import FTragrecHParams, ftragrec_loss
-from ftragrec_jax.models.retrieval import FaissSearcher
+from ftragrec_jax.models.search import FaissSearcher
 from ftragrec_jax.optim import keep_frozen
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from ftragrec_jax.checkpoint import ENCODER_MODELS
+from ftragrec_jax.model_dir import ENCODER_MODELS
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.train.task import Task
@@ -75,7 +75,7 @@ def scorer_from_model_dir(path, meta: dict, params: dict, dataset, cfg: Config, 
 def encoder_scorer(enc_cfg, params, source: str, mesh=None):
     """Jitted `(item_seq, item_seq_len) -> full-sort scores` of a DuoRec encoder filled from `params`
     (replicated over `mesh` when given, for batches sharded along its data axis)."""
-    from ftragrec_jax.checkpoint import assign_params
+    from ftragrec_jax.model_dir import assign_params
     from ftragrec_jax.models.bucketing import encode_bucketed
     from ftragrec_jax.models.encoder import build_encoder
 

@@ -89,7 +89,7 @@ def hook_ckpt_commit(n: int) -> None:
 
 
 def hook_refresh(epoch: int) -> None:
-    from ftragrec_jax.models.retrieval import FaissSearcher
+    from ftragrec_jax.models.search import FaissSearcher
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
 
     state = {"epoch": None}
@@ -111,10 +111,10 @@ def hook_refresh(epoch: int) -> None:
 
 
 def hook_model_save(epoch: int) -> None:
-    import ftragrec_jax.checkpoint as checkpoint
+    import ftragrec_jax.model_dir as model_dir
 
     state = {"armed": False}
-    real_save, real_params = checkpoint.save_model, checkpoint._save_params
+    real_save, real_params = model_dir.save_model, model_dir._save_params
 
     def save_model(path, params, meta, *args, **kw):
         state["armed"] = Path(path).name == "latest_model" and (meta.get("source") or {}).get("epoch") == epoch
@@ -125,7 +125,7 @@ def hook_model_save(epoch: int) -> None:
         if state["armed"]:
             die(f"latest_model of epoch {epoch} half written ({Path(path).parent.name})")
 
-    checkpoint.save_model, checkpoint._save_params = save_model, _save_params
+    model_dir.save_model, model_dir._save_params = save_model, _save_params
 
 
 HOOKS = {"step": hook_step, "ckpt_partial": hook_ckpt_partial, "ckpt_commit": hook_ckpt_commit,

@@ -18,7 +18,7 @@ import jax
 from experiments.evaluate import evaluate_model_dir
 from experiments.train import main as train_main
 from ftragrec_jax import parallel
-from ftragrec_jax.checkpoint import load_model, save_model
+from ftragrec_jax.model_dir import load_model, save_model
 from ftragrec_jax.config import load_config
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.evaluation import sample_ranks

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftragrec_jax.models import retrieval
+from ftragrec_jax.models import search
 from tests.test_train import TINY, final_params, metrics_lines, write_lines_dataset
 
 traced = {"sharded": 0}
-_search = retrieval.sharded_exact_search
+_search = search.sharded_exact_search
 
 
 def counting_search(*args, **kwargs):
@@ -22,7 +22,7 @@ def counting_search(*args, **kwargs):
     return _search(*args, **kwargs)
 
 
-retrieval.sharded_exact_search = counting_search
+search.sharded_exact_search = counting_search
 
 
 def train(work: Path, data: Path, out: str, *extra) -> Path:

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftragrec_jax import parallel
-from ftragrec_jax.models.retrieval import FaissSearcher, Memory, retrieve
-from tests.test_retrieval import _base, _tie_heavy, naive_top_k
+from ftragrec_jax.models.search import FaissSearcher, Memory, retrieve
+from tests.test_search import _base, _tie_heavy, naive_top_k
 
 cases = []
 for n, devices, chunk, k, ties in [(700, 4, 64, 5, False), (703, 4, 64, 5, False), (703, 3, 50, 5, False),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ftragrec_jax import checkpoint
-from ftragrec_jax.checkpoint import check_vocab_compat, encoder_from_model_dir, load_model, save_model
+from ftragrec_jax import model_dir
+from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir, load_model, save_model
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
@@ -32,7 +32,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     vocab = Vocab(("[PAD]",) + tuple(f"i{k}" for k in range(12)), ("[PAD]", "u1"))
     save_model(tmp_path / "m", params, {**meta, "dataset": {"name": "toy"}}, vocab)
     meta2, params2, vocab2 = load_model(tmp_path / "m")
-    assert meta2["format"] == checkpoint.FORMAT and meta2["dataset"] == {"name": "toy"} and meta2["source"] is None
+    assert meta2["format"] == model_dir.FORMAT and meta2["dataset"] == {"name": "toy"} and meta2["source"] is None
     assert vocab2 == vocab
     assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(jax.tree_util.tree_map(np.asarray, params))
     for a, b in zip(_leaves(params), _leaves(params2)):
@@ -57,7 +57,7 @@ def test_replace_is_atomic(tmp_path, monkeypatch):
         (path / "half-written").write_text("x")
         raise KeyboardInterrupt  # e.g. Ctrl-C halfway through the parameter write
 
-    monkeypatch.setattr(checkpoint, "_save_params", crash)
+    monkeypatch.setattr(model_dir, "_save_params", crash)
     with pytest.raises(KeyboardInterrupt):
         save_model(dest, params_a, meta)
     assert np.array_equal(_leaves(load_model(dest)[1])[0], _leaves(params_b)[0])  # old model intact
@@ -133,7 +133,7 @@ def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
     _, params_a, meta = _model(0)
     _, params_b, _ = _model(1)
     save_model(tmp_path / "m", params_a, meta)
-    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)  # e.g. not Linux
+    monkeypatch.setattr(model_dir, "_exchange", lambda a, b: False)  # e.g. not Linux
     save_model(tmp_path / "m", params_b, meta)
     assert np.array_equal(_leaves(load_model(tmp_path / "m")[1])[0], _leaves(params_b)[0])
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
@@ -141,7 +141,7 @@ def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
 
 _SAVER = """
 import sys, numpy as np
-from ftragrec_jax.checkpoint import save_model
+from ftragrec_jax.model_dir import save_model
 dest = sys.argv[1]
 for i in range(1, 10**6):
     params = {"w": np.full((256, 64), i, np.float32), "layers": {0: {"b": np.full(64, i, np.float32)}}}
@@ -183,7 +183,7 @@ def test_damaged_params_are_refused_never_half_read(tmp_path, how):
     big = dataclasses.replace(CFG, n_items=4000, hidden_size=16, inner_size=16)  # chunks stored out of line
     _, params, meta = _model(cfg=big)
     path = save_model(tmp_path / "m", params, meta)
-    assert len(json.loads((path / "model.json").read_text())[checkpoint.DIGEST_KEY]) == 64
+    assert len(json.loads((path / "model.json").read_text())[model_dir.DIGEST_KEY]) == 64
     files = sorted((p for p in (path / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
                    key=lambda p: p.stat().st_size)
     data = bytearray(files[-1].read_bytes())
@@ -207,13 +207,13 @@ def test_digest_ignores_key_types_and_older_dirs_without_it_load(tmp_path):
     _, params, meta = _model()
     as_str = jax.tree_util.tree_map(np.asarray, params)
     as_str["layers"] = {str(k): v for k, v in as_str["layers"].items()}
-    assert checkpoint.params_digest(params) == checkpoint.params_digest(as_str)
+    assert model_dir.params_digest(params) == model_dir.params_digest(as_str)
     changed = jax.tree_util.tree_map(np.array, as_str)
     changed["layer_norm"]["bias"][0] += 1e-7
-    assert checkpoint.params_digest(changed) != checkpoint.params_digest(as_str)
+    assert model_dir.params_digest(changed) != model_dir.params_digest(as_str)
     path = save_model(tmp_path / "m", params, meta)
     stored = json.loads((path / "model.json").read_text())
-    del stored[checkpoint.DIGEST_KEY]  # as written before the digest existed
+    del stored[model_dir.DIGEST_KEY]  # as written before the digest existed
     (path / "model.json").write_text(json.dumps(stored))
     _, got, _ = load_model(path)
-    assert checkpoint.params_digest(got) == checkpoint.params_digest(params)
+    assert model_dir.params_digest(got) == model_dir.params_digest(params)

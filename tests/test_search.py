@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.retrieval import FaissSearcher, Memory, exact_search, faiss_search, retrieve
+from ftragrec_jax.models.search import FaissSearcher, Memory, exact_search, faiss_search, retrieve
 
 
 def _unit(x):
@@ -46,7 +46,7 @@ def test_exact_matches_naive_reference(n, chunk):
 
 
 def test_two_stage_top_k_equals_lax_top_k():
-    from ftragrec_jax.models.retrieval import GROUP, _top_k
+    from ftragrec_jax.models.search import GROUP, _top_k
 
     rng = np.random.default_rng(7)
     scores = rng.normal(size=(9, 50 * GROUP + 17)).astype(np.float32)
@@ -161,7 +161,7 @@ def _tie_heavy(seed, n=3000, b=64, h=8, n_users=25):
 def test_two_stage_top_k_breaks_ties_by_smaller_column():
     """0.9 at column 300 and 0.5 at columns 310 and 5: the second slot is column 5, as lax.top_k says, although
     column 310's group ranks before column 5's by group order."""
-    from ftragrec_jax.models.retrieval import _top_k
+    from ftragrec_jax.models.search import _top_k
 
     scores = np.zeros((1, 1000), np.float32)
     scores[0, 300], scores[0, 310], scores[0, 5] = 0.9, 0.5, 0.5
@@ -171,7 +171,7 @@ def test_two_stage_top_k_breaks_ties_by_smaller_column():
 
 
 def test_two_stage_top_k_equals_lax_top_k_on_quantised_scores():
-    from ftragrec_jax.models.retrieval import GROUP, _top_k
+    from ftragrec_jax.models.search import GROUP, _top_k
 
     rng = np.random.default_rng(11)
     scores = rng.integers(0, 2000, size=(16, 40 * GROUP + 5)).astype(np.float32)  # ~2.6 ties per value

@@ -61,7 +61,7 @@ def builtin_names() -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / MODEL_JSON).is_file()) if root.is_dir() else []
 
 
-def model_dir(path) -> Path:
+def resolve(path) -> Path:
     """The directory a model path names: a folder, or `builtin:NAME` for a model shipped in the package."""
     text = str(path)
     if not text.startswith(BUILTIN):
@@ -204,7 +204,7 @@ def _save_knowledge_base(path: Path, kb: dict) -> None:
 
 def load_knowledge_base(path) -> dict | None:
     """The stored knowledge-base arrays of a model directory, or None when it has none (read without pickle)."""
-    path = model_dir(path)
+    path = resolve(path)
     src = Path(path) / KNOWLEDGE_BASE
     if not src.exists():
         return None
@@ -274,7 +274,7 @@ def _int_keys(tree):
 
 def read_meta(path) -> dict:
     """model.json of a model directory, checked for format and required keys."""
-    path = model_dir(path)
+    path = resolve(path)
     src = Path(path) / MODEL_JSON
     if not Path(path).is_dir():
         raise CheckpointError(f"{path}: model directory does not exist")
@@ -300,7 +300,7 @@ def read_meta(path) -> dict:
 
 def load_model(path) -> tuple[dict, dict, Vocab | None]:
     """(meta, params as a pure dict of numpy arrays, vocab or None) from a model directory."""
-    path = model_dir(path)
+    path = resolve(path)
     path = Path(path).absolute()
     meta = read_meta(path)
     params_dir = path / PARAMS_DIR
@@ -363,7 +363,7 @@ def encoder_from_model_dir(path):
 
     For an FTragrec model the encoder's weights are the `encoder` subtree of its parameters.
     """
-    path = model_dir(path)
+    path = resolve(path)
     from ftragrec_jax.errors import ConfigError
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
