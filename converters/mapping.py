@@ -273,7 +273,7 @@ def encoder_to_torch_state(encoder) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------------------
 # FTragrec retriever g (added by the FTragrec work; the table above is untouched).
-# torch: retriever_encoder.layer.{i}.{dense_1,dense_2,LayerNorm} (converters/torch_ftragrec.py), beside the
+# torch: retriever_encoder.layer.{i}.{dense_1,dense_2,LayerNorm} (converters/reference/torch_ftragrec.py), beside the
 # DuoRec keys at the top level. Flax: the `retriever` submodule of FTragrec, paths layers.{i}.*.
 # ---------------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Every figure: warm-up excluded, compile time apart, median and (min, max) of the
 before the clock is read, sides alternated so drift cancels (experiments/benchlib.py). The ratio column is
 reference median / side median: the speed-up of that side over the group's reference (PyTorch where there
 is one). The JAX sides call the project's own code (the DuoRec task's train step, FTragrec's make_ftragrec_step,
-the knowledge base, the full-sort evaluator); the PyTorch sides are in converters/torch_bench.py.
+the knowledge base, the full-sort evaluator); the PyTorch sides are in converters/reference/torch_bench.py.
 
 Data: duorec_step always uses random ragged sequences over --items items. The other benches use Amazon
 Beauty (../shared/data or the embedded copy) and ML-1M (../shared/data; a random dataset of its size if
@@ -134,7 +134,7 @@ class Context:
         self.torch_dev = None
         self.torch_device = "torch not installed"
         try:
-            from converters import torch_bench
+            from converters.reference import torch_bench
         except ImportError as e:
             self.torch_missing = f"not available: torch missing ({e})"
         else:

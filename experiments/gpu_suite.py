@@ -92,7 +92,7 @@ def _env_record() -> dict:
         except metadata.PackageNotFoundError:
             rec[name] = None
     try:
-        from converters.torch_bench import environment  # converters/ is where torch is imported
+        from converters.reference.torch_bench import environment  # converters/ is where torch is imported
         rec.update(environment())
     except ImportError:
         rec["torch_cuda"] = None

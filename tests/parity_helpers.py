@@ -39,7 +39,7 @@ def twin_models(cfg, seed: int, **loss_kwargs):
     import torch
 
     from converters.mapping import load_torch_state_into_encoder
-    from converters.torch_duorec import TorchDuoRec
+    from converters.reference.torch_duorec import TorchDuoRec
     from ftragrec_jax.models.encoder import build_encoder
 
     torch.manual_seed(seed)

@@ -71,7 +71,8 @@ def _random_batch(n_items, max_len, batch, seed):
 
 def test_scores_match_pytorch_reference(real_model, shared_dir):
     torch = pytest.importorskip("torch")
-    torch_duorec = pytest.importorskip("converters.torch_duorec", reason="PyTorch reference not in the tree yet")
+    from converters.reference import torch_duorec
+
     dest, _ = real_model
     encoder, meta, _ = encoder_from_model_dir(dest)
     sd = read_torch_checkpoint(shared_dir / REAL).state_dict

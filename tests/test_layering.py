@@ -43,6 +43,13 @@ def test_library_imports_no_entry_points_or_converters():
     assert _violations("ftragrec_jax", ("experiments", "converters")) == []
 
 
+def test_converters_never_run_the_reference_models():
+    """The checkpoint converters read and write files; the PyTorch reference models (converters/reference/) are for
+    parity tests and benchmarks only."""
+    out = [v for v in _violations("converters", ("converters.reference",)) if not v.startswith("converters/reference/")]
+    assert out == []
+
+
 def test_torch_only_in_converters():
     assert _violations("ftragrec_jax", ("torch",)) + _violations("experiments", ("torch",)) == []
 

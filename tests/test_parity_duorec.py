@@ -11,7 +11,7 @@ from flax import nnx
 torch = pytest.importorskip("torch", reason="parity tests compare against the PyTorch reference")
 
 from converters.mapping import encoder_to_torch_state  # noqa: E402
-from converters.torch_duorec import info_nce as torch_info_nce  # noqa: E402
+from converters.reference.torch_duorec import info_nce as torch_info_nce  # noqa: E402
 from ftragrec_jax.models.duorec import (  # noqa: E402
     SameTargetSampler,
     build_same_target_index,

@@ -31,7 +31,7 @@ def _sd(ref):
 
 
 def test_state_dict_has_duorecs_keys_and_shapes():
-    from converters.torch_duorec import TorchDuoRec
+    from converters.reference.torch_duorec import TorchDuoRec
 
     ref = TorchDuoRec(n_items=N_ITEMS, max_seq_length=9, hidden_size=16, n_layers=2, inner_size=40)
     expected = {"item_embedding.weight": (N_ITEMS, 16), "position_embedding.weight": (9, 16),

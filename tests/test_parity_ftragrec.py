@@ -1,4 +1,4 @@
-"""JAX FTragrec vs the PyTorch reference (converters/torch_ftragrec.py) from the same weights and the same ids."""
+"""JAX FTragrec vs the PyTorch reference (converters/reference/torch_ftragrec.py) from the same weights and the same ids."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from converters.mapping import (RETRIEVER_TABLE, encoder_to_torch_state, expand,  # noqa: E402
                                 load_torch_state_into_retriever, retriever_to_torch_state)
-from converters.torch_ftragrec import TorchFTragrec, ftragrec_terms as torch_terms  # noqa: E402
+from converters.reference.torch_ftragrec import TorchFTragrec, ftragrec_terms as torch_terms  # noqa: E402
 from ftragrec_jax.errors import CheckpointError  # noqa: E402
 from ftragrec_jax.models.ftragrec import (FTragrecHParams, build_ftragrec, ftragrec_loss,  # noqa: E402
                                           ftragrec_terms)

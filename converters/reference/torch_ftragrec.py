@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from converters.torch_duorec import FeedForward, TorchDuoRec
+from converters.reference.torch_duorec import FeedForward, TorchDuoRec
 
 KL_EPS = 1e-8
 

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import torch
 
-from converters.torch_duorec import TorchDuoRec
+from converters.reference.torch_duorec import TorchDuoRec
 
 
 def setup(device: str | None, threads: int) -> torch.device:
@@ -98,7 +98,7 @@ def duorec_step(model: TorchDuoRec, batches: list[dict], dev: torch.device, *, l
 
 
 def ftragrec_model(enc_cfg, state: dict, dev: torch.device, **hp):
-    from converters.torch_ftragrec import TorchFTragrec
+    from converters.reference.torch_ftragrec import TorchFTragrec
 
     kw = {k: getattr(enc_cfg, k) for k in ("max_seq_length", "hidden_size", "n_layers", "n_heads", "inner_size",
                                             "hidden_dropout_prob", "attn_dropout_prob", "initializer_range")}
