@@ -14,8 +14,8 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
-from ftragrec_jax.errors import CheckpointError, FtragrecError
 from ftragrec_jax.atomic import write_atomic
+from ftragrec_jax.errors import CheckpointError, FtragrecError
 
 
 def export(model_dir, out) -> dict:
@@ -26,7 +26,8 @@ def export(model_dir, out) -> dict:
     from ftragrec_jax.model_dir import encoder_from_model_dir
 
     encoder, meta, _ = encoder_from_model_dir(model_dir)
-    state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in encoder_to_torch_state(encoder).items())
+    state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True)))
+                        for k, v in encoder_to_torch_state(encoder).items())
     out = Path(out)
     if out.is_dir():
         raise CheckpointError(f"{out}: is a directory, expected a .pth file path")

@@ -372,7 +372,8 @@ class _ZipArchive:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
             raise CheckpointError(f"{self.path}: record {info.filename} is corrupt or truncated ({e})") from None
         if len(data) != info.file_size:
-            raise CheckpointError(f"{self.path}: record {info.filename} holds {len(data)} bytes, header says {info.file_size}")
+            raise CheckpointError(
+                f"{self.path}: record {info.filename} holds {len(data)} bytes, header says {info.file_size}")
         return data
 
     def load(self):

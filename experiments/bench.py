@@ -334,8 +334,8 @@ class FTragrecSetup:
 
         from flax import nnx
 
-        from ftragrec_jax.train.steps import make_ftragrec_step
         from ftragrec_jax.optim import make_optimizer
+        from ftragrec_jax.train.steps import make_ftragrec_step
 
         kb = self.kb(backend)
         graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
@@ -632,7 +632,8 @@ def run(args) -> dict:
     same = "the same as" if args.threads == cores else "NOT the same as"
     header = (f"JAX on {ctx.jax_device}; PyTorch on {ctx.torch_device}: torch intra-op threads = {args.threads}, "
               f"{same} the {cores} cores XLA uses on CPU; float32 matmuls: "
-              f"{'full precision on both sides' if args.fp32_matmul else 'each side default (GPU: TF32 allowed on both)'}")
+              + ("full precision on both sides" if args.fp32_matmul
+                 else "each side default (GPU: TF32 allowed on both)"))
     print(header, flush=True)
     rows, errors = [], {}
     setup = None

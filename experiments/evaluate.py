@@ -1,6 +1,7 @@
 """Evaluate a model directory (JAX-trained or converted from PyTorch) on valid and test, full ranking.
 
-    python -m experiments.evaluate --checkpoint runs/duorec-Beauty-seed2020/best_model --data ../shared/data/amazon/Beauty.txt
+    python -m experiments.evaluate --checkpoint runs/duorec-Beauty-seed2020/best_model \
+        --data ../shared/data/amazon/Beauty.txt
     python -m experiments.evaluate --checkpoint converted/ --data Amazon_Beauty.inter --json out.json
 
 Dataset settings (format, k-core, max length) come from the checkpoint's model.json unless overridden
@@ -53,9 +54,9 @@ def load_scorer(checkpoint, data=None, overrides=(), show_progress=True, shared=
     load. shared: (cfg, dataset) of an earlier call whose dataset to reuse; its dataset settings (file,
     format, k-core, length) must be those this checkpoint resolves to."""
     from ftragrec_jax import parallel
-    from ftragrec_jax.model_dir import check_vocab_compat, load_model, read_meta
     from ftragrec_jax.config import DATASET_KEYS, load_config, parse_override
     from ftragrec_jax.errors import CheckpointError, ConfigError
+    from ftragrec_jax.model_dir import check_vocab_compat, load_model, read_meta
     from ftragrec_jax.train.ftragrec_task import INFERENCE_KEYS, TRAINED_KEYS, check_inference_overrides
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 

@@ -1,7 +1,8 @@
 """Ship a trained model directory in the package, with its provenance, so that `builtin:NAME` loads it.
 
     python -m experiments.ship_pretrained --run /work/runs/beauty-duorec-s2020 --name beauty \
-        --command "python -m experiments.train --config experiments/configs/beauty_duorec.yaml --set seed=2020 --set data="
+        --command "python -m experiments.train --config experiments/configs/beauty_duorec.yaml \
+                   --set seed=2020 --set data="
 
 Copies RUN/best_model to ftragrec_jax/pretrained/NAME/ and writes PROVENANCE.json beside it: the command, the
 commit it is shipped from, the run's seed, selection, epochs and valid/test metrics (RUN/results.json), the
@@ -44,8 +45,8 @@ def slice_metrics(model, n: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from ftragrec_jax.model_dir import builtin_root, read_meta
     from ftragrec_jax.atomic import write_json_atomic
+    from ftragrec_jax.model_dir import builtin_root, read_meta
 
     ap = argparse.ArgumentParser(prog="python -m experiments.ship_pretrained", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="run folder (RUN/best_model, RUN/results.json)")

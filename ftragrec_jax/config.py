@@ -30,10 +30,10 @@ class Config:
     data_format: str = "auto"  # "auto" (by extension), "atomic" or "lines"
     min_user_inter_num: int = 5  # k-core: users with fewer interactions are dropped (RecBole, DuoRec seq.yaml)
     min_item_inter_num: int = 5  # k-core: items with fewer interactions are dropped
-    user_inter_num_interval: str = ""  # RecBole 1.x k-core for users, e.g. "[5,inf)" or "[5,100]"; replaces min_user_inter_num
+    user_inter_num_interval: str = ""  # RecBole 1.x k-core for users, e.g. "[5,inf)"; replaces min_user_inter_num
     item_inter_num_interval: str = ""  # RecBole 1.x k-core for items, e.g. "(2,inf)"; replaces min_item_inter_num
     rm_dup_inter: str = ""  # repeated user-item pairs: "" keeps all, "first" / "last" keeps one (RecBole's key)
-    normalize_time: bool = False  # min-max scale timestamps before ordering (RecBole's normalize_all); moves float32 ties
+    normalize_time: bool = False  # min-max scale timestamps before ordering (RecBole's normalize_all): float32 ties
     USER_ID_FIELD: str = "user_id"  # atomic files: the user column (RecBole's key)
     ITEM_ID_FIELD: str = "item_id"  # atomic files: the item column
     TIME_FIELD: str = "timestamp"  # atomic files: the time column (type float)
@@ -82,7 +82,7 @@ class Config:
     alpha: float = 0.15  # share of retrieved knowledge in the enhanced representation
     fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
     learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
-    exclude_same_user: bool = False  # ablation: retrieve no sample of the query's own user (default: only its later ones)
+    exclude_same_user: bool = False  # ablation: retrieve no sample of the query's user (default: only its later ones)
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs

@@ -138,7 +138,8 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
                 else history.prefix_matrix(batch["user"], batch["prefix_len"], width))
         fed = batch
         if mesh is not None:
-            fed = parallel.put_batch({k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
+            fed = parallel.put_batch(
+                {k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
             hist = fed.pop("history")
         scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
         if tuple(scores.shape) != (batch_size, n_items):

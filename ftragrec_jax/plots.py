@@ -11,8 +11,8 @@ import json
 import math
 from pathlib import Path
 
-from ftragrec_jax.errors import DataError
 from ftragrec_jax.atomic import write_atomic
+from ftragrec_jax.errors import DataError
 
 PNG_NAME = "learning_curves.png"
 VALID_METRICS = ("mrr@10", "ndcg@10")

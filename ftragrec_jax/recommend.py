@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ftragrec_jax.model_dir import ENCODER_MODELS
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
+from ftragrec_jax.model_dir import ENCODER_MODELS
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
 

@@ -59,7 +59,7 @@ def test_every_field_has_a_comment():
 
     src = inspect.getsource(mod.Config)
     for name in Config.__dataclass_fields__:
-        line = next(l for l in src.splitlines() if l.strip().startswith(f"{name}:"))
+        line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{name}:"))
         assert "#" in line, f"config field {name} has no comment"
 
 

@@ -167,7 +167,8 @@ def test_cli_refuses_bad_state_dicts(tmp_path, shared_dir):
 
 
 def test_cli_config_contradictions_and_existing_dest(tmp_path, shared_dir, real_model):
-    _assert_refused(shared_dir / REAL, tmp_path / "out", "contradicts the checkpoint config n_heads=2", "--n-heads", "4")
+    _assert_refused(shared_dir / REAL, tmp_path / "out", "contradicts the checkpoint config n_heads=2",
+                    "--n-heads", "4")
     dest, _ = real_model
     before = (dest / "model.json").read_text()
     r = _cli("converters.duorec_to_flax", shared_dir / REAL, dest)
@@ -212,7 +213,8 @@ def forged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("forged")
     data = _lines_file(tmp / "shop.txt", n_users=50, n_items=20)
     config = {"model": "DuoRec", "n_heads": 2, "hidden_size": 8, "n_layers": 1, "inner_size": 16,
-              "MAX_ITEM_LIST_LENGTH": 6, "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop", "hidden_act": "gelu"}
+              "MAX_ITEM_LIST_LENGTH": 6, "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop",
+              "hidden_act": "gelu"}
     n_items = load_dataset(data, min_user_inter_num=3, min_item_inter_num=2, max_seq_length=6).n_items
     enc = build_encoder(EncoderConfig(n_items=n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2,
                                       inner_size=16), seed=3)
@@ -229,7 +231,8 @@ def test_data_stores_vocab_and_settings_so_recommend_takes_tokens(forged, tmp_pa
     dest = tmp_path / "with_vocab"
     assert duorec_to_flax.main([str(src), str(dest), "--data", str(data)]) == 0
     report = capsys.readouterr()
-    assert "vocabulary: vocab.json from --data" in report.out and "sanity on 50 valid samples of --data: hit@10" in report.out
+    assert "vocabulary: vocab.json from --data" in report.out
+    assert "sanity on 50 valid samples of --data: hit@10" in report.out
     meta, _, vocab = load_model(dest)
     in_file = {t for line in data.read_text().splitlines() for t in line.split()[1:]}
     assert vocab is not None and vocab.n_items == n_items and set(vocab.item_tokens[1:]) == in_file

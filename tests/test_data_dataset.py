@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from ftragrec_jax.data.batches import epoch_permutation, iterate_batches, num_batches
-from ftragrec_jax.data.dataset import (default_dataset_path, kcore_filter, load_dataset, min_count_interval,
-                                       parse_intervals)
+from ftragrec_jax.data.dataset import (
+    default_dataset_path,
+    kcore_filter,
+    load_dataset,
+    min_count_interval,
+    parse_intervals,
+)
 from ftragrec_jax.data.readers import Interactions
 from ftragrec_jax.errors import DataError
 

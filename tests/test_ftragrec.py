@@ -9,8 +9,15 @@ import pytest
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.ftragrec import (FTragrecHParams, build_ftragrec, ftragrec_loss, ftragrec_terms,
-                                          make_scorer, score_fn, validate_setup)
+from ftragrec_jax.models.ftragrec import (
+    FTragrecHParams,
+    build_ftragrec,
+    ftragrec_loss,
+    ftragrec_terms,
+    make_scorer,
+    score_fn,
+    validate_setup,
+)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples
 from ftragrec_jax.models.retriever import embed
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
@@ -289,9 +296,9 @@ def test_encode_samples_pads_last_chunk():
 def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
     """The cached step reads the backbone CE per sample from the base (Memory.rec_ce) instead of scoring every
     item again: same loss terms and the same updated retriever as computing it in the step."""
-    from ftragrec_jax.train.steps import make_ftragrec_step
     from ftragrec_jax.models.knowledge_base import backbone_ce
     from ftragrec_jax.optim import make_optimizer
+    from ftragrec_jax.train.steps import make_ftragrec_step
 
     samples, hp, _, _ = setup
     hp = dataclasses.replace(hp, fusion=fusion, alpha=0.3)

@@ -9,14 +9,21 @@ import pytest
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.ftragrec import (FTragrecHParams, _query_side, build_ftragrec, ftragrec_loss,
-                                          make_scorer, neighbours, score_fn)
+from ftragrec_jax.models.ftragrec import (
+    FTragrecHParams,
+    _query_side,
+    build_ftragrec,
+    ftragrec_loss,
+    make_scorer,
+    neighbours,
+    score_fn,
+)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
-from ftragrec_jax.models.search import retrieve
 from ftragrec_jax.models.retriever import embed
+from ftragrec_jax.models.search import retrieve
 from ftragrec_jax.optim import label_counts, make_optimizer
-from ftragrec_jax.trees import key_names
 from ftragrec_jax.train.steps import make_ftragrec_step
+from ftragrec_jax.trees import key_names
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
 N_ITEMS, MAX_LEN = 40, 8

@@ -1,7 +1,8 @@
 """Fuzz the config parser: any input ends in a valid Config or a ConfigError naming the file/key."""
 import string
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftragrec_jax.config import FIELDS, Config, load_config, parse_override
 from ftragrec_jax.errors import ConfigError

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ftragrec_jax.model_dir import read_meta
-from ftragrec_jax.data.vocab import FORMAT as VOCAB_FORMAT, Vocab
+from ftragrec_jax.data.vocab import FORMAT as VOCAB_FORMAT
+from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, DataError
+from ftragrec_jax.model_dir import read_meta
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])

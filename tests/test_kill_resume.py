@@ -3,8 +3,8 @@ an uninterrupted run: final parameters, metrics.jsonl and results.json must be i
 
 Each test chains several kills on one run folder, each at a different point, the way a flaky machine would:
 mid-epoch, a checkpoint half written, a checkpoint written but not committed, latest_model half written, an
-index rebuild, a kill before the first checkpoint. After every kill the folder holds only complete checkpoints (the half-written one is a
-temporary folder that the next start ignores and removes).
+index rebuild, a kill before the first checkpoint. After every kill the folder holds only complete checkpoints
+(the half-written one is a temporary folder that the next start ignores and removes).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def killed(point: str, args: list[str], env: dict) -> str:
     done = subprocess.run([sys.executable, str(KILL_AT), point, "--", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, f"{point}: exit {done.returncode}\n{done.stderr[-3000:]}"
-    assert f"kill_at: SIGKILL at" in done.stderr
+    assert "kill_at: SIGKILL at" in done.stderr
     return done.stderr
 
 

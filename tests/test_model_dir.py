@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from ftragrec_jax import model_dir
-from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir, load_model, save_model
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError
+from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir, load_model, save_model
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
 CFG = EncoderConfig(n_items=13, max_seq_length=6, hidden_size=8, n_layers=2, n_heads=2, inner_size=16)
@@ -34,7 +34,8 @@ def test_round_trip_is_bit_exact(tmp_path):
     meta2, params2, vocab2 = load_model(tmp_path / "m")
     assert meta2["format"] == model_dir.FORMAT and meta2["dataset"] == {"name": "toy"} and meta2["source"] is None
     assert vocab2 == vocab
-    assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(jax.tree_util.tree_map(np.asarray, params))
+    as_numpy = jax.tree_util.tree_map(np.asarray, params)
+    assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(as_numpy)
     for a, b in zip(_leaves(params), _leaves(params2)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     enc2, _, _ = encoder_from_model_dir(tmp_path / "m")

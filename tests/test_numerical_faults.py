@@ -117,8 +117,8 @@ def test_evaluate_and_recommend_refuse_non_finite_parameters(which, leaf, value,
                                                              tmp_path):
     from experiments.evaluate import evaluate_model_dir
     from ftragrec_jax import recommend
-    from ftragrec_jax.model_dir import load_model, save_model
     from ftragrec_jax.errors import CheckpointError
+    from ftragrec_jax.model_dir import load_model, save_model
 
     src = one_epoch / "best_model" if which == "duorec" else ftragrec_dir
     meta, params, vocab = load_model(src)

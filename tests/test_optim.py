@@ -6,9 +6,9 @@ import pytest
 from flax import nnx
 
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
-from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import FROZEN, TRAIN, is_trainable, label_counts, make_optimizer, param_labels
+from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.trees import key_names
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 

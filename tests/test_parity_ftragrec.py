@@ -1,4 +1,5 @@
-"""JAX FTragrec vs the PyTorch reference (converters/reference/torch_ftragrec.py) from the same weights and the same ids."""
+"""JAX FTragrec vs the PyTorch reference (converters/reference/torch_ftragrec.py) from the same weights and the same
+ids."""
 
 import dataclasses
 
@@ -10,12 +11,17 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from converters.mapping import (RETRIEVER_TABLE, encoder_to_torch_state, expand,  # noqa: E402
-                                load_torch_state_into_retriever, retriever_to_torch_state)
-from converters.reference.torch_ftragrec import TorchFTragrec, ftragrec_terms as torch_terms  # noqa: E402
+from converters.mapping import (  # noqa: E402
+    RETRIEVER_TABLE,
+    encoder_to_torch_state,
+    expand,
+    load_torch_state_into_retriever,
+    retriever_to_torch_state,
+)
+from converters.reference.torch_ftragrec import TorchFTragrec  # noqa: E402
+from converters.reference.torch_ftragrec import ftragrec_terms as torch_terms  # noqa: E402
 from ftragrec_jax.errors import CheckpointError  # noqa: E402
-from ftragrec_jax.models.ftragrec import (FTragrecHParams, build_ftragrec, ftragrec_loss,  # noqa: E402
-                                          ftragrec_terms)
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, ftragrec_loss, ftragrec_terms  # noqa: E402
 from ftragrec_jax.models.knowledge_base import KnowledgeBase  # noqa: E402
 from ftragrec_jax.models.retriever import Retriever  # noqa: E402
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder  # noqa: E402

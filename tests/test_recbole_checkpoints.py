@@ -14,8 +14,8 @@ import pytest
 from converters import duorec_to_flax
 from converters.recbole_config import data_settings
 from experiments.evaluate import evaluate_model_dir
-from ftragrec_jax.model_dir import load_model
 from ftragrec_jax.errors import CheckpointError
+from ftragrec_jax.model_dir import load_model
 
 FIXTURES = Path(__file__).parent / "data" / "recbole1x"
 RECORDED = json.loads((FIXTURES / "metrics.json").read_text())
@@ -67,7 +67,8 @@ def test_recbole021_checkpoint_reproduces_its_printed_metrics(case, tmp_path, ca
 def test_settings_are_read_from_the_checkpoint_config(tmp_path):
     data = FIXTURES / "events.inter"
     shop, _, _ = load_model(_convert("shop", data, tmp_path / "shop"))
-    assert (shop["dataset"]["user_inter_num_interval"], shop["dataset"]["item_inter_num_interval"]) == ("[4,inf)", "(2,inf)")
+    assert shop["dataset"]["user_inter_num_interval"] == "[4,inf)"
+    assert shop["dataset"]["item_inter_num_interval"] == "(2,inf)"
     assert shop["dataset"]["MAX_ITEM_LIST_LENGTH"] == 6 and shop["dataset"]["normalize_time"] is False
     norm, _, _ = load_model(_convert("norm", data, tmp_path / "norm"))
     assert norm["dataset"]["normalize_time"] is True  # normalize_all in its config, not its file name

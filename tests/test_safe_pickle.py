@@ -180,7 +180,8 @@ def test_forged_tensor_file_reads(tmp_path):
 )
 def test_lying_tensor_headers(tmp_path, numel, shape, stride, offset, data, match):
     path = tmp_path / "lie.pth"
-    _one_tensor_file(path, numel, shape, stride, offset, data if data is not None else np.zeros(6, np.float32).tobytes())
+    payload = data if data is not None else np.zeros(6, np.float32).tobytes()
+    _one_tensor_file(path, numel, shape, stride, offset, payload)
     tracemalloc.start()
     try:
         with pytest.raises(CheckpointError, match=match):

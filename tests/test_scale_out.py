@@ -205,8 +205,14 @@ def test_gpu_indexes_when_faiss_reports_gpus(monkeypatch):
 def test_two_process_trainer_matches_one_process(tmp_path):
     """experiments.train launched as in docs/scaling.md (FTRAGREC_* variables), 2 processes x 2 CPU devices on
     localhost writing one run folder, against the same command in one process on one device."""
-    from tests.test_train import cli_args, final_params, metrics_lines, results_without_times, train
-    from tests.test_train import write_lines_dataset
+    from tests.test_train import (
+        cli_args,
+        final_params,
+        metrics_lines,
+        results_without_times,
+        train,
+        write_lines_dataset,
+    )
 
     data = write_lines_dataset(tmp_path / "tiny.txt")
     # dropout off: on several devices each draws its own masks (test_train checks that such runs repeat)

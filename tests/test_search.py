@@ -216,9 +216,10 @@ def test_faiss_max_fetch_bounds_the_re_search_and_warns():
 
 
 def test_ivf_shortfall_stops_when_the_probed_lists_run_out_and_is_counted():
-    """A tiny IVF (2 lists) probed with nprobe 1: the query's one list holds 200 entries, 198 of them its own user's later
-    samples. The re-search grows the fetch until the list runs out (FAISS pads with -1), then stops there with
-    the 2 allowed entries instead of escalating to the whole base, and the searcher counts the short query."""
+    """A tiny IVF (2 lists) probed with nprobe 1: the query's one list holds 200 entries, 198 of them its own
+    user's later samples. The re-search grows the fetch until the list runs out (FAISS pads with -1), then stops
+    there with the 2 allowed entries instead of escalating to the whole base, and the searcher counts the short
+    query."""
     rng = np.random.default_rng(8)
     centres = np.zeros((2, 16), np.float32)
     centres[0, 0], centres[1, 1] = 1.0, 1.0  # two far-apart clusters: k-means with 2 lists separates them

@@ -19,7 +19,7 @@ from ftragrec_jax.data.dataset import default_dataset_path, load_dataset
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples
-from ftragrec_jax.models.search import FaissSearcher, Memory, excluded, exact_search, retrieve
+from ftragrec_jax.models.search import FaissSearcher, Memory, exact_search, excluded, retrieve
 
 TOP_K = 20
 QUERY_STRIDE = int(os.environ.get("QUERY_STRIDE", "6"))

@@ -177,8 +177,8 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, t
     import jax.numpy as jnp
 
     from experiments.train import run as run_cli
-    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.train import tasks
     from ftragrec_jax.train.duorec_task import DuoRecTask
     from ftragrec_jax.train.loop import NonFiniteError
@@ -370,8 +370,8 @@ def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_fil
     training are those of the run without it, the test base is larger, the model directory records the setting,
     and evaluating that directory later gives the same test metrics as the run printed."""
     from experiments.evaluate import main as evaluate_main
-    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 
     out = tmp_path / "ext"

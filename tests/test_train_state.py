@@ -65,7 +65,7 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     assert run.check_or_write_config(load_config(None, ["epochs=5", "top_k=3", "pretrain_epochs=2"])) is True
     # a key added to Config after the run was written reads as its default
     text = run.config_yaml.read_text()
-    run.config_yaml.write_text("\n".join(l for l in text.splitlines() if not l.startswith("weight_decay:")) + "\n")
+    run.config_yaml.write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("weight_decay:")) + "\n")
     assert run.check_or_write_config(load_config(None, ["epochs=5"])) is True
     (run.checkpoints / "1").rmdir()
     # nothing computed yet (the earlier attempt failed its checks): a corrected config starts afresh

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_train import TINY, write_lines_dataset
+from tests.test_train import write_lines_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,8 +71,8 @@ def ftragrec_dir(dataset, tmp_path_factory):
 
 def _evaluator_scores(path, dataset, rows):
     """Scores of test rows through the evaluate CLI's own scorer (base rebuilt from the dataset)."""
-    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.train.tasks import scorer_from_model_dir
 
     meta, params, _ = load_model(path)
@@ -196,8 +196,8 @@ def test_ftragrec_dir_without_a_stored_base_rebuilds_it_from_the_data(ftragrec_d
 def test_knowledge_base_file_is_checked_and_never_unpickled(ftragrec_dir, tmp_path):
     import shutil
 
-    from ftragrec_jax.model_dir import load_knowledge_base
     from ftragrec_jax.errors import CheckpointError
+    from ftragrec_jax.model_dir import load_knowledge_base
 
     good = load_knowledge_base(ftragrec_dir)
     bad_cases = {
@@ -269,8 +269,8 @@ def test_trainer_saves_the_knowledge_base_with_ftragrec_models(dataset, duorec_d
     """The trainer's model-dir writer stores the task's base, so the model recommends without the dataset."""
     import logging
 
-    from ftragrec_jax.model_dir import load_knowledge_base
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.model_dir import load_knowledge_base
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
     from ftragrec_jax.train.loop import Trainer
     from ftragrec_jax.train.run_dir import RunDir
@@ -370,10 +370,10 @@ def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir)
     """The trainer's start-of-run checks: a base too small for top_k once a user's own samples are excluded, and
     alpha 0; the baseline scorer is the DuoRec alone (what the log prints before fine-tuning)."""
     from ftragrec_jax.config import load_config
-    from ftragrec_jax.train.ftragrec_task import FTragrecTask
-    from ftragrec_jax.train.tasks import encoder_scorer
     from ftragrec_jax.model_dir import load_model
     from ftragrec_jax.models.encoder import EncoderConfig
+    from ftragrec_jax.train.ftragrec_task import FTragrecTask
+    from ftragrec_jax.train.tasks import encoder_scorer
 
     n_base = len(dataset.train)
     own = int(np.bincount(np.asarray(dataset.train.user)).max())

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-
 BUCKETS = (2, 4, 8, 16, 32)  # length budgets below max_len; max_len itself is always the last
 CHUNK = 64  # rows per bucketed chunk
 

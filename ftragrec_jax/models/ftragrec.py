@@ -29,8 +29,8 @@ from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed
-from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.retriever import Retriever, embed
+from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
 KL_EPS = 1e-8

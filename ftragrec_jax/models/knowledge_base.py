@@ -21,8 +21,8 @@ import numpy as np
 from flax import nnx
 
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory
 from ftragrec_jax.models.retriever import embed
+from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
 SAMPLE_FIELDS = ("item_seq", "item_seq_len", "target", "user", "prefix_len")

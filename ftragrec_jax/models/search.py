@@ -36,7 +36,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.parallel import DATA_AXIS, replicate

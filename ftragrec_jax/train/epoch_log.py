@@ -4,8 +4,12 @@ legal but probably not what was meant.
 The epoch line is built from the same record that goes to metrics.jsonl, so the console and the file never
 disagree:
 
-    epoch  3  loss 9.0712 (ce 8.8694, sem_nce 2.0178)  valid mrr@10 0.0281 ndcg@10 0.0354 hit@10 0.0597 best  train 41.2s eval 3.1s
-    epoch 1  loss 8.91 (rec_loss ..., enhanced_rec_loss ..., kl_loss ...)  fallback 3.1% (4.8 nb)  short 0.02%  index kept  valid ...
+    epoch  3  loss 9.0712 (ce 8.8694, sem_nce 2.0178)  valid mrr@10 0.0281 ndcg@10 0.0354 hit@10 0.0597 best \
+        train 41.2s eval 3.1s
+    epoch 1  loss 8.91 (rec_loss ..., enhanced_rec_loss ..., kl_loss ...)  fallback 3.1% (4.8 nb)  short 0.02% \
+        index kept  valid ...
+
+(one line each in the log; wrapped here)
 
 Epochs count from 0, as in metrics.jsonl and results.json's best_epoch.
 """

@@ -13,9 +13,9 @@ import jax
 from flax import nnx
 
 from ftragrec_jax import parallel
-from ftragrec_jax.model_dir import BUILTIN
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
+from ftragrec_jax.model_dir import BUILTIN
 from ftragrec_jax.train.run_dir import LOGGER_NAME
 from ftragrec_jax.train.task import Task
 
@@ -88,8 +88,8 @@ class FTragrecTask(Task):
 
     def __init__(self, cfg: Config, dataset):
         from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, validate_setup
-        from ftragrec_jax.train.steps import make_ftragrec_step
         from ftragrec_jax.optim import make_optimizer
+        from ftragrec_jax.train.steps import make_ftragrec_step
 
         self.cfg, self.dataset = cfg, dataset
         self.hp = _hparams(cfg)

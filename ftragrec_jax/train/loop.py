@@ -21,8 +21,8 @@ import numpy as np
 from ftragrec_jax import parallel, plots
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
-from ftragrec_jax.train import epoch_log
 from ftragrec_jax.evaluation import evaluate_split, format_metrics, protocol_info
+from ftragrec_jax.train import epoch_log
 from ftragrec_jax.train.run_dir import RunDir
 from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
 from ftragrec_jax.train.task import Task
@@ -117,8 +117,8 @@ class Trainer:
 
     def _ensure_latest_model(self, params, epoch: int, loop: dict) -> None:
         """A kill between the checkpoint and the latest_model write leaves latest_model one epoch behind."""
-        from ftragrec_jax.model_dir import read_meta
         from ftragrec_jax.errors import CheckpointError
+        from ftragrec_jax.model_dir import read_meta
 
         try:
             current = (read_meta(self.run.latest_model).get("source") or {}).get("epoch") == epoch
@@ -142,7 +142,8 @@ class Trainer:
         data = parallel.place_step_data(data, self.mesh)  # FTragrec's base: keys sharded on >1 device
         with _progress(n_batches, f"Train {epoch:>3}", cfg.show_progress) as bar:
             for i, batch in enumerate(iterate_batches(train, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)):
-                fed = parallel.put_batch({k: parallel.int32_host(batch[k][local]) for k in task.batch_fields}, self.mesh)
+                fed = parallel.put_batch({k: parallel.int32_host(batch[k][local]) for k in task.batch_fields},
+                                         self.mesh)
                 args = (params, opt_state, fed, np.uint32(step0 + i), self.base_key, data)
                 if self._compiled is None:  # compile once, ahead of time, so epoch times exclude it
                     tc = time.perf_counter()

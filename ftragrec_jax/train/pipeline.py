@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ftragrec_jax.atomic import write_text_atomic
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import FtragrecError
-from ftragrec_jax.atomic import write_text_atomic
 from ftragrec_jax.train.run_dir import RunDir, close_log
 
 # The side-by-side table of the pipeline (issue 9): HR@5/10, NDCG@5/10, MRR@10.

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import yaml
 
+from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
 
 # Keys a resumed run may change: they extend or display the run without changing what was computed so far.
 RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh",
                      "faiss_shards")  # placement only: IndexShards return the unsharded index's ids
 
 # Keys that cannot change what a DuoRec run computes; a rerun may differ in them (a key not listed here counts).
-FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "top_k",
-                 "retriever_layers", "retriever_inner_size", "retriever_temperature", "quality_threshold", "alpha",
-                 "enhanced_rec_weight", "kl_small_weight", "retriever_update_interval", "extend_memory_with_valid",
-                 "cache_seq_output", "retrieval_chunk_size")
+FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch",
+                 "top_k", "retriever_layers", "retriever_inner_size", "retriever_temperature", "quality_threshold",
+                 "alpha", "enhanced_rec_weight", "kl_small_weight", "retriever_update_interval",
+                 "extend_memory_with_valid", "cache_seq_output", "retrieval_chunk_size")
 
 LOGGER_NAME = "ftragrec_jax.train"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from ftragrec_jax.model_dir import ENCODER_MODELS
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
+from ftragrec_jax.model_dir import ENCODER_MODELS
 from ftragrec_jax.train.task import Task
 from ftragrec_jax.trees import dotted, key_names
 

@@ -19,9 +19,9 @@ from ftragrec_jax import parallel
 from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.evaluation import sample_ranks
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, score_fn
-from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import make_optimizer
+from ftragrec_jax.train.steps import make_ftragrec_step
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
 GLOBAL_BATCH, STEPS = 16, 4

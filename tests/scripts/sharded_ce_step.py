@@ -44,7 +44,8 @@ def run(mesh):
                  "mask": np.array([1] * 7 + [0], np.float32)}
         params, opt_state, loss = step(params, opt_state, parallel.put_batch(batch, mesh))
         losses.append(float(loss))
-    return losses, jax.tree.map(np.asarray, nnx.to_pure_dict(params) if hasattr(nnx, "to_pure_dict") else params.to_pure_dict())
+    pure = nnx.to_pure_dict(params) if hasattr(nnx, "to_pure_dict") else params.to_pure_dict()
+    return losses, jax.tree.map(np.asarray, pure)
 
 
 one, p1 = run(parallel.make_mesh(1))

@@ -18,10 +18,10 @@ import jax
 from experiments.evaluate import evaluate_model_dir
 from experiments.train import main as train_main
 from ftragrec_jax import parallel
-from ftragrec_jax.model_dir import load_model, save_model
 from ftragrec_jax.config import load_config
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.evaluation import sample_ranks
+from ftragrec_jax.model_dir import load_model, save_model
 from ftragrec_jax.train.tasks import dataset_from_config, make_task, scorer_from_model_dir
 from tests.test_train import TINY, cli_args, write_lines_dataset
 

@@ -12,8 +12,9 @@ Data: tests/data/recbole1x/events.inter (synthetic, see make_fixtures.py there).
 authors ran it (5-core, TO_LS full ranking, metrics at 5/10/20/50), with a small model so the files stay small.
 Old numpy aliases are restored before importing recbole 0.2.1 (np.float, np.bool, np.int), as for
 make_reference.py, and DuoRec's semantic_augmentation gets `dtype=object` for its ragged list of same-target
-indices, the array numpy < 1.24 built by itself (current numpy refuses a ragged list without it). torch >= 2.6 loads with weights_only=True by default, which cannot read the Config object
-RecBole pickles into its own checkpoint when it reloads the best model for the test, hence
+indices, the array numpy < 1.24 built by itself (current numpy refuses a ragged list without it).
+torch >= 2.6 loads with weights_only=True by default, which cannot read the Config object RecBole pickles into
+its own checkpoint when it reloads the best model for the test, hence
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (this script trusts the file it just wrote).
 """
 

@@ -1,0 +1,12 @@
+"""ruff's lint (pycodestyle errors and warnings, pyflakes, import order; settings in pyproject.toml) is clean."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_ruff_lint_is_clean():
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
