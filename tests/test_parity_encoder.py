@@ -126,8 +126,8 @@ def test_loading_rejects_missing_key_bad_shape_stray_layer_and_unfilled_leaf():
     assert load_torch_state_into_encoder({**sd, **extras}, enc) == sorted(extras)
 
     missing = {k: v for k, v in sd.items() if k != "trm_encoder.layer.1.multi_head_attention.value.bias"}
-    missing = r"missing key 'trm_encoder\.layer\.1\.multi_head_attention\.value\.bias'"
-    with pytest.raises(CheckpointError, match=missing):
+    want = r"missing key 'trm_encoder\.layer\.1\.multi_head_attention\.value\.bias'"
+    with pytest.raises(CheckpointError, match=want):
         load_torch_state_into_encoder(missing, build_encoder(cfg, 5))
     wrong = {**sd, "position_embedding.weight": np.zeros((9, 16), np.float32)}
     with pytest.raises(CheckpointError, match=r"position_embedding\.weight has shape \(9, 16\), expected \(8, 16\)"):
