@@ -30,6 +30,7 @@ import numpy as np
 from converters.recbole_config import EXTRA_ITEM_ROWS, SASREC_FAMILY, data_settings, model_kind
 from converters.safe_pickle import TorchCheckpoint, read_torch_checkpoint
 from ftragrec_jax.atomic import sha256_file
+from ftragrec_jax.config import DATASET_KEYS
 from ftragrec_jax.data.dataset import load_dataset
 from ftragrec_jax.errors import CheckpointError, FtragrecError
 
@@ -41,9 +42,9 @@ SHAPE_KEYS = {"hidden_size": "hidden_size", "n_layers": "n_layers", "inner_size"
 # RecBole config key -> EncoderConfig field that only the config can tell.
 CONFIG_KEYS = {"hidden_dropout_prob": "hidden_dropout_prob", "attn_dropout_prob": "attn_dropout_prob",
                "initializer_range": "initializer_range"}
-# data settings a converted model stores besides data, data_format and MAX_ITEM_LIST_LENGTH
-DATA_KEYS = ("min_user_inter_num", "min_item_inter_num", "user_inter_num_interval", "item_inter_num_interval",
-             "rm_dup_inter", "normalize_time", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD")
+# the data settings a checkpoint's config decides: Config's dataset keys but the file, its format and the max
+# length (which the weights' position table decides)
+DATA_KEYS = tuple(k for k in DATASET_KEYS if k not in ("data", "data_format", "MAX_ITEM_LIST_LENGTH"))
 # validation samples scored by the id-order sanity check: enough to tell a model from chance, seconds on a CPU
 SANITY_SAMPLES = 2000
 
@@ -126,8 +127,7 @@ def read_dataset(data, options: dict, n_items: int, src: str):
     """The dataset --data names, refused unless it has exactly the checkpoint's item rows."""
     from ftragrec_jax.config import Config
 
-    cfg = Config(data=str(data), **{k: v for k, v in options.items() if k in DATA_KEYS or k in
-                                     ("data_format", "MAX_ITEM_LIST_LENGTH")}).validate()
+    cfg = Config(data=str(data), **{k: v for k, v in options.items() if k in DATASET_KEYS and k != "data"}).validate()
     dataset = load_dataset(data, **cfg.dataset_kwargs())
     if dataset.n_items != n_items:
         raise CheckpointError(
