@@ -81,10 +81,10 @@ def summarize(backbone: dict, runs: dict[str, dict[int, dict]]) -> tuple[str, di
 
 
 def main(argv=None) -> int:
-    from experiments.evaluate import evaluate_model_dir
     from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
     from ftragrec_jax.config import load_config
     from ftragrec_jax.errors import FtragrecError
+    from ftragrec_jax.evaluation import evaluate_model_dir
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import benchlib
+import experiments.benchlib as benchlib
 from experiments.cli_common import HelpFormatter
 
 BENCHES = ("duorec_step", "ftragrec_step", "ftragrec_epoch", "eval", "kb_build", "retrieval")

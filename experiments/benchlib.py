@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -170,3 +171,34 @@ def format_table(table_rows: list[dict], cols: list[str] = TABLE_COLS) -> str:
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
     return "\n".join([line, "-" * len(line)] +
                      ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in text])
+
+
+# --- memory: peak and current resident size of this process, per stage -------------------------------------
+MB = 1024 * 1024
+
+
+def rss_now() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class Stages:
+    """Peak and current RSS after each named stage, with its wall time."""
+
+    def __init__(self):
+        self.rows, self.t0 = [], time.perf_counter()
+
+    def mark(self, name: str, **extra) -> None:
+        t = time.perf_counter()
+        self.rows.append({"stage": name, "seconds": round(t - self.t0, 2), "peak_mb": round(peak_rss() / MB, 1),
+                          "rss_mb": round(rss_now() / MB, 1), **extra})
+        print(f"  {name:<32} peak {self.rows[-1]['peak_mb']:>8.1f} MB  now {self.rows[-1]['rss_mb']:>8.1f} MB"
+              f"  ({t - self.t0:.1f}s)", file=sys.stderr, flush=True)
+        self.t0 = t

@@ -44,13 +44,13 @@ def parse_args(argv):
 
 def model_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=True, shared=None):
     """((cfg, dataset), target rank per user of `split`) for one model directory."""
-    from experiments.evaluate import load_scorer
     from ftragrec_jax.evaluation import split_ranks
+    from ftragrec_jax.scoring import load_model_dir
 
-    cfg, dataset, mesh, score, before_test = load_scorer(checkpoint, data, overrides, show_progress, shared)
+    m = load_model_dir(checkpoint, data, overrides, show_progress, shared)
     if split == "test":
-        before_test()  # FTragrec's extend_memory_with_valid, as in evaluate
-    return (cfg, dataset), split_ranks(score, dataset, split, cfg, mesh=mesh)
+        m.scorer.before_test()  # FTragrec's extend_memory_with_valid, as in evaluate
+    return (m.cfg, m.dataset), split_ranks(m.scorer, m.dataset, split, m.cfg, mesh=m.mesh)
 
 
 def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),

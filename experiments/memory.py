@@ -22,46 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from experiments.benchlib import MB, Stages, peak_rss, rss_now
 from experiments.cli_common import HelpFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 WHAT = ("ml1m_eval", "kb_2m")
 LIMIT_GB = 8.0
-MB = 1024 * 1024
-
-
-def _rss_now() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-class Stages:
-    """Peak and current RSS after each named stage, with its wall time."""
-
-    def __init__(self):
-        self.rows, self.t0 = [], time.perf_counter()
-
-    def mark(self, name: str, **extra) -> None:
-        t = time.perf_counter()
-        self.rows.append({"stage": name, "seconds": round(t - self.t0, 2), "peak_mb": round(_peak() / MB, 1),
-                          "rss_mb": round(_rss_now() / MB, 1), **extra})
-        print(f"  {name:<32} peak {self.rows[-1]['peak_mb']:>8.1f} MB  now {self.rows[-1]['rss_mb']:>8.1f} MB"
-              f"  ({t - self.t0:.1f}s)", file=sys.stderr, flush=True)
-        self.t0 = t
 
 
 # --- children --------------------------------------------------------------------------------------------
@@ -70,9 +42,8 @@ def child_ml1m_eval(args) -> dict:
     import jax
     from flax import nnx
 
-    import experiments.evaluate as ev
     import ftragrec_jax.evaluation as tev
-    import ftragrec_jax.train.tasks as tasks
+    import ftragrec_jax.scoring as scoring
     from ftragrec_jax.model_dir import save_model
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
@@ -96,7 +67,7 @@ def child_ml1m_eval(args) -> dict:
     st.mark("random DuoRec model saved")
 
     # stage marks from inside the CLI's own function, by wrapping what it calls
-    real_dataset, real_scorer, real_split = tasks.dataset_from_config, tasks.scorer_from_model_dir, tev.evaluate_split
+    real_dataset, real_scorer, real_split = scoring.dataset_from_config, scoring.from_params, tev.evaluate_split
     info = {}
 
     def dataset_from_config(cfg):
@@ -106,7 +77,7 @@ def child_ml1m_eval(args) -> dict:
         st.mark(f"dataset loaded (L={cfg.MAX_ITEM_LIST_LENGTH})")
         return ds
 
-    def scorer_from_model_dir(*a, **k):
+    def from_params(*a, **k):
         out = real_scorer(*a, **k)
         st.mark("model loaded, scorer built")
         return out
@@ -116,9 +87,9 @@ def child_ml1m_eval(args) -> dict:
         st.mark(f"{split} evaluated ({len(getattr(dataset, split))} users x {dataset.n_items} items)")
         return out
 
-    tasks.dataset_from_config, tasks.scorer_from_model_dir = dataset_from_config, scorer_from_model_dir
+    scoring.dataset_from_config, scoring.from_params = dataset_from_config, from_params
     tev.evaluate_split = evaluate_split
-    result = ev.evaluate_model_dir(model_dir, data=args.ml1m, show_progress=False)
+    result = tev.evaluate_model_dir(model_dir, data=args.ml1m, show_progress=False)
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)
@@ -152,7 +123,7 @@ def child_kb(args) -> dict:
                "user": (np.arange(n) // 10 + 1).astype(np.int32),
                "prefix_len": (np.arange(n) % 10 + 1).astype(np.int32)}
     st.mark(f"synthetic samples [{n}, {L}]")
-    base_rss = _rss_now()
+    base_rss = rss_now()
 
     # KnowledgeBase.build = encode_samples + compute_keys + the constructor; called apart to measure each
     h = encode_samples(model.encoder, samples["item_seq"], samples["item_seq_len"])
@@ -185,7 +156,7 @@ def child_kb(args) -> dict:
     moved = jax.tree.map(lambda x: x + 0.01 * jnp.sign(x + 1e-3), state)
     seconds = kb.refresh_keys(nnx.merge(graphdef, moved), chunk_size=hp.retrieval_chunk_size)
     st.mark("index refresh (keys + rebuild)", refresh_s=round(seconds, 2))
-    peak = _peak()
+    peak = peak_rss()
     return {"stages": st.rows,
             "info": {"entries": n, "hidden_size": args.hidden, "seq_len": L, "n_items": n_items,
                      "faiss_index": hp.faiss_index, "top_k": hp.top_k, "queries": b,
@@ -196,7 +167,7 @@ def child_kb(args) -> dict:
                          - np.einsum("bh,bkh->bk", query, kb.keys[ex_ids])))),
                      "rss_before_kb_mb": round(base_rss / MB, 1),
                      "bytes_per_entry_peak": round((peak - base_rss) / n, 1),
-                     "bytes_per_entry_resident": round((_rss_now() - base_rss) / n, 1)}}
+                     "bytes_per_entry_resident": round((rss_now() - base_rss) / n, 1)}}
 
 
 CHILDREN = {"ml1m_eval": child_ml1m_eval, "kb_2m": child_kb}

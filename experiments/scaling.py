@@ -42,8 +42,8 @@ def child_step(args, n_devices: int) -> dict:
     from ftragrec_jax import parallel
     from ftragrec_jax.config import Config
     from ftragrec_jax.data.batches import iterate_batches
+    from ftragrec_jax.data.dataset import dataset_from_config
     from ftragrec_jax.train.duorec_task import DuoRecTask
-    from ftragrec_jax.train.tasks import dataset_from_config
 
     cfg = Config(data=args.data or "", train_batch_size=args.batch, hidden_size=args.hidden,
                  inner_size=4 * args.hidden,
@@ -112,8 +112,7 @@ def child_kb(args, n_devices: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from experiments.benchlib import Side, compare, jax_device
-    from experiments.memory import Stages
+    from experiments.benchlib import Side, Stages, compare, jax_device
     from ftragrec_jax import parallel
     from ftragrec_jax.models.search import FaissSearcher, Memory, retrieve
 

@@ -32,12 +32,12 @@ def slice_metrics(model, n: int) -> dict:
 
     import numpy as np
 
-    from experiments.evaluate import load_scorer
     from ftragrec_jax.evaluation import split_ranks
+    from ftragrec_jax.scoring import load_model_dir
 
-    cfg, dataset, mesh, score, _ = load_scorer(model, show_progress=False)
-    dataset = dataclasses.replace(dataset, valid=dataset.valid.take(np.arange(min(n, len(dataset.valid)))))
-    rank = np.asarray(split_ranks(score, dataset, "valid", cfg, mesh=mesh, show_progress=False))
+    m = load_model_dir(model, show_progress=False)
+    dataset = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(np.arange(min(n, len(m.dataset.valid)))))
+    rank = np.asarray(split_ranks(m.scorer, dataset, "valid", m.cfg, mesh=m.mesh, show_progress=False))
     top = rank < 10
     return {"split": "valid", "first_samples": int(len(rank)),
             "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),

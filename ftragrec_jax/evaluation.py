@@ -34,6 +34,7 @@ from ftragrec_jax.data.batches import iterate_batches
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.errors import FtragrecError
 from ftragrec_jax.metrics import single_target_metrics, summarize
+from ftragrec_jax.scoring import load_model_dir
 
 PROTOCOL = "full_sort"  # RecBole's: rank among all items, history not masked
 PROTOCOL_MASKED = "full_sort_mask_history"  # S3-Rec/ICLRec-style: the user's earlier items are not ranked
@@ -243,3 +244,12 @@ def metrics_table(results: dict) -> str:
     for name in names:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{results[s][name]:>8.4f}" for s in splits))
     return "\n".join(lines)
+
+
+def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) -> dict:
+    """{"valid": metrics, "test": metrics} of a model directory (or builtin:NAME) on the dataset its model.json
+    names (or `data`), with `overrides` as `scoring.load_model_dir` takes them."""
+    m = load_model_dir(checkpoint, data, overrides, show_progress)
+    valid = evaluate_split(m.scorer, m.dataset, "valid", m.cfg, mesh=m.mesh)
+    m.scorer.before_test()
+    return {"valid": valid, "test": evaluate_split(m.scorer, m.dataset, "test", m.cfg, mesh=m.mesh)}

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ftragrec_jax import scoring
+from ftragrec_jax.config import DATASET_KEYS, load_config
+from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
-from ftragrec_jax.model_dir import ENCODER_MODELS
+from ftragrec_jax.model_dir import load_knowledge_base, load_model, resolve
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
 
@@ -74,24 +77,13 @@ class Recommender:
 
 
 def load(path, *, data: str | None = None) -> Recommender:
-    """A Recommender from a model directory (DuoRec or FTragrec, JAX-trained or converted).
+    """A Recommender from a model directory (DuoRec or FTragrec, JAX-trained or converted, or builtin:NAME).
 
     `data`: the dataset file the model was trained on, read only when the directory lacks vocab.json or (for
     FTragrec) knowledge_base.npz.
     """
-    from ftragrec_jax.model_dir import load_knowledge_base, load_model
-    from ftragrec_jax.models.encoder import EncoderConfig
-    from ftragrec_jax.train.tasks import finite_params
-
-    path = Path(path)
+    path = resolve(path)
     meta, params, vocab = load_model(path)
-    bad = finite_params(params)
-    if bad:
-        raise CheckpointError(f"{path}: parameters hold NaN/Inf in {', '.join(bad[:5])}; refusing to recommend")
-    try:
-        enc_cfg = EncoderConfig(**meta["encoder"])
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path}/model.json: bad 'encoder' settings ({e})") from None
     kb = load_knowledge_base(path) if meta["model"] == "ftragrec" else None
     dataset = None
     if vocab is None or (meta["model"] == "ftragrec" and kb is None):
@@ -102,68 +94,21 @@ def load(path, *, data: str | None = None) -> Recommender:
         dataset = _dataset(meta, data)
         if vocab is None:
             vocab = dataset.vocab
-    if vocab.n_items != enc_cfg.n_items:
+    n_rows = (meta.get("encoder") or {}).get("n_items")
+    if vocab.n_items != n_rows:
         raise CheckpointError(f"{path}: the vocabulary has {vocab.n_items} items (padding included) but the model "
-                              f"has {enc_cfg.n_items} item rows")
-    if meta["model"] in ENCODER_MODELS:
-        scores_fn = _duorec_scores(path, enc_cfg, params)
-    else:
-        scores_fn = _ftragrec_scores(path, meta, enc_cfg, params, kb, dataset)
-    return Recommender(path, meta, vocab, scores_fn, enc_cfg.max_seq_length)
+                              f"has {n_rows} item rows")
+    scorer = scoring.from_params(meta, params, source=str(path), dataset=dataset, knowledge_base=kb,
+                                 purpose="recommend")
+
+    def scores(item_seq, item_seq_len, prefix_len):
+        # a new sequence: no knowledge-base entry is its own, so the exclusion rule removes nothing
+        return scorer(item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32),
+                                               "prefix_len": prefix_len})
+
+    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"])
 
 
 def _dataset(meta: dict, data: str):
-    from ftragrec_jax.config import DATASET_KEYS, load_config
-    from ftragrec_jax.train.tasks import dataset_from_config
-
     stored = {k: v for k, v in (meta.get("dataset") or {}).items() if k in DATASET_KEYS}
     return dataset_from_config(load_config(None, [f"data={data}"], base=stored))
-
-
-def _duorec_scores(path, enc_cfg, params):
-    from ftragrec_jax.train.tasks import encoder_scorer
-
-    score = encoder_scorer(enc_cfg, params, f"{path}/params")
-    return lambda item_seq, item_seq_len, prefix_len: score(item_seq, item_seq_len)
-
-
-def _ftragrec_scores(path, meta, enc_cfg, params, kb, dataset):
-    from flax import nnx
-
-    from ftragrec_jax.model_dir import assign_params
-    from ftragrec_jax.models.encoder import build_encoder
-    from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, score_fn
-    from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys
-
-    ftr = meta.get("ftragrec")
-    if not isinstance(ftr, dict):
-        raise CheckpointError(f"{path}/model.json: an FTragrec model needs its 'ftragrec' settings")
-    names = {f.name for f in dataclasses.fields(FTragrecHParams)}
-    try:
-        hp = FTragrecHParams(**{k: v for k, v in ftr.items() if k in names})
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path}/model.json: bad 'ftragrec' settings ({e})") from None
-    model = build_ftragrec(build_encoder(enc_cfg, seed=0), hp, seed=0)
-    assign_params(model, params, f"{path}/params")
-    options = dict(backend=hp.retrieval_backend, faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
-                   faiss_overfetch=hp.faiss_overfetch)
-    if kb is not None:
-        if kb["h"].shape[1] != enc_cfg.hidden_size:
-            raise CheckpointError(f"{path}/knowledge_base.npz: h has width {kb['h'].shape[1]}, the model "
-                                  f"{enc_cfg.hidden_size}")
-        keys = compute_keys(model.retriever, kb["h"], chunk_size=hp.retrieval_chunk_size)
-        base = KnowledgeBase(kb["h"], kb["target"], kb["user"], kb["prefix_len"], keys, **options)
-    else:
-        base = KnowledgeBase.build(model.encoder, model.retriever, dataset.train,
-                                   key_chunk_size=hp.retrieval_chunk_size, **options)
-    if hp.top_k > len(base):
-        raise CheckpointError(f"{path}: top_k={hp.top_k} exceeds the knowledge base ({len(base)} entries)")
-    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
-    fn = score_fn(make_scorer(graphdef, hp, rest=rest, searcher=base.searcher), state, base.memory)
-
-    def scores(item_seq, item_seq_len, prefix_len):
-        return fn(item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32),
-                                           "prefix_len": prefix_len})
-
-    scores.knowledge_base = base
-    return scores

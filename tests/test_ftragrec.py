@@ -14,12 +14,11 @@ from ftragrec_jax.models.ftragrec import (
     build_ftragrec,
     ftragrec_loss,
     ftragrec_terms,
-    make_scorer,
-    score_fn,
     validate_setup,
 )
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples
 from ftragrec_jax.models.retriever import embed
+from ftragrec_jax.scoring import bind, ftragrec_scorer
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
 N_ITEMS, MAX_LEN = 60, 8
@@ -210,8 +209,8 @@ def test_threshold_one_falls_back_to_backbone(setup):
     assert float(aux["fallback_fraction"]) == 1.0 and float(aux["kl_loss"]) == 0.0
     np.testing.assert_allclose(float(aux["enhanced_rec_loss"]), float(aux["rec_loss"]), rtol=1e-6)
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    scorer = make_scorer(gd, hp1, rest=rest)
-    scores = score_fn(scorer, params, kb.memory)(batch["item_seq"], batch["item_seq_len"], batch)
+    scorer = ftragrec_scorer(gd, hp1, rest=rest)
+    scores = bind(scorer, params, kb.memory)(batch["item_seq"], batch["item_seq_len"], batch)
     plain = model.encoder.scores(model.encoder(jnp.asarray(batch["item_seq"]), jnp.asarray(batch["item_seq_len"])))
     np.testing.assert_allclose(np.asarray(scores), np.asarray(plain), rtol=1e-5, atol=1e-5)
 
@@ -241,16 +240,16 @@ def test_eval_scores_shape_and_faiss_equals_exact(setup):
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
     batch = batch_of(samples, np.arange(50, 70))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    exact = score_fn(make_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"],
+    exact = bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"],
                                                                       batch)
     assert exact.shape == (20, N_ITEMS)
     hpf = dataclasses.replace(hp, retrieval_backend="faiss")
     kbf = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="faiss", top_k=hp.top_k)
-    faiss_scores = score_fn(make_scorer(gd, hpf, rest=rest, searcher=kbf.searcher), params, kbf.memory)(
+    faiss_scores = bind(ftragrec_scorer(gd, hpf, rest=rest, searcher=kbf.searcher), params, kbf.memory)(
         batch["item_seq"], batch["item_seq_len"], batch)
     np.testing.assert_allclose(np.asarray(faiss_scores), np.asarray(exact), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="prefix_len"):
-        score_fn(make_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], {})
+        bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], {})
 
 
 @pytest.mark.parametrize("field,value", [("top_k", 0), ("retriever_temperature", 0.0), ("alpha", 1.5),

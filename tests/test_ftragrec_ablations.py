@@ -14,14 +14,13 @@ from ftragrec_jax.models.ftragrec import (
     _query_side,
     build_ftragrec,
     ftragrec_loss,
-    make_scorer,
     neighbours,
-    score_fn,
 )
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.models.retriever import embed
 from ftragrec_jax.models.search import retrieve
 from ftragrec_jax.optim import label_counts, make_optimizer
+from ftragrec_jax.scoring import bind, ftragrec_scorer
 from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.trees import key_names
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
@@ -75,7 +74,7 @@ def test_knn_lm_scores_and_loss_match_naive_mixture():
     hp, samples, model, kb = _setup(fusion="knn_lm")
     batch = batch_of(samples, np.arange(20, 52))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    scores = np.asarray(score_fn(make_scorer(gd, hp, rest=rest), params, kb.memory)(
+    scores = np.asarray(bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(
         batch["item_seq"], batch["item_seq_len"], batch))
     mix = _naive_knn_lm(model, hp, kb, batch)
     np.testing.assert_allclose(np.exp(scores), mix, rtol=2e-5, atol=1e-7)
@@ -99,7 +98,7 @@ def test_knn_lm_ranks_a_neighbour_target_above_backbone_when_alpha_large():
     model = build_ftragrec(model.encoder, hp, seed=1)
     batch = batch_of(samples, np.arange(40, 48))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    scores = np.asarray(score_fn(make_scorer(gd, hp, rest=rest), params, kb.memory)(
+    scores = np.asarray(bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(
         batch["item_seq"], batch["item_seq_len"], batch))
     _, ids, nb = _retrieved(model, hp, kb, batch)
     p_ret = np.asarray(nb["p_ret"])

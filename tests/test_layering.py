@@ -1,6 +1,10 @@
 """The layering rules, read from every import statement (module top and function bodies alike):
 - models/ holds modules and losses: it imports nothing from ftragrec_jax.train or ftragrec_jax.optim;
 - the library (ftragrec_jax/) imports nothing from experiments/ or converters/;
+- scoring.py (the one inference path) imports nothing from ftragrec_jax.train, and recommend.py serves a query
+  without the trainer;
+- an entry point (experiments/*.py) takes library logic from the library, not from another entry point
+  (experiments/cli_common.py and the benchmark helpers in experiments/benchlib.py are shared on purpose);
 - torch is imported only in converters/ (the checkpoint converters, the PyTorch reference models and the
   PyTorch benchmark sides) and in tests.
 """
@@ -41,6 +45,18 @@ def test_models_import_no_training_code():
 
 def test_library_imports_no_entry_points_or_converters():
     assert _violations("ftragrec_jax", ("experiments", "converters")) == []
+
+
+def test_scoring_and_recommend_import_no_training_code():
+    out = [v for v in _violations("ftragrec_jax", ("ftragrec_jax.train",))
+           if v.startswith(("ftragrec_jax/scoring.py", "ftragrec_jax/recommend.py", "ftragrec_jax/evaluation.py"))]
+    assert out == []
+
+
+def test_entry_points_do_not_import_each_other():
+    shared = ("experiments.cli_common", "experiments.benchlib")
+    out = [v for v in _violations("experiments", ("experiments",)) if not v.endswith(shared)]
+    assert out == []
 
 
 def test_converters_never_run_the_reference_models():

@@ -115,9 +115,9 @@ def ftragrec_dir(one_epoch, tmp_path_factory) -> Path:
 ])
 def test_evaluate_and_recommend_refuse_non_finite_parameters(which, leaf, value, one_epoch, ftragrec_dir, data_file,
                                                              tmp_path):
-    from experiments.evaluate import evaluate_model_dir
     from ftragrec_jax import recommend
     from ftragrec_jax.errors import CheckpointError
+    from ftragrec_jax.evaluation import evaluate_model_dir
     from ftragrec_jax.model_dir import load_model, save_model
 
     src = one_epoch / "best_model" if which == "duorec" else ftragrec_dir

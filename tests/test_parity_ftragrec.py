@@ -121,10 +121,10 @@ def test_end_to_end_with_each_side_searching():
         t = float(terms[k].detach())
         assert abs(float(aux[k]) - t) <= 1e-5, (k, float(aux[k]), t)
     scores = tm.full_sort_predict(tb["item_seq"], tb["item_seq_len"], tb["user"], tb["prefix_len"])
-    from ftragrec_jax.models.ftragrec import make_scorer, score_fn
+    from ftragrec_jax.scoring import bind, ftragrec_scorer
 
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    jscores = score_fn(make_scorer(gd, hp, rest=rest, searcher=kb.searcher), params, kb.memory)(
+    jscores = bind(ftragrec_scorer(gd, hp, rest=rest, searcher=kb.searcher), params, kb.memory)(
         batch["item_seq"], batch["item_seq_len"], batch)
     np.testing.assert_allclose(np.asarray(jscores), scores.numpy(), rtol=1e-4, atol=1e-5)
 

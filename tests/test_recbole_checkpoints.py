@@ -13,8 +13,8 @@ import pytest
 
 from converters import duorec_to_flax
 from converters.recbole_config import data_settings
-from experiments.evaluate import evaluate_model_dir
 from ftragrec_jax.errors import CheckpointError
+from ftragrec_jax.evaluation import evaluate_model_dir
 from ftragrec_jax.model_dir import load_model
 
 FIXTURES = Path(__file__).parent / "data" / "recbole1x"

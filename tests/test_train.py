@@ -179,7 +179,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, t
     from experiments.train import run as run_cli
     from ftragrec_jax.config import load_config
     from ftragrec_jax.model_dir import load_model
-    from ftragrec_jax.train import tasks
+    from ftragrec_jax.train import pipeline
     from ftragrec_jax.train.duorec_task import DuoRecTask
     from ftragrec_jax.train.loop import NonFiniteError
 
@@ -192,7 +192,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(full_run, data_file, t
             params, opt_state, m = super().train_step(params, opt_state, batch, key, data)
             return params, opt_state, {**m, "sem_nce": m["sem_nce"] * jnp.nan}
 
-    monkeypatch.setattr(tasks, "make_task", lambda cfg, ds: Poisoned(cfg, ds))
+    monkeypatch.setattr(pipeline, "make_task", lambda cfg, ds: Poisoned(cfg, ds))
     cfg = load_config(None, [f"data={data_file}", f"output_dir={out}", *TINY, "epochs=5"])
     step = metrics_lines(full_run)[2]["step"]  # steps done after epoch 2: the first step of epoch 3
     with pytest.raises(NonFiniteError, match=rf"loss term 'sem_nce' is nan at epoch 3, step {step} \(batch 0"):
@@ -341,8 +341,9 @@ def test_ftragrec_epoch_after_a_scheduled_refresh_searches_the_new_keys(full_run
     from flax import nnx
 
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.dataset import dataset_from_config
     from ftragrec_jax.models.knowledge_base import compute_keys
-    from ftragrec_jax.train.tasks import dataset_from_config, make_task
+    from ftragrec_jax.train.pipeline import make_task
 
     cfg = load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in ft_args(full_run))])
     task = make_task(cfg, dataset_from_config(cfg))
@@ -370,9 +371,10 @@ def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_fil
     training are those of the run without it, the test base is larger, the model directory records the setting,
     and evaluating that directory later gives the same test metrics as the run printed."""
     from experiments.evaluate import main as evaluate_main
+    from ftragrec_jax import scoring
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.dataset import dataset_from_config
     from ftragrec_jax.model_dir import load_model
-    from ftragrec_jax.train.tasks import dataset_from_config, scorer_from_model_dir
 
     out = tmp_path / "ext"
     assert train(data_file, out, "--epochs=3", "--extend_memory_with_valid=true", *ft_args(full_run)) == 0
@@ -384,7 +386,8 @@ def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_fil
     # the saved model's scorer: test scores change once before_test() has put the validation samples in the base
     cfg = load_config(None, [*TINY, f"data={data_file}"])
     dataset = dataset_from_config(cfg)
-    score, before_test = scorer_from_model_dir(out / "best_model", meta, params, dataset, cfg)
+    scorer = scoring.from_params(meta, params, source=str(out / "best_model"), dataset=dataset)
+    score, before_test = scorer.score, scorer.before_test
     test = dataset.test
     batch = {"user": np.asarray(test.user, np.int32), "prefix_len": np.asarray(test.prefix_len, np.int32)}
     seq, lens = np.asarray(test.item_seq, np.int32), np.asarray(test.item_seq_len, np.int32)
@@ -443,13 +446,14 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
 def test_compare_refuses_models_resolving_to_different_datasets(full_run, data_file):
     import dataclasses
 
-    from experiments.evaluate import load_scorer
     from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.scoring import load_model_dir
 
-    cfg, dataset, *_ = load_scorer(full_run / "best_model", str(data_file), show_progress=False)
+    first = load_model_dir(full_run / "best_model", str(data_file), show_progress=False)
+    cfg, dataset = first.cfg, first.dataset
     other = dataclasses.replace(cfg, MAX_ITEM_LIST_LENGTH=cfg.MAX_ITEM_LIST_LENGTH + 1)
     with pytest.raises(ConfigError, match="MAX_ITEM_LIST_LENGTH"):
-        load_scorer(full_run / "best_model", str(data_file), show_progress=False, shared=(other, dataset))
+        load_model_dir(full_run / "best_model", str(data_file), show_progress=False, shared=(other, dataset))
 
 
 def test_evaluate_overrides_how_a_trained_retriever_is_used(ft_run, full_run, data_file, tmp_path, capsys):

@@ -71,12 +71,11 @@ def ftragrec_dir(dataset, tmp_path_factory):
 
 def _evaluator_scores(path, dataset, rows):
     """Scores of test rows through the evaluate CLI's own scorer (base rebuilt from the dataset)."""
-    from ftragrec_jax.config import load_config
+    from ftragrec_jax import scoring
     from ftragrec_jax.model_dir import load_model
-    from ftragrec_jax.train.tasks import scorer_from_model_dir
 
     meta, params, _ = load_model(path)
-    score, _ = scorer_from_model_dir(path, meta, params, dataset, load_config(None))
+    score = scoring.from_params(meta, params, source=str(path), dataset=dataset)
     t = dataset.test.take(rows)
     batch = {"user": t.user, "prefix_len": t.prefix_len}
     return np.asarray(score(t.item_seq, t.item_seq_len, batch))
@@ -369,11 +368,10 @@ def test_help_lists_every_default(module, monkeypatch, capsys):
 def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir):
     """The trainer's start-of-run checks: a base too small for top_k once a user's own samples are excluded, and
     alpha 0; the baseline scorer is the DuoRec alone (what the log prints before fine-tuning)."""
+    from ftragrec_jax import scoring
     from ftragrec_jax.config import load_config
     from ftragrec_jax.model_dir import load_model
-    from ftragrec_jax.models.encoder import EncoderConfig
     from ftragrec_jax.train.ftragrec_task import FTragrecTask
-    from ftragrec_jax.train.tasks import encoder_scorer
 
     n_base = len(dataset.train)
     own = int(np.bincount(np.asarray(dataset.train.user)).max())
@@ -390,5 +388,5 @@ def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir)
     t = dataset.test.take(np.arange(len(dataset.test)))
     got = np.asarray(task(top_k=3).baseline_score_fn()(t.item_seq, t.item_seq_len, {}))
     meta, params, _ = load_model(duorec_dir)
-    want = np.asarray(encoder_scorer(EncoderConfig(**meta["encoder"]), params, "x")(t.item_seq, t.item_seq_len))
+    want = np.asarray(scoring.from_params(meta, params, source="x")(t.item_seq, t.item_seq_len, {}))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

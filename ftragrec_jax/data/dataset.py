@@ -321,3 +321,8 @@ def augment_and_split(uid: np.ndarray, iid: np.ndarray, max_len: int):
     is_valid = (leave == 2) & (from_end == 2)
     is_train = from_end > leave
     return samples, is_train, is_valid, is_test
+
+
+def dataset_from_config(cfg):
+    """The dataset a run Config names ("" = the embedded Amazon Beauty file), with its data settings."""
+    return load_dataset(cfg.data or default_dataset_path(), **cfg.dataset_kwargs())

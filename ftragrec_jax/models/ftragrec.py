@@ -1,4 +1,4 @@
-"""FTragrec: retrieval-augmented fine-tuning of a retriever g on top of a frozen DuoRec encoder (issue 5).
+"""FTragrec: retrieval-augmented fine-tuning of a retriever g on top of a frozen DuoRec encoder.
 
 For an input with frozen representation s = encoder(seq) (dropout off):
   q = g(s)/|g(s)|; ids = top_k entries of the knowledge base by q·key (exclusion rule in search.py);
@@ -11,7 +11,7 @@ Loss: rec_loss = CE(s·Eᵀ) (constant for g, logged), enhanced_rec_loss = CE(en
   kl_loss = mean over rows with a neighbour of Σ_j P_ret·(log(P_ret+1e-8) − log(P_rec+1e-8)) with
   P_rec = softmax(s·E[target_j]) over the same valid neighbours;
   total = rec_loss + enhanced_rec_weight·enhanced_rec_loss + kl_small_weight·kl_loss.
-Ablation options (issue 5; defaults = the design above):
+Ablation options (defaults = the design above):
   fusion="knn_lm": mix distributions instead of vectors, p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j)
     (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target).
   learnable_alpha: a = sigmoid(fusion.alpha_logit), a trainable scalar starting at `alpha`.
@@ -39,7 +39,7 @@ FUSIONS = ("representation", "knn_lm")
 
 @dataclasses.dataclass(frozen=True)
 class FTragrecHParams:
-    """The FTragrec model hyperparameters (issue 5 names and defaults); `from_config` maps a run Config."""
+    """The FTragrec model hyperparameters (the design's names and defaults); `from_config` derives them."""
 
     top_k: int = 5
     retriever_layers: int = 1
@@ -82,9 +82,14 @@ class FTragrecHParams:
             need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
 
     @classmethod
-    def from_config(cls, cfg) -> "FTragrecHParams":
-        """Pick the fields of this class from any object with attributes of the same names (a run Config)."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+    def from_config(cls, source) -> "FTragrecHParams":
+        """The one derivation of the hyperparameters: the fields of this class picked by name from a run Config
+        (or any object with such attributes) or from a mapping (model.json's "ftragrec" settings); other
+        names are ignored, missing ones keep their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if isinstance(source, dict):
+            return cls(**{n: source[n] for n in names if n in source})
+        return cls(**{n: getattr(source, n) for n in names if hasattr(source, n)})
 
 
 def validate_setup(hp: FTragrecHParams, *, n_base: int, hidden_size: int, encoder_cfg=None,
@@ -253,28 +258,3 @@ def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragre
     if hp.fusion == "knn_lm":
         return knn_lm_scores(seq_output, table, nb, memory.target[jnp.where(ids >= 0, ids, 0)])
     return nb["enhanced"] @ table.T
-
-
-def make_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None):
-    """jitted scores(params, memory, batch) -> [B, n_items]; use `score_fn(scorer, params, memory)` to get
-    the evaluator's `(item_seq, item_seq_len, batch) -> scores` callable. mesh: the device mesh whose data
-    axis the evaluation batches are sharded along (None = one device)."""
-
-    def scores(params, memory, batch):
-        model = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
-        return ftragrec_scores(model, batch, memory, hp=hp, searcher=searcher, mesh=mesh)
-
-    return jax.jit(scores)
-
-
-def score_fn(scorer, params, memory: Memory):
-    """The evaluator's callable; the exclusion rule needs each row's user and prefix_len from its batch."""
-    def fn(item_seq, item_seq_len, batch):
-        missing = [k for k in ("user", "prefix_len") if k not in batch]
-        if missing:
-            raise ConfigError(f"FTragrec evaluation: batch lacks {missing} (needed by the exclusion rule)")
-        b = {"item_seq": item_seq, "item_seq_len": item_seq_len, "user": batch["user"],
-             "prefix_len": batch["prefix_len"]}
-        return scorer(params, memory, b)
-
-    return fn

@@ -7,9 +7,11 @@ import dataclasses
 import jax
 from flax import nnx
 
-from ftragrec_jax import parallel
+from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
-from ftragrec_jax.models.bucketing import encode_bucketed
+from ftragrec_jax.model_dir import assign_params
+from ftragrec_jax.models.duorec import make_same_target_sampler
+from ftragrec_jax.models.encoder import build_encoder
 from ftragrec_jax.optim import adam
 from ftragrec_jax.train.steps import make_duorec_step
 from ftragrec_jax.train.task import Task
@@ -20,9 +22,6 @@ class DuoRecTask(Task):
     batch_fields = ("item_seq", "item_seq_len", "target", "mask", "index")
 
     def __init__(self, cfg: Config, dataset):
-        from ftragrec_jax.models.duorec import make_same_target_sampler
-        from ftragrec_jax.models.encoder import build_encoder
-
         self.cfg = cfg
         self.dataset_settings = cfg.dataset_settings()
         self.encoder_cfg = cfg.encoder_config(dataset.n_items)
@@ -33,7 +32,7 @@ class DuoRecTask(Task):
         self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
         self.mesh = parallel.make_mesh(cfg.mesh)  # the trainer's mesh: train and eval batches are sharded on it
         self._step = make_duorec_step(self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh)
-        self._score = jax.jit(self._scores)
+        self._score = scoring.encoder_scores(self.graphdef, rest=self.rest, mesh=self.mesh)
 
     def merge(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
@@ -48,11 +47,6 @@ class DuoRecTask(Task):
     def train_step(self, params, opt_state, batch, key, sampler=None):
         return self._step(params, opt_state, batch, key, sampler)
 
-    def _scores(self, params, item_seq, item_seq_len):
-        encoder = self.merge(params)
-        # same outputs, fewer tokens; each device buckets its own rows
-        return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len, mesh=self.mesh))
-
     def score_fn(self, params):
         return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)
 
@@ -65,8 +59,6 @@ class DuoRecTask(Task):
         return nnx.to_pure_dict(jax.device_get(params))
 
     def import_params(self, pure: dict, like):
-        from ftragrec_jax.model_dir import assign_params
-
         encoder = self.merge(like)
         assign_params(encoder, pure)
         _, params, _ = nnx.split(encoder, nnx.Param, ...)

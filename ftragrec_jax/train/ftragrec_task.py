@@ -10,52 +10,22 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import nnx
 
-from ftragrec_jax import parallel
+from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
-from ftragrec_jax.model_dir import BUILTIN
+from ftragrec_jax.model_dir import BUILTIN, assign_params, check_vocab_compat, encoder_from_model_dir
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
+from ftragrec_jax.models.knowledge_base import KnowledgeBase
+from ftragrec_jax.optim import make_optimizer
 from ftragrec_jax.train.run_dir import LOGGER_NAME
+from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.train.task import Task
 
 
-def _hparams(source) -> "FTragrecHParams":  # noqa: F821
-    from ftragrec_jax.models.ftragrec import FTragrecHParams
-
-    names = {f.name for f in dataclasses.fields(FTragrecHParams)}
-    items = source.items() if isinstance(source, dict) else ((n, getattr(source, n)) for n in names
-                                                              if hasattr(source, n))
-    return FTragrecHParams(**{k: v for k, v in items if k in names})
-
-
-# settings that change how a trained model retrieves and mixes, not its parameters: an evaluation may override
-# them (experiments.evaluate --set alpha=0.3) to study a trained retriever without retraining it
-INFERENCE_KEYS = ("retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "retrieval_chunk_size", "top_k",
-                  "retriever_temperature", "quality_threshold", "alpha", "fusion", "exclude_same_user",
-                  "extend_memory_with_valid")
-TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha")  # shape or meaning of parameters
-
-
-def check_inference_overrides(inference: dict, meta: dict, path: str) -> None:
-    """Refuse evaluation-time settings that a model directory cannot take (keys named in the message)."""
-    if not inference:
-        return
-    if meta.get("model") != "ftragrec":
-        raise ConfigError(f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is "
-                          f"{meta.get('model')!r}")
-    unknown = sorted(set(inference) - set(INFERENCE_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
-                          f"only {list(INFERENCE_KEYS)}")
-    if "alpha" in inference and (meta.get("ftragrec") or {}).get("learnable_alpha"):
-        raise ConfigError(f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
-                          "it cannot be overridden")
-
-
 def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
-    from ftragrec_jax.models.knowledge_base import KnowledgeBase
-
     return KnowledgeBase.build(encoder, retriever, samples, backend=hp.retrieval_backend,
                                faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
                                faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size,
@@ -64,8 +34,6 @@ def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with
 
 def load_pretrained_encoder(path: str, dataset):
     """The frozen backbone from a model directory, checked against the dataset's item vocabulary."""
-    from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir
-
     if not path:
         raise ConfigError("config key 'pretrained': expected a DuoRec model directory for model=ftragrec")
     try:
@@ -87,12 +55,8 @@ class FTragrecTask(Task):
     batch_fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
 
     def __init__(self, cfg: Config, dataset):
-        from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, validate_setup
-        from ftragrec_jax.optim import make_optimizer
-        from ftragrec_jax.train.steps import make_ftragrec_step
-
         self.cfg, self.dataset = cfg, dataset
-        self.hp = _hparams(cfg)
+        self.hp = FTragrecHParams.from_config(cfg)
         self.mesh = parallel.make_mesh(cfg.mesh)
         self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
@@ -112,8 +76,8 @@ class FTragrecTask(Task):
                                             time.perf_counter() - t0)
         self._step = make_ftragrec_step(self.graphdef, self.hp, self.tx, rest=self.rest,
                                         searcher=self.kb.searcher, cached=cfg.cache_seq_output)
-        self._scorer = make_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher,
-                                   mesh=self.mesh)
+        self._scorer = scoring.ftragrec_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher,
+                                               mesh=self.mesh)
 
     def merge(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
@@ -137,9 +101,7 @@ class FTragrecTask(Task):
         return self._step(params, opt_state, batch, memory)
 
     def score_fn(self, params):
-        from ftragrec_jax.models.ftragrec import score_fn
-
-        return score_fn(self._scorer, params, self._memory_on_mesh())
+        return scoring.bind(self._scorer, params, self._memory_on_mesh())
 
     def end_epoch(self, params, epoch: int) -> dict:
         """The scheduled refresh: the keys epoch N searches are those of g after epoch N-1 whenever N is a
@@ -194,22 +156,9 @@ class FTragrecTask(Task):
 
     def baseline_score_fn(self):
         """The frozen DuoRec alone (alpha 0): what fine-tuning has to beat."""
-        from ftragrec_jax.models.bucketing import encode_bucketed
-
-        graphdef, state = nnx.split(self.merge(self._init_params).encoder)
-        state = parallel.replicate(state, self.mesh)  # evaluated on batches sharded over the mesh
-        mesh = self.mesh
-
-        @jax.jit
-        def scores(state, item_seq, item_seq_len):
-            encoder = nnx.merge(graphdef, state)
-            return encoder.scores(encode_bucketed(encoder, item_seq, item_seq_len, mesh=mesh))
-
-        return lambda item_seq, item_seq_len, batch: scores(state, item_seq, item_seq_len)
+        return scoring.encoder_score_fn(self.merge(self._init_params).encoder, mesh=self.mesh)
 
     def warnings(self) -> list[str]:
-        import numpy as np
-
         hp, out = self.hp, []
         n_base = len(self.dataset.train)
         # a query never sees its own user's samples: the largest user shrinks the base it searches the most
@@ -233,51 +182,6 @@ class FTragrecTask(Task):
         return nnx.to_pure_dict(jax.device_get(params))
 
     def import_params(self, pure: dict, like):
-        from ftragrec_jax.model_dir import assign_params
-
         model = self.merge(like)
         assign_params(model, pure)
         return nnx.split(model, nnx.Param, ...)[1]
-
-
-def scorer_from_params(path, meta: dict, params: dict, dataset, cfg: Config, mesh=None, inference=None):
-    """(score_fn, before_test) for an FTragrec model directory: the base is rebuilt from the dataset's training
-    split with the saved g, as during training after a refresh. On `mesh` (None = config key `mesh`) the
-    parameters are replicated and the base placed as for training (exact backend: keys sharded).
-    inference: {key: value} over INFERENCE_KEYS replacing the stored settings (e.g. another alpha or top_k
-    for the same trained g), already checked by `check_inference_overrides`."""
-    from ftragrec_jax.model_dir import assign_params
-    from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
-    from ftragrec_jax.models.ftragrec import build_ftragrec, make_scorer, score_fn
-
-    ftr = meta.get("ftragrec")
-    if not isinstance(ftr, dict):
-        raise CheckpointError(f"{path}/model.json: an FTragrec model needs its 'ftragrec' settings")
-    ftr = {**ftr, **(inference or {})}
-    try:
-        hp = _hparams(ftr)
-        encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{path}/model.json: bad settings ({e})") from None
-    model = build_ftragrec(encoder, hp, seed=0)
-    assign_params(model, params, f"{path}/params")
-    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
-    kb = _knowledge_base(model.encoder, model.retriever, dataset.train, hp, cfg.faiss_shards)
-    mesh = parallel.make_mesh(cfg.mesh) if mesh is None else mesh
-    scorer = make_scorer(graphdef, hp, rest=rest, searcher=kb.searcher, mesh=mesh)
-    state = parallel.replicate(state, mesh)
-    placed = {"memory": None}
-
-    def memory_on_mesh():
-        """Placed once, and again after before_test() extends the base (the placed copy replaces its own)."""
-        if kb.memory is not placed["memory"]:
-            kb.memory = placed["memory"] = parallel.place_step_data(kb.memory, mesh)
-        return placed["memory"]
-
-    def before_test():
-        if ftr.get("extend_memory_with_valid"):
-            kb.extend(model.encoder, model.retriever, dataset.valid)
-
-    return (lambda item_seq, item_seq_len, batch: score_fn(scorer, state, memory_on_mesh())(item_seq, item_seq_len,
-                                                                                             batch),
-            before_test)

@@ -12,20 +12,35 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ftragrec_jax.atomic import write_text_atomic
-from ftragrec_jax.config import Config
-from ftragrec_jax.errors import FtragrecError
-from ftragrec_jax.train.run_dir import RunDir, close_log
+import yaml
 
-# The side-by-side table of the pipeline (issue 9): HR@5/10, NDCG@5/10, MRR@10.
+from ftragrec_jax import parallel
+from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
+from ftragrec_jax.config import Config
+from ftragrec_jax.data.dataset import dataset_from_config
+from ftragrec_jax.errors import ConfigError, FtragrecError
+from ftragrec_jax.train.duorec_task import DuoRecTask
+from ftragrec_jax.train.ftragrec_task import FTragrecTask
+from ftragrec_jax.train.loop import Trainer
+from ftragrec_jax.train.run_dir import RunDir, close_log
+from ftragrec_jax.train.task import Task
+
+# The side-by-side table of the pipeline: HR@5/10, NDCG@5/10, MRR@10.
 COMPARED = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
+
+
+def make_task(cfg: Config, dataset) -> Task:
+    """The task for cfg.model; every dataset-dependent check runs here, before any training step."""
+    dataset.require_samples("train", "valid", "test")  # all three are used; an empty one would fail late
+    if cfg.model == "duorec":
+        return DuoRecTask(cfg, dataset)
+    if cfg.model == "ftragrec":
+        return FTragrecTask(cfg, dataset)
+    raise ConfigError(f"config key 'model': unknown model {cfg.model!r}")
 
 
 def train_stage(cfg: Config, dataset=None) -> dict:
     """Train one model into its run folder (resuming if it holds a run of this config); returns results."""
-    from ftragrec_jax.train import tasks
-    from ftragrec_jax.train.loop import Trainer
-
     check_devices(cfg)
     run_dir = RunDir.for_config(cfg)
     resumed = run_dir.check_or_write_config(cfg)  # refuses a conflicting folder before any compute
@@ -33,11 +48,11 @@ def train_stage(cfg: Config, dataset=None) -> dict:
     try:
         log.info("%s %s run in %s", "resuming" if resumed else "new", cfg.model, run_dir.path)
         if dataset is None:
-            dataset = tasks.dataset_from_config(cfg)
+            dataset = dataset_from_config(cfg)
         log.info("dataset %s: %d users, %d items (padding included), %d interactions; samples train %d, "
                  "valid %d, test %d", dataset.name, dataset.n_users, dataset.n_items, dataset.n_interactions,
                  len(dataset.train), len(dataset.valid), len(dataset.test))
-        task = tasks.make_task(cfg, dataset)
+        task = make_task(cfg, dataset)
         return Trainer(cfg, task, dataset, run_dir, log).fit()
     except FtragrecError as e:
         if not getattr(e, "logged", False):
@@ -49,8 +64,6 @@ def train_stage(cfg: Config, dataset=None) -> dict:
 
 def check_devices(cfg: Config) -> None:
     """`mesh` and the batch size must fit the devices; checked before data is loaded or encoded."""
-    from ftragrec_jax import parallel
-
     mesh = parallel.make_mesh(cfg.mesh)
     parallel.check_batch_divides(cfg.train_batch_size, mesh)
     parallel.check_batch_divides(cfg.eval_batch_size, mesh, "eval_batch_size")  # evaluation is sharded too
@@ -62,14 +75,9 @@ def needs_backbone(cfg: Config) -> bool:
 
 def train_pipeline(cfg: Config) -> dict:
     """DuoRec pretraining then FTragrec fine-tuning on its best model; returns the combined results."""
-    import yaml
-
-    from ftragrec_jax.atomic import write_json_atomic
-    from ftragrec_jax.train import tasks
-
     check_devices(cfg)
     root = RunDir.for_config(cfg).path
-    dataset = tasks.dataset_from_config(cfg)
+    dataset = dataset_from_config(cfg)
     backbone_cfg = dataclasses.replace(cfg, model="duorec", epochs=cfg.pretrain_epochs,
                                        output_dir=str(root / "duorec"))
     backbone = train_stage(backbone_cfg, dataset)

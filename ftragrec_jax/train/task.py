@@ -8,10 +8,9 @@ host-side state that must survive a restart (FTragrec's knowledge-base keys).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-# (item_seq [B, L], item_seq_len [B], batch dict) -> scores [B, n_items]; the evaluator's contract.
-ScoreFn = Callable[[Any, Any, dict], Any]
+from ftragrec_jax.scoring import ScoreFn
 
 
 class Task:

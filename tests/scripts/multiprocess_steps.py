@@ -18,9 +18,10 @@ from flax import nnx
 from ftragrec_jax import parallel
 from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.evaluation import sample_ranks
-from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, make_scorer, score_fn
+from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import make_optimizer
+from ftragrec_jax.scoring import bind, ftragrec_scorer
 from ftragrec_jax.train.steps import make_ftragrec_step
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
@@ -78,8 +79,8 @@ def ftragrec_steps(mesh):
     tx = make_optimizer(1e-2, 0.0)
     params, opt_state = parallel.replicate((params, tx.init(params)), mesh)
     # evaluation first, on the initial parameters: identical inputs, so the ranks must be identical too
-    scorer = make_scorer(graphdef, hp, rest=rest, mesh=mesh)
-    ranks = sample_ranks(score_fn(scorer, params, memory), SequenceSamples(**samples), 40,
+    scorer = ftragrec_scorer(graphdef, hp, rest=rest, mesh=mesh)
+    ranks = sample_ranks(bind(scorer, params, memory), SequenceSamples(**samples), 40,
                          batch_size=GLOBAL_BATCH, mesh=mesh)
     step = make_ftragrec_step(graphdef, hp, tx, rest=rest)
     order = np.random.default_rng(1).permutation(len(samples["target"]))

@@ -17,7 +17,8 @@ from flax import nnx
 from ftragrec_jax import parallel
 from ftragrec_jax.config import load_config
 from ftragrec_jax.data.batches import iterate_batches
-from ftragrec_jax.train.tasks import dataset_from_config, make_task
+from ftragrec_jax.data.dataset import dataset_from_config
+from ftragrec_jax.train.pipeline import make_task
 from tests.test_train import TINY, write_lines_dataset
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py sets it

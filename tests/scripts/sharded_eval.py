@@ -1,5 +1,5 @@
 """Full-sort evaluation on a 1-device and a 4-device mesh: a random DuoRec and random FTragrec models (exact and
-faiss backends), through `scorer_from_model_dir` + `sample_ranks` (every sample's rank) and through
+faiss backends), through `scoring.from_params` + `sample_ranks` (every sample's rank) and through
 `experiments.evaluate` (the metrics). Prints one JSON line: ranks and metrics per model and mesh, and how the
 scorer's inputs and outputs were split over the devices. Run with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests do).
@@ -15,14 +15,15 @@ from pathlib import Path
 
 import jax
 
-from experiments.evaluate import evaluate_model_dir
 from experiments.train import main as train_main
 from ftragrec_jax import parallel
 from ftragrec_jax.config import load_config
+from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import ConfigError
-from ftragrec_jax.evaluation import sample_ranks
+from ftragrec_jax.evaluation import evaluate_model_dir, sample_ranks
 from ftragrec_jax.model_dir import load_model, save_model
-from ftragrec_jax.train.tasks import dataset_from_config, make_task, scorer_from_model_dir
+from ftragrec_jax.scoring import from_params
+from ftragrec_jax.train.pipeline import make_task
 from tests.test_train import TINY, cli_args, write_lines_dataset
 
 jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py sets it
@@ -60,7 +61,8 @@ for name, path in models.items():
     for n in (1, 4):
         mesh = parallel.make_mesh(n)
         meta, params, _ = load_model(path)
-        score, before_test = scorer_from_model_dir(path, meta, params, dataset, cfg, mesh)
+        scorer = from_params(meta, params, source=str(path), dataset=dataset, mesh=mesh)
+        score, before_test = scorer.score, scorer.before_test
         seen = {}
 
         def recorded(item_seq, item_seq_len, batch):
