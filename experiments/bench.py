@@ -29,7 +29,7 @@ import experiments.benchlib as benchlib
 from experiments.cli_common import HelpFormatter
 
 BENCHES = ("duorec_step", "ftragrec_step", "ftragrec_epoch", "eval", "kb_build", "retrieval")
-# every backend cached and uncached as the issue asks, plus IVF (the fast approximate choice on CPU)
+# every backend cached and uncached, plus IVF (the fast approximate choice on CPU)
 FTRAGREC_VARIANTS = {"exact-cached": ("exact", True), "exact-uncached": ("exact", False),
                      "faiss-cached": ("faiss", True), "faiss-uncached": ("faiss", False),
                      "ivf-cached": ("ivf", True)}

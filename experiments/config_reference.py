@@ -17,7 +17,7 @@ from experiments.cli_common import HelpFormatter, config_fields
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
-# FTragrec's seed defaults, as issue 5 specifies them (the values in brackets there). A test checks that the
+# FTragrec's design defaults, as the design specifies them (the values in brackets there). A test checks that the
 # Config defaults still equal these, so a changed default cannot keep its "seed default" mark silently.
 SEED_CONFIGS = ("beauty_ftragrec.yaml", "sports_ftragrec.yaml")  # the shipped configs that use them
 SEED_DEFAULTS = {"retrieval_backend": "faiss", "faiss_index": "Flat", "top_k": 5, "retriever_layers": 1,

@@ -1,4 +1,4 @@
-"""Scaling figures (issue 7): DuoRec step time on 1, 2, 4 devices, and knowledge-base search time and memory.
+"""Scaling figures: DuoRec step time on 1, 2, 4 devices, and knowledge-base search time and memory.
 
     python -m experiments.scaling --json /tmp/scaling.json
     python -m experiments.scaling --devices 1,2 --kb-sizes 1000000 --steps 5

@@ -68,7 +68,7 @@ class Config:
     output_dir: str = ""  # run folder; "" = runs/<model>-<dataset>-seed<seed>
     show_progress: bool = True  # tqdm bars for training and evaluation
 
-    # --- FTragrec (issue 5; defaults are FTragrec's seed defaults) ----------------------------
+    # --- FTragrec (defaults are the design's) ------------------------------------------------------
     pretrained: str = ""  # DuoRec model dir (converted or JAX-trained); "" with model=ftragrec = pretrain first
     pretrain_epochs: int = 50  # epochs of the DuoRec stage when pretrained is "" (model=ftragrec)
     retrieval_backend: str = "faiss"  # "faiss" (host callback from the jitted step) or "exact" (in-graph)
@@ -91,7 +91,7 @@ class Config:
     retrieval_chunk_size: int = 65536  # exact backend: keys scored per chunk (bounds memory)
     faiss_overfetch: int = 32  # faiss backend: extra candidates per query, so the exclusion filter keeps top_k
 
-    # --- scale-out (issue 7) -------------------------------------------------------------------
+    # --- scale-out -----------------------------------------------------------------------------
     mesh: Any = None  # devices on the data axis: None = all local devices, or an int
     faiss_shards: int = 1  # faiss backend: index split into N IndexShards parts (one per GPU with faiss-gpu)
 

@@ -20,15 +20,18 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from ftragrec_jax.atomic import sha256_arrays, write_json_atomic
 from ftragrec_jax.data.vocab import Vocab
-from ftragrec_jax.errors import CheckpointError, FtragrecError, short_reason
+from ftragrec_jax.errors import CheckpointError, ConfigError, FtragrecError, short_reason
+from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.trees import flatten
 
 FORMAT = "ftragrec-jax/model/v1"
@@ -51,7 +54,6 @@ BUILTIN = "builtin:"  # `builtin:NAME` names a model directory shipped in the pa
 
 
 def builtin_root() -> Path:
-    from importlib import resources
 
     return Path(str(resources.files("ftragrec_jax") / "pretrained"))
 
@@ -120,7 +122,6 @@ def _checkpointer():
     """Orbax for a model directory, which one process writes or reads on its own: by default Orbax would wait
     at a barrier for every process of a multi-host run, and the trainer writes model directories from
     process 0 only (training checkpoints are the collective ones, in train/state.py)."""
-    import jax
 
     ocp = _orbax()
     me = jax.process_index()
@@ -330,7 +331,6 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
 
 def assign_params(model, params: dict, source: str = "params") -> None:
     """Fill `model`'s nnx.Param leaves from a pure dict; every leaf must be present with its shape."""
-    from flax import nnx
 
     state = nnx.state(model, nnx.Param)
     template = nnx.to_pure_dict(state)
@@ -366,8 +366,6 @@ def encoder_from_model_dir(path):
     For an FTragrec model the encoder's weights are the `encoder` subtree of its parameters.
     """
     path = resolve(path)
-    from ftragrec_jax.errors import ConfigError
-    from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
     meta, params, vocab = load_model(path)
     try:

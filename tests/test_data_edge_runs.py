@@ -1,4 +1,4 @@
-"""Data edge cases through the whole trainer (issue 8 item 6); tests/test_data_dataset.py checks the samples
+"""Data edge cases through the whole trainer ; tests/test_data_dataset.py checks the samples
 themselves. Each case has a defined outcome: a run with exactly predictable metrics, or a one-line DataError
 naming the file before the first epoch (never an epoch of compute followed by a failure)."""
 

@@ -1,4 +1,4 @@
-"""FTragrec ablation options (issue 5): kNN-LM fusion and a learnable alpha, each against a naive reference."""
+"""FTragrec ablation options: kNN-LM fusion and a learnable alpha, each against a naive reference."""
 
 import dataclasses
 

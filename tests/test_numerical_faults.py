@@ -1,5 +1,5 @@
-"""Numerical faults: a NaN gradient under a finite loss, a diverging run, and model directories holding NaN/Inf
-(issue 8 item 4). The NaN-loss-term case is
+"""Numerical faults: a NaN gradient under a finite loss, a diverging run, and model directories holding NaN/Inf.
+The NaN-loss-term case is
 tests/test_train.py::test_nan_loss_stops_with_message_and_keeps_checkpoint."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7 on this machine: the sharded exact search, FTragrec on a 4-device mesh against 1 device, and a
+"""Scale-out on this machine: the sharded exact search, FTragrec on a 4-device mesh against 1 device, and a
 two-process run on localhost against one process. Multi-device runs use forced CPU devices in subprocesses
 (the device count is fixed when jax starts)."""
 

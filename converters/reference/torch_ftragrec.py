@@ -1,4 +1,4 @@
-"""PyTorch reference FTragrec (issue 5), written from the same spec as ftragrec_jax/models/ftragrec.py.
+"""PyTorch reference FTragrec, written from the same spec as ftragrec_jax/models/ftragrec.py.
 
 It is what a PyTorch user would write: a frozen TorchDuoRec encoder run every step, a retriever g of
 RecBole FeedForward blocks, FAISS searched on the host, and the loss computed from the retrieved ids.

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from ftragrec_jax.parallel import DATA_AXIS
+
 BUCKETS = (2, 4, 8, 16, 32)  # length budgets below max_len; max_len itself is always the last
 CHUNK = 64  # rows per bucketed chunk
 
@@ -110,7 +112,6 @@ def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: i
     """`encode_passes` with the passes sharded along the mesh's data axis -> one sharded [B, H] output per pass.
     Each device joins its own rows of every pass and buckets them together; a global concatenate-and-sort
     would make the SPMD partitioner gather everything onto every device."""
-    from ftragrec_jax.parallel import DATA_AXIS
 
     graphdef, state = nnx.split(encoder)
     n = len(seqs)

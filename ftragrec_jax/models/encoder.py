@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ftragrec_jax.errors import ConfigError
+
 # RecBole's additive attention mask value; -inf would change softmax on fully masked rows.
 MASK_VALUE = -10000.0
 LN_EPS = 1e-12
@@ -38,7 +40,6 @@ class EncoderConfig:
     initializer_range: float = 0.02  # std of RecBole's normal init
 
     def __post_init__(self):
-        from ftragrec_jax.errors import ConfigError
 
         checks = {
             "n_items": self.n_items >= 2,

@@ -17,6 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+
 from ftragrec_jax.atomic import sha256_arrays
 from ftragrec_jax.errors import CheckpointError, short_reason
 
@@ -80,8 +83,6 @@ class TrainCheckpoints:
 def arrays_digest(tree) -> str | None:
     """sha256_arrays over every leaf in tree order, unlabelled (PRNG keys as their key data). None when a leaf
     is not fully addressable from this process (multi-host sharding)."""
-    import jax
-    import numpy as np
 
     leaves = []
     for leaf in jax.tree_util.tree_leaves(tree):
