@@ -203,6 +203,7 @@ class Config:
                 "fields": (self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD)}
 
     def encoder_config(self, n_items: int):
+        # deferred: the models import jax and flax, and reading or checking a config needs neither
         from ftragrec_jax.models.encoder import EncoderConfig
 
         return EncoderConfig(
