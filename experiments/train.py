@@ -16,13 +16,16 @@ import argparse
 import sys
 
 from experiments.cli_common import CONFIG_DIR, HelpFormatter, config_key_help, fail, reject_unknown
+from ftragrec_jax import parallel
+from ftragrec_jax.config import load_config, split_cli_overrides
+from ftragrec_jax.errors import FtragrecError
+from ftragrec_jax.evaluation import comparison_table, metrics_table, published_for
+from ftragrec_jax.train.pipeline import needs_backbone, run_path, train_pipeline, train_stage
 
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
 
 
 def parse_args(argv):
-    from ftragrec_jax.config import split_cli_overrides
-
     rest, flag_overrides = split_cli_overrides(list(argv))
     parser = argparse.ArgumentParser(
         prog="python -m experiments.train", description=__doc__.split("\n\n")[0],
@@ -37,14 +40,9 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from ftragrec_jax.config import load_config
-    from ftragrec_jax.errors import FtragrecError
-
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, overrides)
-        from ftragrec_jax import parallel
-
         parallel.maybe_initialize_distributed()  # multi-host launch (docs/scaling.md); before any device is used
         return run(cfg)
     except FtragrecError as e:
@@ -52,15 +50,20 @@ def main(argv=None) -> int:
 
 
 def run(cfg) -> int:
-    """Everything after the config: one training stage, or backbone + FTragrec when no backbone is given."""
-    from ftragrec_jax.evaluation import metrics_table
-    from ftragrec_jax.train.pipeline import comparison_table, needs_backbone, run_path, train_pipeline, train_stage
-
+    """Everything after the config: one training stage, or backbone + FTragrec when no backbone is given.
+    FTragrec ends with the backbone vs FTragrec test table (and, on the published Beauty split, the published
+    DuoRec and RaSeRec figures); other models with their valid/test metrics."""
     if needs_backbone(cfg):
-        print(comparison_table(train_pipeline(cfg)))
+        combined = train_pipeline(cfg)
+        print(comparison_table(combined["backbone"]["test"], combined["ftragrec"]["test"],
+                               published_for(combined["protocol"])))
         print(f"results: {run_path(cfg) / 'results.json'}")
     else:
-        print(metrics_table(train_stage(cfg)))
+        results = train_stage(cfg)
+        if "backbone" in results:
+            print(comparison_table(results["backbone"]["test"], results["test"], published_for(results["protocol"])))
+        else:
+            print(metrics_table(results))
     print(f"run folder: {run_path(cfg)}")
     return 0
 

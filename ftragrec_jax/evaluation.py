@@ -246,6 +246,53 @@ def metrics_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# The side-by-side table of a backbone and its FTragrec: HR@5/10, NDCG@5/10, MRR@10.
+COMPARED = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
+
+# Test figures other code published for Amazon Beauty under this protocol (RecBole's 5-core split of the same
+# file, leave-one-out, full ranking over all items), printed under a run on that exact dataset for reference.
+# Other code and other runs: they are not reproduced here. None = not published in the source.
+PUBLISHED_BEAUTY = {
+    # Qiu et al., "Contrastive Learning for Representation Degeneration Problem in Sequential Recommendation"
+    # (WSDM 2022): only the @10 figures are quoted in this project's sources
+    "DuoRec": {"hit@5": None, "hit@10": 0.0845, "ndcg@5": None, "ndcg@10": 0.0443, "mrr@10": None},
+    # Zhao et al., "RaSeRec: Retrieval-Augmented Sequential Recommendation" (arXiv 2412.18378), its Beauty result
+    "RaSeRec": {"hit@5": 0.0569, "hit@10": 0.0860, "ndcg@5": 0.0369, "ndcg@10": 0.0463, "mrr@10": None},
+}
+BEAUTY_SHAPE = {"n_users": 22363, "n_interactions": 198502}  # the published split (users, interactions; length 50)
+
+
+def relative_change(base: dict, new: dict) -> dict:
+    """(new - base) / base per metric present in both (None where base is 0)."""
+    return {k: (new[k] - base[k]) / base[k] if base.get(k) else None for k in new if k in base}
+
+
+def published_for(protocol: dict) -> dict:
+    """The published rows that apply to a run's protocol record: Beauty's, on exactly that split and protocol."""
+    ds = protocol.get("dataset") or {}
+    same = (not protocol.get("mask_history") and all(ds.get(k) == v for k, v in BEAUTY_SHAPE.items())
+            and (ds.get("settings") or {}).get("max_seq_length") == 50)
+    return PUBLISHED_BEAUTY if same else {}
+
+
+def comparison_table(backbone: dict, tuned: dict, published: dict | None = None) -> str:
+    """Backbone vs FTragrec test metrics, one metric per row, with the relative change; `published` rows
+    ({label: metrics}) follow, labelled as published."""
+    rel = relative_change(backbone, tuned)
+    lines = [f"{'test':<10}{'DuoRec':>10}{'FTragrec':>10}{'change':>10}"]
+    for k in COMPARED:
+        change = f"{100 * rel[k]:+.1f}%" if rel.get(k) is not None else "n/a"
+        lines.append(f"{k:<10}{backbone[k]:>10.4f}{tuned[k]:>10.4f}{change:>10}")
+    if published:
+        names = list(published)
+        lines += ["", "published (other code and runs, for reference; not reproduced here):",
+                  f"{'test':<10}" + "".join(f"{n:>10}" for n in names)]
+        for k in COMPARED:
+            cells = ["—" if published[n].get(k) is None else f"{published[n][k]:.4f}" for n in names]
+            lines.append(f"{k:<10}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
 def evaluate_model_dir(checkpoint, data=None, overrides=(), show_progress=True) -> dict:
     """{"valid": metrics, "test": metrics} of a model directory (or builtin:NAME) on the dataset its model.json
     names (or `data`), with `overrides` as `scoring.load_model_dir` takes them."""

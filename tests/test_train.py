@@ -420,6 +420,49 @@ def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
     assert got["valid"] == res["valid"] and got["test"] == res["test"]
 
 
+def test_ftragrec_results_carry_its_backbone_and_the_cli_prints_the_comparison(ft_run, full_run, data_file, tmp_path,
+                                                                                capsys):
+    """A fine-tuning run on a given backbone records the backbone on the same valid and test users (equal to the
+    backbone's own run) and the relative change; the CLI ends with the backbone vs FTragrec table. The tiny data
+    is not the published Beauty split, so no published rows are printed."""
+    from ftragrec_jax.evaluation import relative_change
+
+    res = json.loads((ft_run / "results.json").read_text())
+    duorec = json.loads((full_run / "results.json").read_text())
+    assert res["backbone"]["valid"] == duorec["valid"] and res["backbone"]["test"] == duorec["test"]
+    assert res["relative_change_test"] == relative_change(duorec["test"], res["test"])
+    out = tmp_path / "again"
+    capsys.readouterr()
+    assert train(data_file, out, "--epochs=1", *ft_args(full_run)) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("test      "):]
+    assert table.splitlines()[0].split() == ["test", "DuoRec", "FTragrec", "change"]
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:6]}
+    assert list(rows) == ["hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"]
+    again = json.loads((out / "results.json").read_text())
+    assert rows["ndcg@10"][:2] == [f"{again['backbone']['test']['ndcg@10']:.4f}", f"{again['test']['ndcg@10']:.4f}"]
+    assert "published" not in text
+
+
+def test_published_rows_only_on_the_published_beauty_split():
+    from ftragrec_jax.evaluation import comparison_table, published_for
+
+    beauty = {"mask_history": False, "dataset": {"n_users": 22363, "n_interactions": 198502,
+                                                 "settings": {"max_seq_length": 50}}}
+    assert set(published_for(beauty)) == {"DuoRec", "RaSeRec"}
+    assert published_for({**beauty, "mask_history": True}) == {}
+    assert published_for({**beauty, "dataset": {**beauty["dataset"], "n_users": 22362}}) == {}
+    assert published_for({**beauty, "dataset": {**beauty["dataset"], "settings": {"max_seq_length": 20}}}) == {}
+    m = {"hit@5": 0.05, "hit@10": 0.08, "ndcg@5": 0.03, "ndcg@10": 0.04, "mrr@10": 0.03}
+    text = comparison_table(m, {**m, "ndcg@10": 0.044}, published_for(beauty))
+    assert "ndcg@10       0.0400    0.0440    +10.0%" in text
+    lines = text.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("published")))
+    assert lines[at + 1].split() == ["test", "DuoRec", "RaSeRec"]
+    assert lines[at + 3].split() == ["hit@10", "0.0845", "0.0860"]
+    assert lines[at + 2].split() == ["hit@5", "—", "0.0569"]
+
+
 def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_run, data_file, tmp_path, capsys):
     from experiments.compare import main
 

@@ -17,11 +17,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from ftragrec_jax import parallel, plots
 from ftragrec_jax.config import Config
-from ftragrec_jax.errors import FtragrecError
-from ftragrec_jax.evaluation import evaluate_split, format_metrics, protocol_info
+from ftragrec_jax.data.batches import iterate_batches, num_batches
+from ftragrec_jax.errors import CheckpointError, FtragrecError
+from ftragrec_jax.evaluation import evaluate_split, format_metrics, protocol_info, relative_change
+from ftragrec_jax.model_dir import load_model, read_meta, save_model
 from ftragrec_jax.train import epoch_log
 from ftragrec_jax.train.run_dir import RunDir
 from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
@@ -37,7 +40,6 @@ class NonFiniteError(FtragrecError):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
 
@@ -91,6 +93,17 @@ class Trainer:
         valid = evaluate_split(score_fn, self.dataset, "valid", self.cfg, mesh=self.mesh)
         self.log.info(epoch_log.baseline_line(valid, self.cfg.valid_metric, time.perf_counter() - t0))
 
+    def _backbone_results(self, test: dict) -> dict:
+        """FTragrec: the frozen backbone on the same valid and test users, and the relative change on test, so
+        results.json (and the table `experiments.train` prints) says what fine-tuning added. Scored after the
+        model's own test (its extended base, if any, changes nothing for the backbone alone)."""
+        score_fn = self.task.baseline_score_fn()
+        if score_fn is None:
+            return {}
+        backbone = {split: evaluate_split(score_fn, self.dataset, split, self.cfg, mesh=self.mesh)
+                    for split in ("valid", "test")}
+        return {"backbone": backbone, "relative_change_test": relative_change(backbone["test"], test)}
+
     def _restore(self, ckpts: TrainCheckpoints, params, opt_state):
         loop = {"epochs_done": 0, "step": 0, "best_score": None, "best_epoch": None, "patience": 0,
                 "history": [], "stopped": None, "train_time_s": 0.0}
@@ -117,8 +130,6 @@ class Trainer:
 
     def _ensure_latest_model(self, params, epoch: int, loop: dict) -> None:
         """A kill between the checkpoint and the latest_model write leaves latest_model one epoch behind."""
-        from ftragrec_jax.errors import CheckpointError
-        from ftragrec_jax.model_dir import read_meta
 
         try:
             current = (read_meta(self.run.latest_model).get("source") or {}).get("epoch") == epoch
@@ -130,7 +141,6 @@ class Trainer:
 
     def _epoch(self, epoch: int, params, opt_state, loop: dict, ckpts: TrainCheckpoints):
         cfg, log, task = self.cfg, self.log, self.task
-        from ftragrec_jax.data.batches import iterate_batches, num_batches
 
         train = self.dataset.train
         n_batches = num_batches(len(train), cfg.train_batch_size, False)
@@ -226,7 +236,6 @@ class Trainer:
         raise err
 
     def _save_model(self, path, params, epoch: int, valid: dict | None) -> None:
-        from ftragrec_jax.model_dir import save_model
 
         if not self.main:  # multi-host: one writer; Orbax training state is saved by every process together
             return
@@ -240,7 +249,6 @@ class Trainer:
 
     # --- the end ------------------------------------------------------------------------------
     def _final(self, params, loop: dict) -> dict:
-        from ftragrec_jax.model_dir import load_model
 
         cfg, log = self.cfg, self.log
         if self.run.best_model.exists():
@@ -259,7 +267,8 @@ class Trainer:
         self.task.before_test(params)
         test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg, mesh=self.mesh)
         results = {
-            "valid": valid, "test": test, "model": self.task.model, "checkpoint": str(self.run.best_model),
+            "valid": valid, "test": test, **self._backbone_results(test),
+            "model": self.task.model, "checkpoint": str(self.run.best_model),
             "selected": which, "best_epoch": loop["best_epoch"], "epochs_run": loop["epochs_done"],
             "steps": loop["step"], "stopped": loop["stopped"], "train_time_s": round(loop["train_time_s"], 2),
             "eval_time_s": round(time.perf_counter() - t0, 2), "seed": cfg.seed,

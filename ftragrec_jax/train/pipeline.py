@@ -19,14 +19,12 @@ from ftragrec_jax.atomic import write_json_atomic, write_text_atomic
 from ftragrec_jax.config import Config
 from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import ConfigError, FtragrecError
+from ftragrec_jax.evaluation import relative_change
 from ftragrec_jax.train.duorec_task import DuoRecTask
 from ftragrec_jax.train.ftragrec_task import FTragrecTask
 from ftragrec_jax.train.loop import Trainer
 from ftragrec_jax.train.run_dir import RunDir, close_log
 from ftragrec_jax.train.task import Task
-
-# The side-by-side table of the pipeline: HR@5/10, NDCG@5/10, MRR@10.
-COMPARED = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
 
 
 def make_task(cfg: Config, dataset) -> Task:
@@ -93,21 +91,6 @@ def train_pipeline(cfg: Config) -> dict:
     write_text_atomic(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json_atomic(root / "results.json", combined)
     return combined
-
-
-def relative_change(base: dict, new: dict) -> dict:
-    return {k: (new[k] - base[k]) / base[k] if base.get(k) else None for k in new if k in base}
-
-
-def comparison_table(combined: dict) -> str:
-    """Backbone vs FTragrec on test, one metric per row, with the relative change."""
-    b, f = combined["backbone"]["test"], combined["ftragrec"]["test"]
-    rel = combined["relative_change_test"]
-    lines = [f"{'test':<10}{'DuoRec':>10}{'FTragrec':>10}{'change':>10}"]
-    for k in COMPARED:
-        change = f"{100 * rel[k]:+.1f}%" if rel.get(k) is not None else "n/a"
-        lines.append(f"{k:<10}{b[k]:>10.4f}{f[k]:>10.4f}{change:>10}")
-    return "\n".join(lines)
 
 
 def run_path(cfg: Config) -> Path:
