@@ -1,11 +1,16 @@
-"""Atomic file writes (temp file in the same folder, fsync, rename: a reader never sees half a file) and the
-project's SHA-256 checksums of files and arrays."""
+"""Atomic writes of files (temp file in the same folder, fsync, rename: a reader never sees half a file) and of
+directories (staged in a temp sibling, swapped into place), and the project's SHA-256 checksums of files and
+arrays."""
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,3 +64,53 @@ def sha256_arrays(labelled: Iterable[tuple[str, np.ndarray]]) -> str:
         h.update(f"{label}{a.dtype.str}{a.shape};".encode())
         h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.hexdigest()
+
+
+# --- directories: staged in a temporary sibling, then swapped into place -----------------------------------
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the complete directory `tmp` at `dest` (a sibling): an atomic exchange on Linux, elsewhere two renames
+    (dest briefly absent, never half-written). The previous dest, if any, is removed."""
+    if not dest.exists():
+        os.rename(tmp, dest)
+    elif _exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous model
+    else:  # two renames: DEST is briefly absent, never half-written
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+        os.rmdir(old)
+        os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            os.rename(old, dest)  # put the previous model back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(dest.parent)
+
+
+def remove_stale_siblings(dest: Path) -> None:
+    """Temp dirs (.NAME.tmp-*, .NAME.old-*) of an earlier replace_dir of the same dest killed before it finished."""
+    for kind in ("tmp", "old"):
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
+            shutil.rmtree(stale, ignore_errors=True)

@@ -12,12 +12,9 @@ load, so files damaged after the save are refused rather than read as other numb
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from importlib import resources
@@ -26,13 +23,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
-from ftragrec_jax.atomic import sha256_arrays, write_json_atomic
+from ftragrec_jax.atomic import fsync_dir, remove_stale_siblings, replace_dir, sha256_arrays, write_json_atomic
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, ConfigError, FtragrecError, short_reason
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
-from ftragrec_jax.trees import flatten
+from ftragrec_jax.trees import assign_params, flatten
 
 FORMAT = "ftragrec-jax/model/v1"
 MODEL_JSON = "model.json"
@@ -142,14 +138,6 @@ def _is_model_dir(path: Path) -> bool:
     return (path / MODEL_JSON).is_file() or (path / PARAMS_DIR).is_dir()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_base: dict | None = None) -> Path:
     """Write a complete model directory at `path`, replacing an existing model directory atomically.
 
@@ -167,7 +155,7 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_b
     if dest.is_dir() and any(dest.iterdir()) and not _is_model_dir(dest):
         raise CheckpointError(f"{dest}: refusing to replace a non-empty folder that is not a model directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
+    remove_stale_siblings(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)
@@ -180,8 +168,8 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_b
         for name in (MODEL_JSON, VOCAB_JSON, KNOWLEDGE_BASE):
             if (tmp / name).exists():
                 os.chmod(tmp / name, 0o644)  # mkstemp files are private; a model is meant to be shared
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, dest)
+        fsync_dir(tmp)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -223,44 +211,6 @@ def load_knowledge_base(path) -> dict | None:
         if arrays[name].dtype != dtype:
             raise CheckpointError(f"{src}: {name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
     return arrays
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.rename(tmp, dest)
-    elif _exchange(tmp, dest):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous model
-    else:  # two renames: DEST is briefly absent, never half-written
-        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-        os.rmdir(old)
-        os.rename(dest, old)
-        try:
-            os.rename(tmp, dest)
-        except BaseException:
-            os.rename(old, dest)  # put the previous model back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(dest.parent)
-
-
-def _remove_leftovers(dest: Path) -> None:
-    """Temp dirs of an earlier save of the same DEST that was killed before it finished."""
-    for kind in ("tmp", "old"):
-        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _int_keys(tree):
@@ -327,37 +277,6 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
         except FtragrecError as e:
             raise CheckpointError(str(e)) from None
     return meta, params, vocab
-
-
-def assign_params(model, params: dict, source: str = "params") -> None:
-    """Fill `model`'s nnx.Param leaves from a pure dict; every leaf must be present with its shape."""
-
-    state = nnx.state(model, nnx.Param)
-    template = nnx.to_pure_dict(state)
-    want, got = flatten(template), flatten(params)
-    missing = sorted(".".join(k) for k in want.keys() - got.keys())
-    extra = sorted(".".join(k) for k in got.keys() - want.keys())
-    if missing or extra:
-        raise CheckpointError(
-            f"{source}: parameter tree does not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
-    for key, ref in want.items():
-        arr = np.asarray(got[key])
-        if arr.shape != tuple(ref.shape):
-            raise CheckpointError(
-                f"{source}: {'.'.join(key)} has shape {arr.shape}, the model expects {tuple(ref.shape)}")
-    filled = jax.tree_util.tree_map(lambda ref, arr: np.asarray(arr, dtype=ref.dtype), template,
-                                    _like(template, params))
-    nnx.replace_by_pure_dict(state, filled)
-    nnx.update(model, state)
-
-
-def _like(template, tree):
-    """`tree` re-keyed with the template's key types (int list indices vs Orbax's strings)."""
-    if isinstance(template, dict):
-        by_str = {str(k): v for k, v in tree.items()}
-        return {k: _like(v, by_str[str(k)]) for k, v in template.items()}
-    return tree
 
 
 def encoder_from_model_dir(path):

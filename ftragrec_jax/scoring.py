@@ -25,13 +25,13 @@ from ftragrec_jax import parallel
 from ftragrec_jax.config import DATASET_KEYS, Config, load_config, parse_override
 from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import CheckpointError, ConfigError
-from ftragrec_jax.model_dir import ENCODER_MODELS, assign_params, check_vocab_compat, load_model, read_meta
+from ftragrec_jax.model_dir import ENCODER_MODELS, check_vocab_compat, load_model, read_meta
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, ftragrec_scores
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys
 from ftragrec_jax.models.search import FaissSearcher, Memory
-from ftragrec_jax.trees import dotted, key_names
+from ftragrec_jax.trees import assign_params, dotted, key_names
 
 # (item_seq [B, L], item_seq_len [B], batch dict) -> scores [B, n_items]: what the evaluator calls
 ScoreFn = Callable[[Any, Any, dict], Any]

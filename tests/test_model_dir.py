@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ftragrec_jax import model_dir
+from ftragrec_jax import atomic, model_dir
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError
 from ftragrec_jax.model_dir import check_vocab_compat, encoder_from_model_dir, load_model, save_model
@@ -134,7 +134,7 @@ def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
     _, params_a, meta = _model(0)
     _, params_b, _ = _model(1)
     save_model(tmp_path / "m", params_a, meta)
-    monkeypatch.setattr(model_dir, "_exchange", lambda a, b: False)  # e.g. not Linux
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # e.g. not Linux
     save_model(tmp_path / "m", params_b, meta)
     assert np.array_equal(_leaves(load_model(tmp_path / "m")[1])[0], _leaves(params_b)[0])
     assert [p.name for p in tmp_path.iterdir()] == ["m"]

@@ -9,12 +9,12 @@ from flax import nnx
 
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
-from ftragrec_jax.model_dir import assign_params
 from ftragrec_jax.models.duorec import make_same_target_sampler
 from ftragrec_jax.models.encoder import build_encoder
 from ftragrec_jax.optim import adam
 from ftragrec_jax.train.steps import make_duorec_step
 from ftragrec_jax.train.task import Task
+from ftragrec_jax.trees import assign_params
 
 
 class DuoRecTask(Task):

@@ -16,13 +16,14 @@ from flax import nnx
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
-from ftragrec_jax.model_dir import BUILTIN, assign_params, check_vocab_compat, encoder_from_model_dir
+from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
 from ftragrec_jax.optim import make_optimizer
 from ftragrec_jax.train.run_dir import LOGGER_NAME
 from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.train.task import Task
+from ftragrec_jax.trees import assign_params
 
 
 def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
