@@ -37,17 +37,23 @@ from ftragrec_jax.errors import CheckpointError, FtragrecError
 # RecBole settings our encoder implements exactly; any other value would silently change numbers.
 FIXED_SETTINGS = {"hidden_act": "gelu", "layer_norm_eps": 1e-12}
 # RecBole config key -> EncoderConfig field, checked against what the weights' shapes say.
-SHAPE_KEYS = {"hidden_size": "hidden_size", "n_layers": "n_layers", "inner_size": "inner_size",
-              "MAX_ITEM_LIST_LENGTH": "max_seq_length"}
+SHAPE_KEYS = {
+    "hidden_size": "hidden_size",
+    "n_layers": "n_layers",
+    "inner_size": "inner_size",
+    "MAX_ITEM_LIST_LENGTH": "max_seq_length",
+}
 # RecBole config key -> EncoderConfig field that only the config can tell.
-CONFIG_KEYS = {"hidden_dropout_prob": "hidden_dropout_prob", "attn_dropout_prob": "attn_dropout_prob",
-               "initializer_range": "initializer_range"}
+CONFIG_KEYS = {
+    "hidden_dropout_prob": "hidden_dropout_prob",
+    "attn_dropout_prob": "attn_dropout_prob",
+    "initializer_range": "initializer_range",
+}
 # the data settings a checkpoint's config decides: Config's dataset keys but the file, its format and the max
 # length (which the weights' position table decides)
 DATA_KEYS = tuple(k for k in DATASET_KEYS if k not in ("data", "data_format", "MAX_ITEM_LIST_LENGTH"))
 # validation samples scored by the id-order sanity check: enough to tell a model from chance, seconds on a CPU
 SANITY_SAMPLES = 2000
-
 
 
 def encoder_overrides(ck: TorchCheckpoint, src: str, n_heads: int | None) -> dict:
@@ -95,9 +101,16 @@ def checkpoint_data_settings(ck: TorchCheckpoint, cfg, src: str) -> tuple[dict, 
     return settings, read
 
 
-def dataset_options(settings: dict, cfg, *, fmt: str = "auto", min_user_inter_num: int | None = None,
-                    min_item_inter_num: int | None = None, max_item_list_length: int | None = None,
-                    normalize_time: bool | None = None) -> dict:
+def dataset_options(
+    settings: dict,
+    cfg,
+    *,
+    fmt: str = "auto",
+    min_user_inter_num: int | None = None,
+    min_item_inter_num: int | None = None,
+    max_item_list_length: int | None = None,
+    normalize_time: bool | None = None,
+) -> dict:
     """Dataset settings (Config key names) for --data: the checkpoint's own (`settings`), with each flag that is
     given replacing the setting it names; the max length defaults to the position table of the weights."""
     out = {"data_format": fmt, **settings}
@@ -108,8 +121,10 @@ def dataset_options(settings: dict, cfg, *, fmt: str = "auto", min_user_inter_nu
         out["normalize_time"] = bool(normalize_time)
     max_len = cfg.max_seq_length if max_item_list_length is None else int(max_item_list_length)
     if not 1 <= max_len <= cfg.max_seq_length:
-        raise CheckpointError(f"--max-item-list-length {max_len}: expected 1..{cfg.max_seq_length} "
-                              f"(the checkpoint's position table has {cfg.max_seq_length} rows)")
+        raise CheckpointError(
+            f"--max-item-list-length {max_len}: expected 1..{cfg.max_seq_length} "
+            f"(the checkpoint's position table has {cfg.max_seq_length} rows)"
+        )
     out["MAX_ITEM_LIST_LENGTH"] = max_len
     return out
 
@@ -118,8 +133,11 @@ def _filters(options: dict) -> str:
     parts = []
     for who in ("user", "item"):
         interval = options.get(f"{who}_inter_num_interval")
-        parts.append(f"{who}_inter_num_interval={interval!r}" if interval else
-                     f"min_{who}_inter_num={options[f'min_{who}_inter_num']}")
+        parts.append(
+            f"{who}_inter_num_interval={interval!r}"
+            if interval
+            else f"min_{who}_inter_num={options[f'min_{who}_inter_num']}"
+        )
     return ", ".join(parts)
 
 
@@ -133,7 +151,8 @@ def read_dataset(data, options: dict, n_items: int, src: str):
         raise CheckpointError(
             f"{data}: has {dataset.n_items - 1} items after filtering ({_filters(options)}) but {src} has "
             f"{n_items - 1} (+1 padding row); not the file it was trained on, or other k-core settings "
-            f"(--min-user-inter-num / --min-item-inter-num)")
+            f"(--min-user-inter-num / --min-item-inter-num)"
+        )
     return dataset
 
 
@@ -159,21 +178,34 @@ def id_order_check(encoder, dataset, ck: TorchCheckpoint) -> dict:
     rows = np.unique(np.linspace(0, len(valid) - 1, n).round().astype(np.int64))
     ranks = []
     for start in range(0, len(rows), 500):
-        part = valid.take(rows[start:start + 500])
+        part = valid.take(rows[start : start + 500])
         scores = np.array(encoder.scores(encoder(jnp.asarray(part.item_seq), jnp.asarray(part.item_seq_len))))
         scores[:, 0] = -np.inf  # padding is never recommended
         target = scores[np.arange(len(scores)), np.asarray(part.target)]
         ranks.append((scores > target[:, None]).sum(axis=1))
     rank = np.concatenate(ranks)
     top = rank < 10
-    out.update({"hit@10": float(top.mean()), "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),
-                "ndcg@10": float(np.where(top, 1.0 / np.log2(rank + 2.0), 0.0).mean())})
+    out.update(
+        {
+            "hit@10": float(top.mean()),
+            "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),
+            "ndcg@10": float(np.where(top, 1.0 / np.log2(rank + 2.0), 0.0).mean()),
+        }
+    )
     out["recall@10"] = out["hit@10"]  # one target per user
     return out
 
 
-def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, data=None,
-            dataset_flags: dict | None = None, model_class: str | None = None) -> dict:
+def convert(
+    src,
+    dest,
+    *,
+    n_heads: int | None = None,
+    overwrite: bool = False,
+    data=None,
+    dataset_flags: dict | None = None,
+    model_class: str | None = None,
+) -> dict:
     """Read, map and check everything, then write DEST atomically. Returns the report as a dict.
 
     `data`: the dataset file the model was trained on (stores its vocabulary and settings with the model);
@@ -202,8 +234,12 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
     ignored = sorted(load_torch_state_into_encoder(state, encoder))
     params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
     n_params = int(sum(np.size(x) for x in _leaves(params)))
-    source = {"file": src.name, "sha256": sha256_file(src), "format": "torch-" + ck.meta["format"],
-              "recbole_class": recbole_class}
+    source = {
+        "file": src.name,
+        "sha256": sha256_file(src),
+        "format": "torch-" + ck.meta["format"],
+        "recbole_class": recbole_class,
+    }
     if extra_rows:
         source["dropped_item_rows"] = extra_rows  # CL4SRec's mask token, never scored
     for key in ("model_class", "epoch", "cur_step", "best_valid_score"):
@@ -213,8 +249,7 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
         source["recbole_config_keys_read"] = read
         if isinstance(ck.config.get("dataset"), str):
             source["recbole_dataset"] = ck.config["dataset"]
-    meta = {"model": kind, "encoder": dataclasses.asdict(cfg), "ftragrec": None, "dataset": settings,
-            "source": source}
+    meta = {"model": kind, "encoder": dataclasses.asdict(cfg), "ftragrec": None, "dataset": settings, "source": source}
     vocab, sanity = None, None
     if data is not None:
         options = dataset_options(settings, cfg, **(dataset_flags or {}))
@@ -223,9 +258,19 @@ def convert(src, dest, *, n_heads: int | None = None, overwrite: bool = False, d
         meta["dataset"] = {"data": str(Path(data).resolve()), **options}
     save_model(dest, params, meta, vocab=vocab)
     mapped = [k for k in state if k not in set(ignored)]
-    return {"src": str(src), "dest": str(dest), "mapped": mapped, "ignored": ignored, "model": kind,
-            "n_params": n_params, "encoder": meta["encoder"], "dataset": meta["dataset"], "source": source,
-            "vocab": vocab is not None, "sanity": sanity}
+    return {
+        "src": str(src),
+        "dest": str(dest),
+        "mapped": mapped,
+        "ignored": ignored,
+        "model": kind,
+        "n_params": n_params,
+        "encoder": meta["encoder"],
+        "dataset": meta["dataset"],
+        "source": source,
+        "vocab": vocab is not None,
+        "sanity": sanity,
+    }
 
 
 def _leaves(tree):
@@ -254,16 +299,26 @@ def format_report(r: dict) -> str:
         f"n_layers={enc['n_layers']} n_heads={enc['n_heads']} inner_size={enc['inner_size']}",
         f"  dataset: {r['dataset']}",
         f"  keys mapped: {len(r['mapped'])}, parameters: {r['n_params']:,}"
-        + (f" (the last {r['source']['dropped_item_rows']} item_embedding row(s), {r['source']['recbole_class']}'s "
-           f"augmentation mask token, not converted)" if r["source"].get("dropped_item_rows") else ""),
+        + (
+            f" (the last {r['source']['dropped_item_rows']} item_embedding row(s), {r['source']['recbole_class']}'s "
+            f"augmentation mask token, not converted)"
+            if r["source"].get("dropped_item_rows")
+            else ""
+        ),
         f"  keys ignored: {len(r['ignored'])}" + (f": {', '.join(_group(r['ignored']))}" if r["ignored"] else ""),
-        "  vocabulary: " + ("vocab.json from --data" if r.get("vocab") else
-                            "none (pass --data FILE to store it; recommend/evaluate then need --data)"),
+        "  vocabulary: "
+        + (
+            "vocab.json from --data"
+            if r.get("vocab")
+            else "none (pass --data FILE to store it; recommend/evaluate then need --data)"
+        ),
     ]
     sanity = r.get("sanity") or {}
     if sanity.get("samples"):
-        line = (f"  sanity on {sanity['samples']} valid samples of --data: hit@10 {sanity['hit@10']:.4f} "
-                f"mrr@10 {sanity['mrr@10']:.4f} ndcg@10 {sanity['ndcg@10']:.4f} (chance hit@10 {sanity['chance']:.4f}")
+        line = (
+            f"  sanity on {sanity['samples']} valid samples of --data: hit@10 {sanity['hit@10']:.4f} "
+            f"mrr@10 {sanity['mrr@10']:.4f} ndcg@10 {sanity['ndcg@10']:.4f} (chance hit@10 {sanity['chance']:.4f}"
+        )
         if "stored" in sanity:
             line += f"; the checkpoint recorded valid {sanity['stored']['metric']} {sanity['stored']['value']:.4f}"
         lines.append(line + ")")
@@ -286,48 +341,96 @@ def sanity_warning(r: dict) -> str | None:
         if sanity["chance"] * 3 >= 1.0 or sanity["hit@10"] > 3 * sanity["chance"]:
             return None
         what = f"valid hit@10 {sanity['hit@10']:.4f}, chance level ({sanity['chance']:.4f})"
-    return (f"warning: on {r['dataset'].get('data')} the converted model scores {what}: the file's item ids are "
-            f"probably not the ones it was trained with (RecBole numbers items by first appearance in its .inter "
-            f"file), so this vocabulary would map tokens to the wrong items")
+    return (
+        f"warning: on {r['dataset'].get('data')} the converted model scores {what}: the file's item ids are "
+        f"probably not the ones it was trained with (RecBole numbers items by first appearance in its .inter "
+        f"file), so this vocabulary would map tokens to the wrong items"
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converters.duorec_to_flax", description=__doc__.split("\n\n")[0],
-                                 epilog="then: python -m experiments.recommend --checkpoint DEST_DIR --items \"...\" "
-                                        "and python -m experiments.evaluate --checkpoint DEST_DIR [--data FILE.inter]",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m converters.duorec_to_flax",
+        description=__doc__.split("\n\n")[0],
+        epilog='then: python -m experiments.recommend --checkpoint DEST_DIR --items "..." '
+        "and python -m experiments.evaluate --checkpoint DEST_DIR [--data FILE.inter]",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("src", help="PyTorch checkpoint (.pth): RecBole checkpoint dict or plain state_dict")
     ap.add_argument("dest", help="model directory to create")
-    ap.add_argument("--n-heads", type=int, default=None,
-                    help="attention heads, only for a file without a RecBole config")
-    ap.add_argument("--model-class", default=None, choices=sorted(SASREC_FAMILY),
-                    help="RecBole class of a plain state_dict (a RecBole checkpoint records its own)")
+    ap.add_argument(
+        "--n-heads", type=int, default=None, help="attention heads, only for a file without a RecBole config"
+    )
+    ap.add_argument(
+        "--model-class",
+        default=None,
+        choices=sorted(SASREC_FAMILY),
+        help="RecBole class of a plain state_dict (a RecBole checkpoint records its own)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace DEST if it is an existing model directory")
     data = ap.add_argument_group("dataset (stores the item vocabulary and dataset settings with the model)")
-    data.add_argument("--data", default=None, metavar="FILE",
-                      help="the dataset file the checkpoint was trained on (.inter atomic or one-line-per-user)")
-    data.add_argument("--data-format", default="auto", choices=("auto", "atomic", "lines"),
-                      help="format of --data (auto: by extension)")
-    data.add_argument("--min-user-inter-num", type=int, default=None,
-                      help="k-core for users (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)")
-    data.add_argument("--min-item-inter-num", type=int, default=None,
-                      help="k-core for items (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)")
-    data.add_argument("--normalize-time", default=None, action=argparse.BooleanOptionalAction,
-                      help="min-max scale timestamps before ordering (unset: the checkpoint config's normalize_all / "
-                           "normalize_field; off without one)")
-    data.add_argument("--max-item-list-length", type=int, default=None,
-                      help="prefix length kept (unset: the rows of the checkpoint's position table)")
+    data.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="the dataset file the checkpoint was trained on (.inter atomic or one-line-per-user)",
+    )
+    data.add_argument(
+        "--data-format",
+        default="auto",
+        choices=("auto", "atomic", "lines"),
+        help="format of --data (auto: by extension)",
+    )
+    data.add_argument(
+        "--min-user-inter-num",
+        type=int,
+        default=None,
+        help="k-core for users (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)",
+    )
+    data.add_argument(
+        "--min-item-inter-num",
+        type=int,
+        default=None,
+        help="k-core for items (unset: the checkpoint config's k-core, 0.2 or 1.x keys; 5 without one)",
+    )
+    data.add_argument(
+        "--normalize-time",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="min-max scale timestamps before ordering (unset: the checkpoint config's normalize_all / "
+        "normalize_field; off without one)",
+    )
+    data.add_argument(
+        "--max-item-list-length",
+        type=int,
+        default=None,
+        help="prefix length kept (unset: the rows of the checkpoint's position table)",
+    )
     args = ap.parse_args(argv)
-    flags = {"fmt": args.data_format, "min_user_inter_num": args.min_user_inter_num,
-             "min_item_inter_num": args.min_item_inter_num, "max_item_list_length": args.max_item_list_length,
-             "normalize_time": args.normalize_time}
+    flags = {
+        "fmt": args.data_format,
+        "min_user_inter_num": args.min_user_inter_num,
+        "min_item_inter_num": args.min_item_inter_num,
+        "max_item_list_length": args.max_item_list_length,
+        "normalize_time": args.normalize_time,
+    }
     if args.data is None and any(v is not None for k, v in flags.items() if k != "fmt"):
-        print("error: --min-user-inter-num / --min-item-inter-num / --max-item-list-length / --normalize-time "
-              "need --data", file=sys.stderr)
+        print(
+            "error: --min-user-inter-num / --min-item-inter-num / --max-item-list-length / --normalize-time "
+            "need --data",
+            file=sys.stderr,
+        )
         return 2
     try:
-        report = convert(args.src, args.dest, n_heads=args.n_heads, overwrite=args.overwrite, data=args.data,
-                         dataset_flags=flags, model_class=args.model_class)
+        report = convert(
+            args.src,
+            args.dest,
+            n_heads=args.n_heads,
+            overwrite=args.overwrite,
+            data=args.data,
+            dataset_flags=flags,
+            model_class=args.model_class,
+        )
     except FtragrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

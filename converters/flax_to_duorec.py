@@ -26,8 +26,9 @@ def export(model_dir, out) -> dict:
     from ftragrec_jax.model_dir import encoder_from_model_dir
 
     encoder, meta, _ = encoder_from_model_dir(model_dir)
-    state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True)))
-                        for k, v in encoder_to_torch_state(encoder).items())
+    state = OrderedDict(
+        (k, torch.from_numpy(np.array(v, copy=True))) for k, v in encoder_to_torch_state(encoder).items()
+    )
     out = Path(out)
     if out.is_dir():
         raise CheckpointError(f"{out}: is a directory, expected a .pth file path")
@@ -46,8 +47,10 @@ def main(argv=None) -> int:
     except FtragrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported the {r['model']} encoder of {args.model_dir} -> {args.out}: "
-          f"{len(r['keys'])} keys, {r['n_params']:,} parameters")
+    print(
+        f"exported the {r['model']} encoder of {args.model_dir} -> {args.out}: "
+        f"{len(r['keys'])} keys, {r['n_params']:,} parameters"
+    )
     return 0
 
 

@@ -139,8 +139,10 @@ def encoder_config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides) ->
         if value is None:
             continue
         if key in _SUPPORTED:
-            ok = any(value == s if isinstance(s, str) else np.isclose(float(value), s, rtol=0, atol=1e-15)
-                     for s in _SUPPORTED[key])
+            ok = any(
+                value == s if isinstance(s, str) else np.isclose(float(value), s, rtol=0, atol=1e-15)
+                for s in _SUPPORTED[key]
+            )
             if not ok:
                 raise ConfigError(f"encoder config: unsupported {key}={value!r} (supported: {_SUPPORTED[key]})")
         elif key not in fields:
@@ -205,8 +207,9 @@ def _set(tree, path, value):
     tree[path[-1]] = value
 
 
-def load_torch_state(sd: Mapping[str, np.ndarray], module: nnx.Module, table: Sequence[Entry],
-                     n_layers: int, *, key_filter=None) -> list[str]:
+def load_torch_state(
+    sd: Mapping[str, np.ndarray], module: nnx.Module, table: Sequence[Entry], n_layers: int, *, key_filter=None
+) -> list[str]:
     """Fill every nnx.Param of `module` from `sd` through `table`. Returns the sd keys the table does
     not use (sorted). Raises CheckpointError on a missing key, a wrong shape, a non-float tensor or
     a Param left unfilled. `key_filter(key) -> bool` marks keys that must be consumed by the table
@@ -262,8 +265,9 @@ def to_torch_state(module: nnx.Module, table: Sequence[Entry], n_layers: int) ->
 
 def load_torch_state_into_encoder(sd: Mapping[str, np.ndarray], encoder) -> list[str]:
     """Copy a DuoRec state_dict into a SequenceEncoder in place; returns the ignored (non-encoder) keys."""
-    return load_torch_state(sd, encoder, ENCODER_TABLE, encoder.config.n_layers,
-                            key_filter=lambda k: bool(_ENCODER_KEY.match(k)))
+    return load_torch_state(
+        sd, encoder, ENCODER_TABLE, encoder.config.n_layers, key_filter=lambda k: bool(_ENCODER_KEY.match(k))
+    )
 
 
 def encoder_to_torch_state(encoder) -> dict[str, np.ndarray]:

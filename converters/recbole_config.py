@@ -59,7 +59,8 @@ def model_kind(ck, src: str, declared: str | None = None) -> tuple[str, str | No
     if name not in SASREC_FAMILY:
         raise CheckpointError(
             f"{src}: model class {name!r} is not a SASRec-family encoder; this converter handles "
-            f"{', '.join(SASREC_FAMILY)} (other architectures would load into the wrong forward pass)")
+            f"{', '.join(SASREC_FAMILY)} (other architectures would load into the wrong forward pass)"
+        )
     return SASREC_FAMILY[name], name
 
 
@@ -85,14 +86,18 @@ def _split_0_2(config: dict, src: str) -> None:
         return
     parts = [p.strip() for p in str(setting).split(",")]
     if parts[0] != "TO_LS" or (len(parts) > 1 and parts[1] != "full") or len(parts) > 2:
-        raise CheckpointError(f"{src}: config eval_setting={setting!r}: only 'TO_LS,full' (temporal order, "
-                              f"leave-one-out, full ranking) is implemented")
+        raise CheckpointError(
+            f"{src}: config eval_setting={setting!r}: only 'TO_LS,full' (temporal order, "
+            f"leave-one-out, full ranking) is implemented"
+        )
     if config.get("leave_one_num", 2) != 2:
-        raise CheckpointError(f"{src}: config leave_one_num={config['leave_one_num']!r}: only 2 (valid and test) "
-                              f"is implemented")
+        raise CheckpointError(
+            f"{src}: config leave_one_num={config['leave_one_num']!r}: only 2 (valid and test) is implemented"
+        )
     if config.get("group_by_user", True) is not True:
-        raise CheckpointError(f"{src}: config group_by_user={config['group_by_user']!r}: only per-user "
-                              f"leave-one-out is implemented")
+        raise CheckpointError(
+            f"{src}: config group_by_user={config['group_by_user']!r}: only per-user leave-one-out is implemented"
+        )
 
 
 def _split_1_x(config: dict, src: str) -> None:
@@ -103,11 +108,14 @@ def _split_1_x(config: dict, src: str) -> None:
         raise CheckpointError(f"{src}: config eval_args={args!r}: expected a dict")
     split = args.get("split")
     if split != {"LS": "valid_and_test"}:
-        raise CheckpointError(f"{src}: config eval_args.split={split!r}: only {{'LS': 'valid_and_test'}} "
-                              f"(leave-one-out for valid and test) is implemented")
+        raise CheckpointError(
+            f"{src}: config eval_args.split={split!r}: only {{'LS': 'valid_and_test'}} "
+            f"(leave-one-out for valid and test) is implemented"
+        )
     if args.get("order", "TO") != "TO":
-        raise CheckpointError(f"{src}: config eval_args.order={args['order']!r}: only 'TO' (temporal order) is "
-                              f"implemented")
+        raise CheckpointError(
+            f"{src}: config eval_args.order={args['order']!r}: only 'TO' (temporal order) is implemented"
+        )
     if args.get("group_by", "user") not in ("user", None):
         raise CheckpointError(f"{src}: config eval_args.group_by={args['group_by']!r}: only 'user' is implemented")
     mode = args.get("mode", "full")
@@ -144,16 +152,28 @@ def data_settings(config: dict | None, src: str) -> tuple[dict, list[str]]:
         return False
 
     if have("field_separator") and config["field_separator"] != "\t":
-        raise CheckpointError(f"{src}: config field_separator={config['field_separator']!r}: only tab-separated "
-                              f"atomic files are read")
-    _refuse_if_set(config, ("lowest_val", "highest_val", "equal_val", "not_equal_val", "val_interval"), src,
-                   "filtering interactions by field values is not implemented")
+        raise CheckpointError(
+            f"{src}: config field_separator={config['field_separator']!r}: only tab-separated atomic files are read"
+        )
+    _refuse_if_set(
+        config,
+        ("lowest_val", "highest_val", "equal_val", "not_equal_val", "val_interval"),
+        src,
+        "filtering interactions by field values is not implemented",
+    )
     _refuse_if_set(config, ("threshold",), src, "labels from a rating threshold are not implemented")
-    _refuse_if_set(config, ("benchmark_filename",), src, "pre-split benchmark files are not read; the split is "
-                   "leave-one-out over one file")
-    _refuse_if_set(config, ("additional_feat_suffix", "alias_of_user_id", "alias_of_item_id",
-                            "fields_in_same_space", "discretization"), src,
-                   "extra feature files or id spaces are not implemented")
+    _refuse_if_set(
+        config,
+        ("benchmark_filename",),
+        src,
+        "pre-split benchmark files are not read; the split is leave-one-out over one file",
+    )
+    _refuse_if_set(
+        config,
+        ("additional_feat_suffix", "alias_of_user_id", "alias_of_item_id", "fields_in_same_space", "discretization"),
+        src,
+        "extra feature files or id spaces are not implemented",
+    )
 
     fields = {}
     for key, default in (("USER_ID_FIELD", "user_id"), ("ITEM_ID_FIELD", "item_id"), ("TIME_FIELD", "timestamp")):
@@ -170,18 +190,22 @@ def data_settings(config: dict | None, src: str) -> tuple[dict, list[str]]:
         if extra:
             raise CheckpointError(
                 f"{src}: config load_col={load_col!r}: loads {', '.join(repr(e) for e in extra)} files; feature "
-                f"files change the k-core filter and the ids RecBole assigns, and they are not read here")
+                f"files change the k-core filter and the ids RecBole assigns, and they are not read here"
+            )
         columns = load_col.get("inter") or []
         missing = [f for f in fields.values() if f not in columns]
         if missing:
-            raise CheckpointError(f"{src}: config load_col={load_col!r}: the 'inter' columns lack "
-                                  f"{', '.join(missing)}; a sequential model needs the user, item and time columns")
+            raise CheckpointError(
+                f"{src}: config load_col={load_col!r}: the 'inter' columns lack "
+                f"{', '.join(missing)}; a sequential model needs the user, item and time columns"
+            )
     unload = config.get("unload_col")
     if have("unload_col") and isinstance(unload, dict):
         gone = [f for f in fields.values() if f in (unload.get("inter") or [])]
         if gone:
-            raise CheckpointError(f"{src}: config unload_col={unload!r}: removes {', '.join(gone)}, which the "
-                                  f"data needs")
+            raise CheckpointError(
+                f"{src}: config unload_col={unload!r}: removes {', '.join(gone)}, which the data needs"
+            )
 
     if version == "0.2":
         _split_0_2(config, src)
@@ -222,9 +246,15 @@ def data_settings(config: dict | None, src: str) -> tuple[dict, list[str]]:
     else:
         normalize = bool(norm_all)
 
-    out = {"min_user_inter_num": 0, "min_item_inter_num": 0,
-           "user_inter_num_interval": intervals["user"], "item_inter_num_interval": intervals["item"],
-           "rm_dup_inter": keep or "", "normalize_time": normalize, **fields}
+    out = {
+        "min_user_inter_num": 0,
+        "min_item_inter_num": 0,
+        "user_inter_num_interval": intervals["user"],
+        "item_inter_num_interval": intervals["item"],
+        "rm_dup_inter": keep or "",
+        "normalize_time": normalize,
+        **fields,
+    }
     # 0.2's plain lower bounds keep their own names in model.json (what a 0.2 user recognises)
     for who in ("user", "item"):
         m = re.fullmatch(r"\[(\d+),inf\)", intervals[who])

@@ -373,7 +373,8 @@ class _ZipArchive:
             raise CheckpointError(f"{self.path}: record {info.filename} is corrupt or truncated ({e})") from None
         if len(data) != info.file_size:
             raise CheckpointError(
-                f"{self.path}: record {info.filename} holds {len(data)} bytes, header says {info.file_size}")
+                f"{self.path}: record {info.filename} holds {len(data)} bytes, header says {info.file_size}"
+            )
         return data
 
     def load(self):

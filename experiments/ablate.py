@@ -21,12 +21,19 @@ METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.ablate", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--config", required=True, help="FTragrec YAML config the variants start from")
     p.add_argument("--grid", required=True, help="YAML mapping: variant name -> {config key: value}")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override for every variant, e.g. pretrained=RUN/best_model (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every variant, e.g. pretrained=RUN/best_model (repeatable)",
+    )
     p.add_argument("--seeds", default="2020", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", default="runs/ablations", help="folder of the run folders (default: %(default)s)")
@@ -72,10 +79,12 @@ def summarize(backbone: dict, runs: dict[str, dict[int, dict]]) -> tuple[str, di
     for name, per_seed in runs.items():
         mean = {m: float(np.mean([r["test"][m] for r in per_seed.values()])) for m in METRICS}
         rel = {m: (mean[m] - backbone[m]) / backbone[m] if backbone[m] else None for m in METRICS}
-        data["variants"][name] = {"mean": mean, "relative_change": rel,
-                                  "per_seed": {s: r["test"] for s, r in per_seed.items()}}
-        cells = [f"{mean[m]:.4f} ({100 * rel[m]:+.1f}%)" if rel[m] is not None else f"{mean[m]:.4f}"
-                 for m in METRICS]
+        data["variants"][name] = {
+            "mean": mean,
+            "relative_change": rel,
+            "per_seed": {s: r["test"] for s, r in per_seed.items()},
+        }
+        cells = [f"{mean[m]:.4f} ({100 * rel[m]:+.1f}%)" if rel[m] is not None else f"{mean[m]:.4f}" for m in METRICS]
         rows.append(f"| {name} | {','.join(map(str, per_seed))} | " + " | ".join(cells) + " |")
     return "\n".join(rows), data
 
@@ -102,8 +111,10 @@ def main(argv=None) -> int:
         for name, variant in grid.items():
             if only and name not in only:
                 continue
-            runs[name] = {s: run_variant(args.config, args.overrides, variant, s, Path(args.out) / f"{name}-seed{s}")
-                          for s in seeds}
+            runs[name] = {
+                s: run_variant(args.config, args.overrides, variant, s, Path(args.out) / f"{name}-seed{s}")
+                for s in seeds
+            }
             table, data = summarize(backbone, runs)
             print(table, flush=True)
             if args.table:  # rewritten after every variant, so a partial sweep is never lost

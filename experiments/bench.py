@@ -32,8 +32,9 @@ BENCHES = ("duorec_step", "ftragrec_step", "ftragrec_epoch", "eval", "kb_build",
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--what", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--items", type=int, default=12102, help="catalogue size of random data (Beauty: 12,102)")
     p.add_argument("--users", type=int, default=BEAUTY["users"], help="users of random data (--data synthetic)")
@@ -43,19 +44,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=5, help="neighbours retrieved")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per side (step-sized work)")
     p.add_argument("--epoch-repeats", type=int, default=3, help="timed repeats per side for whole epochs/evals")
-    p.add_argument("--data", choices=("real", "synthetic"), default="real",
-                   help="real: Amazon Beauty (and ML-1M for eval) from ../shared, else the embedded Beauty; "
-                        "synthetic: random sequences of --items/--users")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="device for both sides (default: cuda when available to jax and torch, else cpu)")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="torch intra-op threads (default: all cores, %(default)s here, as XLA uses on CPU)")
-    p.add_argument("--fp32-matmul", action="store_true",
-                   help="full float32 matmuls on both sides (GPU default: TF32 allowed on both, as jax does)")
+    p.add_argument(
+        "--data",
+        choices=("real", "synthetic"),
+        default="real",
+        help="real: Amazon Beauty (and ML-1M for eval) from ../shared, else the embedded Beauty; "
+        "synthetic: random sequences of --items/--users",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device for both sides (default: cuda when available to jax and torch, else cpu)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch intra-op threads (default: all cores, %(default)s here, as XLA uses on CPU)",
+    )
+    p.add_argument(
+        "--fp32-matmul",
+        action="store_true",
+        help="full float32 matmuls on both sides (GPU default: TF32 allowed on both, as jax does)",
+    )
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile side of duorec_step")
     p.add_argument("--seed", type=int, default=0, help="seed of the random data, parameters and batches")
-    p.add_argument("--ftragrec-variants", default=",".join(FTRAGREC_VARIANTS),
-                   help="ftragrec_step/ftragrec_epoch: JAX sides to run (a whole epoch per side is minutes on CPU)")
+    p.add_argument(
+        "--ftragrec-variants",
+        default=",".join(FTRAGREC_VARIANTS),
+        help="ftragrec_step/ftragrec_epoch: JAX sides to run (a whole epoch per side is minutes on CPU)",
+    )
     p.add_argument("--json", default=None, help="write rows, machine info and the command line to this file")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -80,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- main ---------------------------------------------------------------------------------------------
 
+
 def _configure_jax(device: str | None, fp32: bool) -> None:
     import jax
 
@@ -91,8 +111,11 @@ def _configure_jax(device: str | None, fp32: bool) -> None:
         raise SystemExit("error: --device cuda: jax has no GPU backend here (install jax[cuda13])")
 
 
-RUNNERS = {"duorec_step": duorec_step.bench_duorec_step, "eval": eval.bench_eval,
-           "retrieval": retrieval.bench_retrieval}
+RUNNERS = {
+    "duorec_step": duorec_step.bench_duorec_step,
+    "eval": eval.bench_eval,
+    "retrieval": retrieval.bench_retrieval,
+}
 
 
 def run(args) -> dict:
@@ -104,10 +127,11 @@ def run(args) -> dict:
         ctx.torch.set_float32_matmul_precision("highest" if args.fp32_matmul else "high")
     cores = len(os.sched_getaffinity(0))
     same = "the same as" if args.threads == cores else "NOT the same as"
-    header = (f"JAX on {ctx.jax_device}; PyTorch on {ctx.torch_device}: torch intra-op threads = {args.threads}, "
-              f"{same} the {cores} cores XLA uses on CPU; float32 matmuls: "
-              + ("full precision on both sides" if args.fp32_matmul
-                 else "each side default (GPU: TF32 allowed on both)"))
+    header = (
+        f"JAX on {ctx.jax_device}; PyTorch on {ctx.torch_device}: torch intra-op threads = {args.threads}, "
+        f"{same} the {cores} cores XLA uses on CPU; float32 matmuls: "
+        + ("full precision on both sides" if args.fp32_matmul else "each side default (GPU: TF32 allowed on both)")
+    )
     print(header, flush=True)
     rows, errors = [], {}
     setup = None
@@ -129,12 +153,24 @@ def run(args) -> dict:
     print(table)
     for name, why in errors.items():
         print(f"{name}: {why}")
-    machine = {**benchlib.machine(args.argv), "date_utc": started["date_utc"],
-               "loadavg_at_start": started.get("loadavg_at_start"), "seconds": round(time.perf_counter() - t_start, 1)}
-    report = {"format": "ftragrec-jax/bench/v1", "machine": machine, "header": header,
-              "jax_device": ctx.jax_device, "torch_device": ctx.torch_device, "torch_threads": args.threads,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "argv")},
-              "rows": rows, "errors": errors, "table": table}
+    machine = {
+        **benchlib.machine(args.argv),
+        "date_utc": started["date_utc"],
+        "loadavg_at_start": started.get("loadavg_at_start"),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    report = {
+        "format": "ftragrec-jax/bench/v1",
+        "machine": machine,
+        "header": header,
+        "jax_device": ctx.jax_device,
+        "torch_device": ctx.torch_device,
+        "torch_threads": args.threads,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "argv")},
+        "rows": rows,
+        "errors": errors,
+        "table": table,
+    }
     if args.json:
         from ftragrec_jax.atomic import write_json_atomic
 

@@ -84,14 +84,39 @@ def compare(sides: list[Side], repeats: int = 7, min_time_s: float = 0.0) -> lis
     out = []
     for side in sides:
         if side.name in skipped:
-            out.append(Timing(side.name, side.device, None, None, None, 0, None, None, side.reference, side.note,
-                              skipped[side.name]))
+            out.append(
+                Timing(
+                    side.name,
+                    side.device,
+                    None,
+                    None,
+                    None,
+                    0,
+                    None,
+                    None,
+                    side.reference,
+                    side.note,
+                    skipped[side.name],
+                )
+            )
             continue
         ms = samples[side.name]
         med = statistics.median(ms)
         compile_s = max(first[side.name] - med / 1e3, 0.0) if side.compiled else None
-        out.append(Timing(side.name, side.device, med, min(ms), max(ms), len(ms), compile_s,
-                          first[side.name], side.reference, side.note))
+        out.append(
+            Timing(
+                side.name,
+                side.device,
+                med,
+                min(ms),
+                max(ms),
+                len(ms),
+                compile_s,
+                first[side.name],
+                side.reference,
+                side.note,
+            )
+        )
     return out
 
 
@@ -129,11 +154,15 @@ def _cpu_model() -> str:
 
 
 def machine(argv: list[str] | None = None) -> dict:
-    info = {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-            "command": shlex.join(["python", "-m", "experiments.bench",
-                                  *(sys.argv[1:] if argv is None else argv)])}
+    info = {
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": shlex.join(["python", "-m", "experiments.bench", *(sys.argv[1:] if argv is None else argv)]),
+    }
     try:
         with open("/proc/loadavg") as f:
             info["loadavg_at_start"] = f.read().split()[:3]
@@ -156,8 +185,19 @@ def _cell(value, col: str) -> str:
     return str(value)
 
 
-TABLE_COLS = ["bench", "case", "side", "device", "median_ms", "min_ms", "max_ms", "repeats", "compile_s", "ratio",
-              "note"]
+TABLE_COLS = [
+    "bench",
+    "case",
+    "side",
+    "device",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+    "repeats",
+    "compile_s",
+    "ratio",
+    "note",
+]
 
 
 def format_table(table_rows: list[dict], cols: list[str] = TABLE_COLS) -> str:
@@ -169,8 +209,9 @@ def format_table(table_rows: list[dict], cols: list[str] = TABLE_COLS) -> str:
         text.append(cells)
     widths = [max([len(c)] + [len(t[i]) for t in text]) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
-    return "\n".join([line, "-" * len(line)] +
-                     ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in text])
+    return "\n".join(
+        [line, "-" * len(line)] + ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in text]
+    )
 
 
 # --- memory: peak and current resident size of this process, per stage -------------------------------------
@@ -197,8 +238,19 @@ class Stages:
 
     def mark(self, name: str, **extra) -> None:
         t = time.perf_counter()
-        self.rows.append({"stage": name, "seconds": round(t - self.t0, 2), "peak_mb": round(peak_rss() / MB, 1),
-                          "rss_mb": round(rss_now() / MB, 1), **extra})
-        print(f"  {name:<32} peak {self.rows[-1]['peak_mb']:>8.1f} MB  now {self.rows[-1]['rss_mb']:>8.1f} MB"
-              f"  ({t - self.t0:.1f}s)", file=sys.stderr, flush=True)
+        self.rows.append(
+            {
+                "stage": name,
+                "seconds": round(t - self.t0, 2),
+                "peak_mb": round(peak_rss() / MB, 1),
+                "rss_mb": round(rss_now() / MB, 1),
+                **extra,
+            }
+        )
+        print(
+            f"  {name:<32} peak {self.rows[-1]['peak_mb']:>8.1f} MB  now {self.rows[-1]['rss_mb']:>8.1f} MB"
+            f"  ({t - self.t0:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
         self.t0 = t

@@ -18,8 +18,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("%(default)" in text or "default:" in text or action.required or not action.option_strings
-                or action.default is None or action.default is argparse.SUPPRESS):
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or action.required
+            or not action.option_strings
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+        ):
             return text
         return text + " (default: %(default)s)"
 
@@ -48,8 +54,7 @@ def config_fields() -> list[tuple[str, str, object, str]]:
 def config_key_help() -> str:
     """Every config key with its default and its comment (the epilog of train/evaluate --help)."""
     rows = [f"  {key}={default!r}\n      {comment}" for _, key, default, comment in config_fields()]
-    return ("config keys (set with --set key=value or --key=value; values are YAML; docs/config.md):\n"
-            + "\n".join(rows))
+    return "config keys (set with --set key=value or --key=value; values are YAML; docs/config.md):\n" + "\n".join(rows)
 
 
 def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821

@@ -23,18 +23,37 @@ def parse_args(argv):
     from ftragrec_jax.config import split_cli_overrides
 
     rest, flag_overrides = split_cli_overrides(list(argv))
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.compare", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--a", required=True, metavar="MODEL_DIR", help="the reference model (e.g. the backbone)")
     parser.add_argument("--b", required=True, metavar="MODEL_DIR", help="the model compared with it")
     parser.add_argument("--data", default=None, help="dataset file (default: the path stored in model A)")
     parser.add_argument("--split", default="test", choices=("valid", "test"), help="which split's users")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dataset/evaluation key for both models (repeatable)")
-    parser.add_argument("--set-a", dest="overrides_a", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key for model A only (repeatable)")
-    parser.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key for model B only (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dataset/evaluation key for both models (repeatable)",
+    )
+    parser.add_argument(
+        "--set-a",
+        dest="overrides_a",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key for model A only (repeatable)",
+    )
+    parser.add_argument(
+        "--set-b",
+        dest="overrides_b",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key for model B only (repeatable)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args, unknown = parser.parse_known_args(rest)
@@ -53,8 +72,9 @@ def model_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=T
     return (m.cfg, m.dataset), split_ranks(m.scorer, m.dataset, split, m.cfg, mesh=m.mesh)
 
 
-def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
-            show_progress=True) -> tuple[list[dict], int]:
+def compare(
+    a, b, split="test", data=None, overrides_a=(), overrides_b=(), show_progress=True
+) -> tuple[list[dict], int]:
     """(paired_hits rows at model A's topk, number of users) of model B against model A."""
     from ftragrec_jax.significance import paired_hits
 
@@ -65,8 +85,10 @@ def compare(a, b, split="test", data=None, overrides_a=(), overrides_b=(),
 
 def table(rows: list[dict], n_users: int) -> str:
     lines = [f"{n_users} users", "K    hit A    hit B    only A  only B  p (sign test)"]
-    lines += [f"{r['k']:<4} {r['hit_a']:.4f}   {r['hit_b']:.4f}   {r['a_only']:>6}  {r['b_only']:>6}  "
-              f"{r['p_value']:.3g}" for r in rows]
+    lines += [
+        f"{r['k']:<4} {r['hit_a']:.4f}   {r['hit_b']:.4f}   {r['a_only']:>6}  {r['b_only']:>6}  {r['p_value']:.3g}"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -76,14 +98,22 @@ def main(argv=None) -> int:
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        rows, n_users = compare(args.a, args.b, args.split, args.data, overrides + args.overrides_a,
-                                overrides + args.overrides_b, not args.no_progress)
+        rows, n_users = compare(
+            args.a,
+            args.b,
+            args.split,
+            args.data,
+            overrides + args.overrides_a,
+            overrides + args.overrides_b,
+            not args.no_progress,
+        )
     except FtragrecError as e:
         fail(str(e))
     print(table(rows, n_users))
     if args.json:
-        write_json_atomic(args.json, {"a": str(args.a), "b": str(args.b), "split": args.split,
-                                      "users": n_users, "rows": rows})
+        write_json_atomic(
+            args.json, {"a": str(args.a), "b": str(args.b), "split": args.split, "users": n_users, "rows": rows}
+        )
         print(f"wrote {args.json}")
     return 0
 

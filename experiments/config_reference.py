@@ -20,9 +20,19 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 # FTragrec's design defaults, as the design specifies them (the values in brackets there). A test checks that the
 # Config defaults still equal these, so a changed default cannot keep its "seed default" mark silently.
 SEED_CONFIGS = ("beauty_ftragrec.yaml", "sports_ftragrec.yaml")  # the shipped configs that use them
-SEED_DEFAULTS = {"retrieval_backend": "faiss", "faiss_index": "Flat", "top_k": 5, "retriever_layers": 1,
-                 "retriever_temperature": 0.07, "quality_threshold": 0.6, "alpha": 0.15, "enhanced_rec_weight": 0.5,
-                 "kl_small_weight": 0.03, "retriever_update_interval": 10, "extend_memory_with_valid": False}
+SEED_DEFAULTS = {
+    "retrieval_backend": "faiss",
+    "faiss_index": "Flat",
+    "top_k": 5,
+    "retriever_layers": 1,
+    "retriever_temperature": 0.07,
+    "quality_threshold": 0.6,
+    "alpha": 0.15,
+    "enhanced_rec_weight": 0.5,
+    "kl_small_weight": 0.03,
+    "retriever_update_interval": 10,
+    "extend_memory_with_valid": False,
+}
 MARK = "★"
 
 HEADER = f"""# Config reference
@@ -63,9 +73,12 @@ def render() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.config_reference",
-                                     description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.config_reference",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--out", default=str(DOC), help="file to write")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if the file differs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

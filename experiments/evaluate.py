@@ -27,13 +27,23 @@ from ftragrec_jax.evaluation import evaluate_model_dir, metrics_table
 def parse_args(argv):
     rest, flag_overrides = split_cli_overrides(list(argv))
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter, epilog=config_key_help())
+        prog="python -m experiments.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=config_key_help(),
+    )
     parser.add_argument("--checkpoint", required=True, help="model directory (model.json + params/)")
-    parser.add_argument("--data", default=None,
-                        help="dataset file (default: the path stored in the checkpoint, else embedded Beauty)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dataset/evaluation key, e.g. mask_history=true (repeatable)")
+    parser.add_argument(
+        "--data", default=None, help="dataset file (default: the path stored in the checkpoint, else embedded Beauty)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dataset/evaluation key, e.g. mask_history=true (repeatable)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write {'valid': {...}, 'test': {...}} here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args, unknown = parser.parse_known_args(rest)

@@ -54,22 +54,37 @@ from ftragrec_jax.atomic import write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("env", "correctness", "bench_fp32", "bench_default", "train_beauty", "train_sports")
 # seconds each stage may take at most (the remaining budget cuts them further); training takes what is left
-BOXES = {"env": 60, "correctness": 150, "bench_fp32": 150, "bench_default": 120, "train_beauty": 240,
-         "train_sports": 600}
-PARITY_TESTS = ["tests/test_parity_encoder.py", "tests/test_parity_duorec.py", "tests/test_parity_ftragrec.py",
-                "tests/test_search.py", "tests/test_search_real.py"]
+BOXES = {
+    "env": 60,
+    "correctness": 150,
+    "bench_fp32": 150,
+    "bench_default": 120,
+    "train_beauty": 240,
+    "train_sports": 600,
+}
+PARITY_TESTS = [
+    "tests/test_parity_encoder.py",
+    "tests/test_parity_duorec.py",
+    "tests/test_parity_ftragrec.py",
+    "tests/test_search.py",
+    "tests/test_search_real.py",
+]
 SMOKE_TESTS = ["tests/test_search.py::test_fewer_allowed_than_k_gives_minus_one"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.gpu_suite", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.gpu_suite", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--out", required=True, help="folder for summary.json, summary.md, logs and model archives")
     p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock seconds for all stages together")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any device (the test suite runs this)")
-    p.add_argument("--sports", default=None,
-                   help="Sports_and_Outdoors file for train_sports (skipped without it); ../shared does not "
-                        "travel to a device machine, so bring the file inside the working tree")
+    p.add_argument(
+        "--sports",
+        default=None,
+        help="Sports_and_Outdoors file for train_sports (skipped without it); ../shared does not "
+        "travel to a device machine, so bring the file inside the working tree",
+    )
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     args = p.parse_args(argv)
     unknown = [s for s in args.stages.split(",") if s not in STAGES]
@@ -82,10 +97,15 @@ def _env_record() -> dict:
     """What the numbers ran on; imports jax and torch in this subprocess only."""
     import jax
 
-    rec = {"python": platform.python_version(), "platform": platform.platform(),
-           "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-           "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision)}
+    rec = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
     from importlib import metadata
+
     for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "faiss-cpu", "torch"):
         try:
             rec[name] = metadata.version(name)
@@ -93,12 +113,17 @@ def _env_record() -> dict:
             rec[name] = None
     try:
         from converters.reference.torch_bench import environment  # converters/ is where torch is imported
+
         rec.update(environment())
     except ImportError:
         rec["torch_cuda"] = None
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         rec["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         rec["nvidia_smi"] = f"unavailable ({type(e).__name__})"
@@ -124,21 +149,78 @@ def _stage_commands(args, out: Path) -> dict[str, list[str] | None]:
     work = out / "work"
 
     def train(config: str, data: str, run: str, extra=()) -> list[str]:
-        return [py, "-m", "experiments.train", "--config", f"experiments/configs/{config}", "--set", f"data={data}",
-                "--set", "seed=2020", "--set", "show_progress=false", "--set", f"output_dir={work / run}", *extra]
+        return [
+            py,
+            "-m",
+            "experiments.train",
+            "--config",
+            f"experiments/configs/{config}",
+            "--set",
+            f"data={data}",
+            "--set",
+            "seed=2020",
+            "--set",
+            "show_progress=false",
+            "--set",
+            f"output_dir={work / run}",
+            *extra,
+        ]
 
-    bench = [py, "-m", "experiments.bench", "--what", "duorec_step,eval,ftragrec_step,ftragrec_epoch,retrieval",
-             "--kb", "131413,1000000,10000000"]
+    bench = [
+        py,
+        "-m",
+        "experiments.bench",
+        "--what",
+        "duorec_step,eval,ftragrec_step,ftragrec_epoch,retrieval",
+        "--kb",
+        "131413,1000000,10000000",
+    ]
     tests = PARITY_TESTS
     beauty_data, sports_data, small = "", args.sports, ()  # data= (empty): the embedded Beauty file
     if args.smoke:
         beauty_data = sports_data = str(_tiny_dataset(work / "tiny.txt"))
-        small = ("--set", "hidden_size=16", "--set", "inner_size=32", "--set", "MAX_ITEM_LIST_LENGTH=10",
-                 "--set", "min_user_inter_num=3", "--set", "min_item_inter_num=1", "--set", "train_batch_size=32",
-                 "--set", "epochs=1", "--set", "eval_batch_size=64")
-        bench = [py, "-m", "experiments.bench", "--what", "retrieval", "--data", "synthetic",
-                 "--items", "300", "--users", "200", "--kb", "2000", "--batch", "32", "--max-len", "10",
-                 "--repeats", "1", "--epoch-repeats", "1", "--no-torch-compile"]
+        small = (
+            "--set",
+            "hidden_size=16",
+            "--set",
+            "inner_size=32",
+            "--set",
+            "MAX_ITEM_LIST_LENGTH=10",
+            "--set",
+            "min_user_inter_num=3",
+            "--set",
+            "min_item_inter_num=1",
+            "--set",
+            "train_batch_size=32",
+            "--set",
+            "epochs=1",
+            "--set",
+            "eval_batch_size=64",
+        )
+        bench = [
+            py,
+            "-m",
+            "experiments.bench",
+            "--what",
+            "retrieval",
+            "--data",
+            "synthetic",
+            "--items",
+            "300",
+            "--users",
+            "200",
+            "--kb",
+            "2000",
+            "--batch",
+            "32",
+            "--max-len",
+            "10",
+            "--repeats",
+            "1",
+            "--epoch-repeats",
+            "1",
+            "--no-torch-compile",
+        ]
         tests = SMOKE_TESTS
     return {
         "env": [py, "-m", "experiments.gpu_suite", "--_env", str(work / "env.json")],
@@ -197,8 +279,14 @@ def _write_tar(dest: Path, members: list[tuple[Path, str]]) -> None:
 
 
 def _markdown(summary: dict) -> str:
-    lines = [f"# GPU suite, {summary['date']}", "", f"Command: `{summary['command']}`", "",
-             "| stage | status | seconds | box (s) |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU suite, {summary['date']}",
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        "| stage | status | seconds | box (s) |",
+        "|---|---|---|---|",
+    ]
     for name, st in summary["stages"].items():
         lines.append(f"| {name} | {st['status']} | {st.get('seconds', '')} | {st.get('box_s', '')} |")
     env = summary["stages"].get("env", {}).get("result", {})
@@ -210,14 +298,21 @@ def _markdown(summary: dict) -> str:
             lines += ["", f"## {name}", "", "| bench | side | median ms | ratio |", "|---|---|---|---|"]
             for r in rows:
                 med, ratio = r.get("median_ms"), r.get("ratio")
-                lines.append(f"| {r.get('bench', '')} {r.get('case', '')} | {r.get('side', '')} | "
-                             f"{'' if med is None else f'{med:.3f}'} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+                lines.append(
+                    f"| {r.get('bench', '')} {r.get('case', '')} | {r.get('side', '')} | "
+                    f"{'' if med is None else f'{med:.3f}'} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+                )
     for name in ("train_beauty", "train_sports"):
         res = summary["stages"].get(name, {}).get("result", {}).get("results")
         if res:
             test = res.get("test", {})
-            lines += ["", f"## {name}", "", f"best epoch {res.get('best_epoch')}, train {res.get('train_time_s')} s; "
-                      + ", ".join(f"test {k} {test[k]}" for k in ("hit@10", "ndcg@10") if k in test)]
+            lines += [
+                "",
+                f"## {name}",
+                "",
+                f"best epoch {res.get('best_epoch')}, train {res.get('train_time_s')} s; "
+                + ", ".join(f"test {k} {test[k]}" for k in ("hit@10", "ndcg@10") if k in test),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -227,8 +322,12 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget_s
     cmds = _stage_commands(args, out)
-    summary = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": args.smoke,
-               "command": " ".join(["python -m experiments.gpu_suite", *sys.argv[1:]]), "stages": {}}
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "smoke": args.smoke,
+        "command": " ".join(["python -m experiments.gpu_suite", *sys.argv[1:]]),
+        "stages": {},
+    }
     wanted = args.stages.split(",")
     for name in STAGES:
         if name not in wanted:
@@ -263,8 +362,11 @@ def main(argv=None) -> int:
     summary = run(parse_args(argv))
     for name, st in summary["stages"].items():
         print(f"{name:14s} {st['status']:28s} {st.get('seconds', '')}")
-    return 0 if all(st["status"] == "ok" or st["status"].startswith("skipped (no")
-                    for st in summary["stages"].values()) else 1
+    return (
+        0
+        if all(st["status"] == "ok" or st["status"].startswith("skipped (no") for st in summary["stages"].values())
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ LIMIT_GB = 8.0
 
 # --- children --------------------------------------------------------------------------------------------
 
+
 def child_ml1m_eval(args) -> dict:
     import jax
     from flax import nnx
@@ -61,8 +62,17 @@ def child_ml1m_eval(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="ftragrec-mem-"))
     import dataclasses
 
-    model_dir = save_model(workdir / "model", params, {"model": "duorec", "encoder": dataclasses.asdict(enc_cfg),
-                                                       "dataset": settings, "ftragrec": None, "source": None})
+    model_dir = save_model(
+        workdir / "model",
+        params,
+        {
+            "model": "duorec",
+            "encoder": dataclasses.asdict(enc_cfg),
+            "dataset": settings,
+            "ftragrec": None,
+            "source": None,
+        },
+    )
     del params
     st.mark("random DuoRec model saved")
 
@@ -72,8 +82,14 @@ def child_ml1m_eval(args) -> dict:
 
     def dataset_from_config(cfg):
         ds = real_dataset(cfg)
-        info.update(n_items=int(ds.n_items), n_users=int(ds.n_users), train_samples=len(ds.train),
-                    valid_samples=len(ds.valid), test_samples=len(ds.test), eval_batch_size=cfg.eval_batch_size)
+        info.update(
+            n_items=int(ds.n_items),
+            n_users=int(ds.n_users),
+            train_samples=len(ds.train),
+            valid_samples=len(ds.valid),
+            test_samples=len(ds.test),
+            eval_batch_size=cfg.eval_batch_size,
+        )
         st.mark(f"dataset loaded (L={cfg.MAX_ITEM_LIST_LENGTH})")
         return ds
 
@@ -93,9 +109,17 @@ def child_ml1m_eval(args) -> dict:
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)
-    return {"stages": st.rows, "info": {**info, "max_seq_length": args.max_len, "model": "DuoRec (random init)",
-                                        "hidden_size": enc_cfg.hidden_size, "n_layers": enc_cfg.n_layers,
-                                        "test_ndcg@10": result["test"]["ndcg@10"]}}
+    return {
+        "stages": st.rows,
+        "info": {
+            **info,
+            "max_seq_length": args.max_len,
+            "model": "DuoRec (random init)",
+            "hidden_size": enc_cfg.hidden_size,
+            "n_layers": enc_cfg.n_layers,
+            "test_ndcg@10": result["test"]["ndcg@10"],
+        },
+    }
 
 
 def child_kb(args) -> dict:
@@ -119,9 +143,13 @@ def child_kb(args) -> dict:
     lens = rng.integers(1, L + 1, n).astype(np.int32)
     seq = rng.integers(1, n_items, (n, L), dtype=np.int32)
     seq *= np.arange(L, dtype=np.int32)[None] < lens[:, None]
-    samples = {"item_seq": seq, "item_seq_len": lens, "target": rng.integers(1, n_items, n, dtype=np.int32),
-               "user": (np.arange(n) // 10 + 1).astype(np.int32),
-               "prefix_len": (np.arange(n) % 10 + 1).astype(np.int32)}
+    samples = {
+        "item_seq": seq,
+        "item_seq_len": lens,
+        "target": rng.integers(1, n_items, n, dtype=np.int32),
+        "user": (np.arange(n) // 10 + 1).astype(np.int32),
+        "prefix_len": (np.arange(n) % 10 + 1).astype(np.int32),
+    }
     st.mark(f"synthetic samples [{n}, {L}]")
     base_rss = rss_now()
 
@@ -130,9 +158,18 @@ def child_kb(args) -> dict:
     st.mark("frozen encoding (h)")
     keys = compute_keys(model.retriever, h, chunk_size=hp.retrieval_chunk_size)
     st.mark("retriever keys")
-    kb = KnowledgeBase(h, samples["target"], samples["user"], samples["prefix_len"], keys, backend="faiss",
-                       faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
-                       faiss_overfetch=hp.faiss_overfetch)
+    kb = KnowledgeBase(
+        h,
+        samples["target"],
+        samples["user"],
+        samples["prefix_len"],
+        keys,
+        backend="faiss",
+        faiss_index=hp.faiss_index,
+        nprobe=hp.nprobe,
+        top_k=hp.top_k,
+        faiss_overfetch=hp.faiss_overfetch,
+    )
     del h, keys
     st.mark(f"device copy + FAISS {hp.faiss_index} index", index_build_s=round(kb.index_seconds, 2))
 
@@ -143,8 +180,16 @@ def child_kb(args) -> dict:
     st.mark(f"FAISS search ({b} queries)")
     exact = jax.jit(exact_search, static_argnames=("top_k", "chunk_size"))
     m = kb.memory
-    ex_ids, _ = exact(jnp.asarray(query), jnp.asarray(kb.user[q_rows]), jnp.asarray(kb.prefix_len[q_rows]),
-                      m.keys, m.user, m.prefix_len, top_k=hp.top_k, chunk_size=hp.retrieval_chunk_size)
+    ex_ids, _ = exact(
+        jnp.asarray(query),
+        jnp.asarray(kb.user[q_rows]),
+        jnp.asarray(kb.prefix_len[q_rows]),
+        m.keys,
+        m.user,
+        m.prefix_len,
+        top_k=hp.top_k,
+        chunk_size=hp.retrieval_chunk_size,
+    )
     ex_ids = np.asarray(ex_ids)
     del m  # the refresh replaces kb.memory; a reference kept here would hold the old device arrays
     st.mark(f"exact chunked search (chunk {hp.retrieval_chunk_size})")
@@ -157,23 +202,37 @@ def child_kb(args) -> dict:
     seconds = kb.refresh_keys(nnx.merge(graphdef, moved), chunk_size=hp.retrieval_chunk_size)
     st.mark("index refresh (keys + rebuild)", refresh_s=round(seconds, 2))
     peak = peak_rss()
-    return {"stages": st.rows,
-            "info": {"entries": n, "hidden_size": args.hidden, "seq_len": L, "n_items": n_items,
-                     "faiss_index": hp.faiss_index, "top_k": hp.top_k, "queries": b,
-                     # identical synthetic sequences give exactly tied keys, whose order FAISS does not define:
-                     # compare the scores of the neighbours found, position by position
-                     "faiss_vs_exact_max_score_gap": float(np.max(np.abs(
-                         np.einsum("bh,bkh->bk", query, kb.keys[ids])
-                         - np.einsum("bh,bkh->bk", query, kb.keys[ex_ids])))),
-                     "rss_before_kb_mb": round(base_rss / MB, 1),
-                     "bytes_per_entry_peak": round((peak - base_rss) / n, 1),
-                     "bytes_per_entry_resident": round((rss_now() - base_rss) / n, 1)}}
+    return {
+        "stages": st.rows,
+        "info": {
+            "entries": n,
+            "hidden_size": args.hidden,
+            "seq_len": L,
+            "n_items": n_items,
+            "faiss_index": hp.faiss_index,
+            "top_k": hp.top_k,
+            "queries": b,
+            # identical synthetic sequences give exactly tied keys, whose order FAISS does not define:
+            # compare the scores of the neighbours found, position by position
+            "faiss_vs_exact_max_score_gap": float(
+                np.max(
+                    np.abs(
+                        np.einsum("bh,bkh->bk", query, kb.keys[ids]) - np.einsum("bh,bkh->bk", query, kb.keys[ex_ids])
+                    )
+                )
+            ),
+            "rss_before_kb_mb": round(base_rss / MB, 1),
+            "bytes_per_entry_peak": round((peak - base_rss) / n, 1),
+            "bytes_per_entry_resident": round((rss_now() - base_rss) / n, 1),
+        },
+    }
 
 
 CHILDREN = {"ml1m_eval": child_ml1m_eval, "kb_2m": child_kb}
 
 
 # --- parent ----------------------------------------------------------------------------------------------
+
 
 def measure(what: str, argv: list[str]) -> dict:
     """Run one child; its peak RSS comes from the kernel (wait4), its stages from its stdout."""
@@ -188,18 +247,32 @@ def measure(what: str, argv: list[str]) -> dict:
         return {"what": what, "error": f"child exited with {proc.returncode}"}
     rec = json.loads(out.strip().splitlines()[-1])
     peak = usage.ru_maxrss * 1024
-    return {"what": what, "peak_rss_mb": round(peak / MB, 1), "peak_rss_gb": round(peak / 1024 ** 3, 3),
-            "within_8gb": peak < LIMIT_GB * 1024 ** 3, "wall_s": round(time.perf_counter() - t0, 1), **rec}
+    return {
+        "what": what,
+        "peak_rss_mb": round(peak / MB, 1),
+        "peak_rss_gb": round(peak / 1024**3, 3),
+        "within_8gb": peak < LIMIT_GB * 1024**3,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        **rec,
+    }
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.memory", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.memory", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--what", default=",".join(WHAT), help=f"comma-separated subset of {','.join(WHAT)}")
-    p.add_argument("--ml1m", default=str(ROOT.parent / "shared" / "data" / "ml-1m" / "ml-1m.txt"),
-                   help="ML-1M in one-line-per-user format (default: %(default)s)")
-    p.add_argument("--max-len", type=int, default=200,
-                   help="MAX_ITEM_LIST_LENGTH for ML-1M (SASRec's 200; the shipped config uses 50)")
+    p.add_argument(
+        "--ml1m",
+        default=str(ROOT.parent / "shared" / "data" / "ml-1m" / "ml-1m.txt"),
+        help="ML-1M in one-line-per-user format (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=200,
+        help="MAX_ITEM_LIST_LENGTH for ML-1M (SASRec's 200; the shipped config uses 50)",
+    )
     p.add_argument("--kb-entries", type=int, default=2_000_000, help="knowledge-base entries")
     p.add_argument("--kb-seq-len", type=int, default=8, help="length of the synthetic sequences")
     p.add_argument("--kb-items", type=int, default=12102, help="catalogue size of the synthetic base")
@@ -227,17 +300,27 @@ def main(argv=None) -> int:
     info["command"] = " ".join(["python", "-m", "experiments.memory", *argv])
     with open("/proc/meminfo") as f:
         info["mem_total"] = f.readline().split(":", 1)[1].strip()
-    child_argv = [f"--ml1m={args.ml1m}", f"--max-len={args.max_len}", f"--kb-entries={args.kb_entries}",
-                  f"--kb-seq-len={args.kb_seq_len}", f"--kb-items={args.kb_items}", f"--hidden={args.hidden}",
-                  f"--queries={args.queries}"]
+    child_argv = [
+        f"--ml1m={args.ml1m}",
+        f"--max-len={args.max_len}",
+        f"--kb-entries={args.kb_entries}",
+        f"--kb-seq-len={args.kb_seq_len}",
+        f"--kb-items={args.kb_items}",
+        f"--hidden={args.hidden}",
+        f"--queries={args.queries}",
+    ]
     results = [measure(w, child_argv) for w in wanted]
     for r in results:
-        head = r.get("error") or f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_gb']:.2f} GB), " \
-                                 f"within {LIMIT_GB:.0f} GB: {r['within_8gb']}"
+        head = (
+            r.get("error")
+            or f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_gb']:.2f} GB), "
+            f"within {LIMIT_GB:.0f} GB: {r['within_8gb']}"
+        )
         print(f"{r['what']}: {head}")
         for s in r.get("stages", []):
-            print(f"  {s['stage']:<44} peak {s['peak_mb']:>8.1f} MB   now {s['rss_mb']:>8.1f} MB"
-                  f"   {s['seconds']:>7.1f} s")
+            print(
+                f"  {s['stage']:<44} peak {s['peak_mb']:>8.1f} MB   now {s['rss_mb']:>8.1f} MB   {s['seconds']:>7.1f} s"
+            )
         for k, v in (r.get("info") or {}).items():
             print(f"  {k}: {v}")
     if args.json:

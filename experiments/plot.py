@@ -18,12 +18,19 @@ from experiments.cli_common import HelpFormatter, fail
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.plot",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or pipeline folders to draw")
-    parser.add_argument("--out", default=None, metavar="FILE",
-                        help="PNG to write (default: RUN_DIR/learning_curves.png for one run, "
-                             "./learning_curves.png for several)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="PNG to write (default: RUN_DIR/learning_curves.png for one run, ./learning_curves.png for several)",
+    )
     parser.add_argument("--title", default=None, help="figure title (default: the run folders)")
     return parser.parse_args(argv)
 

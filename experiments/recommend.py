@@ -18,17 +18,25 @@ from experiments.cli_common import HelpFormatter, fail
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m experiments.recommend", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.recommend",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="model directory (model.json + params/)")
-    parser.add_argument("--items", required=True, metavar="TOKENS",
-                        help="the sequence: item tokens separated by spaces, oldest first")
+    parser.add_argument(
+        "--items", required=True, metavar="TOKENS", help="the sequence: item tokens separated by spaces, oldest first"
+    )
     parser.add_argument("--k", type=int, default=10, help="number of items to recommend")
     parser.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the sequence")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--data", default=None, metavar="FILE",
-                        help="dataset file, read only if the model dir lacks vocab.json (converted checkpoints) "
-                             "or knowledge_base.npz")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="dataset file, read only if the model dir lacks vocab.json (converted checkpoints) or knowledge_base.npz",
+    )
     return parser.parse_args(argv)
 
 
@@ -42,8 +50,10 @@ def main(argv=None) -> int:
     except FtragrecError as e:
         fail(str(e))
     if rec.unknown:
-        print(f"warning: {len(rec.unknown)} item(s) not in the model's vocabulary, skipped: "
-              f"{' '.join(rec.unknown)}", file=sys.stderr)
+        print(
+            f"warning: {len(rec.unknown)} item(s) not in the model's vocabulary, skipped: {' '.join(rec.unknown)}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(rec.to_dict()))
         return 0

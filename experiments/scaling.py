@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GB = 1024 ** 3
+GB = 1024**3
 CHECKED_QUERIES = 8
 
 
 # --- children ----------------------------------------------------------------------------------------------
+
 
 def child_step(args, n_devices: int) -> dict:
     import jax
@@ -45,9 +46,15 @@ def child_step(args, n_devices: int) -> dict:
     from ftragrec_jax.data.dataset import dataset_from_config
     from ftragrec_jax.train.duorec_task import DuoRecTask
 
-    cfg = Config(data=args.data or "", train_batch_size=args.batch, hidden_size=args.hidden,
-                 inner_size=4 * args.hidden,
-                 MAX_ITEM_LIST_LENGTH=args.max_len, mesh=n_devices, show_progress=False).validate()
+    cfg = Config(
+        data=args.data or "",
+        train_batch_size=args.batch,
+        hidden_size=args.hidden,
+        inner_size=4 * args.hidden,
+        MAX_ITEM_LIST_LENGTH=args.max_len,
+        mesh=n_devices,
+        show_progress=False,
+    ).validate()
     dataset = dataset_from_config(cfg)
     task = DuoRecTask(cfg, dataset)
     mesh = parallel.make_mesh(n_devices)
@@ -55,10 +62,13 @@ def child_step(args, n_devices: int) -> dict:
     state = {"params_opt": parallel.replicate(task.init(), mesh), "i": 0}
     data = parallel.place_step_data(task.step_data(), mesh)
     base_key = jax.random.key(cfg.seed, impl="unsafe_rbg")
-    step = jax.jit(lambda p, o, b, i, k, d: task.train_step(p, o, b, jax.random.fold_in(k, i), d),
-                   donate_argnums=(0, 1))
-    batches = [{k: (b[k].astype(np.int32) if b[k].dtype == np.int64 else b[k]) for k in task.batch_fields}
-               for _, b in zip(range(8), iterate_batches(dataset.train, cfg.train_batch_size, seed=0, epoch=0))]
+    step = jax.jit(
+        lambda p, o, b, i, k, d: task.train_step(p, o, b, jax.random.fold_in(k, i), d), donate_argnums=(0, 1)
+    )
+    batches = [
+        {k: (b[k].astype(np.int32) if b[k].dtype == np.int64 else b[k]) for k in task.batch_fields}
+        for _, b in zip(range(8), iterate_batches(dataset.train, cfg.train_batch_size, seed=0, epoch=0))
+    ]
 
     def one_step():
         params, opt_state = state["params_opt"]
@@ -67,14 +77,21 @@ def child_step(args, n_devices: int) -> dict:
         jax.block_until_ready(metrics["loss"])
         state["params_opt"], state["i"] = (params, opt_state), state["i"] + 1
 
-    timing = compare([Side(f"{n_devices} device(s)", jax_device(), one_step, compiled=True)],
-                     repeats=args.steps)[0]
-    return {"kind": "step", "devices": n_devices, "device": timing.device, "batch": cfg.train_batch_size,
-            "per_device_batch": cfg.train_batch_size // n_devices, "median_ms": timing.median_ms,
-            "min_ms": timing.min_ms, "max_ms": timing.max_ms, "repeats": timing.repeats,
-            "compile_s": timing.compile_s,
-            "samples_per_s": cfg.train_batch_size / (timing.median_ms / 1000) if timing.median_ms else None,
-            "dataset": {"name": dataset.name, "train_samples": len(dataset.train), "n_items": int(dataset.n_items)}}
+    timing = compare([Side(f"{n_devices} device(s)", jax_device(), one_step, compiled=True)], repeats=args.steps)[0]
+    return {
+        "kind": "step",
+        "devices": n_devices,
+        "device": timing.device,
+        "batch": cfg.train_batch_size,
+        "per_device_batch": cfg.train_batch_size // n_devices,
+        "median_ms": timing.median_ms,
+        "min_ms": timing.min_ms,
+        "max_ms": timing.max_ms,
+        "repeats": timing.repeats,
+        "compile_s": timing.compile_s,
+        "samples_per_s": cfg.train_batch_size / (timing.median_ms / 1000) if timing.median_ms else None,
+        "dataset": {"name": dataset.name, "train_samples": len(dataset.train), "n_items": int(dataset.n_items)},
+    }
 
 
 def _synthetic_base(n: int, dim: int, queries: int, seed: int = 0):
@@ -86,7 +103,7 @@ def _synthetic_base(n: int, dim: int, queries: int, seed: int = 0):
     for start in range(0, n, chunk):
         block = np.random.default_rng((seed, 0, start)).standard_normal((min(chunk, n - start), dim), np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-        keys[start:start + len(block)] = block
+        keys[start : start + len(block)] = block
     rng = np.random.default_rng((seed, 1, 0))
     user = rng.integers(1, max(2, n // 8), n).astype(np.int32)  # about 8 entries per user, like a history
     prefix = rng.integers(1, 50, n).astype(np.int32)
@@ -100,7 +117,7 @@ def _numpy_ids(q, qu, qp, keys, user, prefix, k: int):
     """Reference ids (exclusion rule applied) for a few queries, by full scans in chunks."""
     import numpy as np
 
-    scores = np.concatenate([q @ keys[s:s + (1 << 20)].T for s in range(0, len(keys), 1 << 20)], axis=1)
+    scores = np.concatenate([q @ keys[s : s + (1 << 20)].T for s in range(0, len(keys), 1 << 20)], axis=1)
     scores[(user[None, :] == qu[:, None]) & (prefix[None, :] >= qp[:, None])] = -np.inf
     top = np.argpartition(-scores, k, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
@@ -125,34 +142,55 @@ def child_kb(args, n_devices: int) -> dict:
             """The exact backend's search on the mesh (keys sharded when it has several devices)."""
             mesh = parallel.make_mesh(n_devices)
             # search only: h and target are not read by the search, so they stay tiny here
-            memory = Memory(h=jnp.zeros((1, args.hidden)), keys=keys, target=jnp.zeros(1, jnp.int32),
-                            user=user, prefix_len=prefix).shard_over(mesh)
-            search = jax.jit(lambda query, m: retrieve(query, qu, qp, m, backend="exact", top_k=k,
-                                                       chunk_size=args.chunk_size))
+            memory = Memory(
+                h=jnp.zeros((1, args.hidden)), keys=keys, target=jnp.zeros(1, jnp.int32), user=user, prefix_len=prefix
+            ).shard_over(mesh)
+            search = jax.jit(
+                lambda query, m: retrieve(query, qu, qp, m, backend="exact", top_k=k, chunk_size=args.chunk_size)
+            )
             placed = memory.keys.keys if n_devices > 1 else memory.keys
             per_device = max(s.data.nbytes for s in placed.addressable_shards)
             name = "exact" if n_devices == 1 else f"exact sharded x{n_devices}"
-            return (name, lambda: jax.block_until_ready(search(q, memory)), jax_device(),
-                    {"keys_bytes_per_device": int(per_device), "keys_gb_per_device": round(per_device / GB, 3)})
+            return (
+                name,
+                lambda: jax.block_until_ready(search(q, memory)),
+                jax_device(),
+                {"keys_bytes_per_device": int(per_device), "keys_gb_per_device": round(per_device / GB, 3)},
+            )
 
         st.mark(f"{n} keys generated")
         ref = _numpy_ids(q[:CHECKED_QUERIES], qu[:CHECKED_QUERIES], qp[:CHECKED_QUERIES], keys, user, prefix, k)
-        base = {"n": n, "dim": args.hidden, "queries": args.queries, "top_k": k,
-                "keys_gb": round(keys.nbytes / GB, 3)}
+        base = {"n": n, "dim": args.hidden, "queries": args.queries, "top_k": k, "keys_gb": round(keys.nbytes / GB, 3)}
 
         def record(method, fn, device, extra, devices=1):
-            timing = compare([Side(method, device, fn, compiled=method.startswith("exact"), warmup=1)],
-                             repeats=args.repeats)[0]
+            timing = compare(
+                [Side(method, device, fn, compiled=method.startswith("exact"), warmup=1)], repeats=args.repeats
+            )[0]
             ids = np.asarray(fn())[:CHECKED_QUERIES]
             st.mark(f"{n}: {method}")
-            rows.append({**base, "kind": "kb", "method": method, "devices": devices, "device": device,
-                         "median_ms": timing.median_ms, "min_ms": timing.min_ms, "max_ms": timing.max_ms,
-                         "repeats": timing.repeats, "compile_s": timing.compile_s,
-                         "ids_match_numpy": bool(np.array_equal(ids, ref)),
-                         "rss_gb": round(st.rows[-1]["rss_mb"] / 1024, 2),
-                         "peak_rss_gb": round(st.rows[-1]["peak_mb"] / 1024, 2), **extra})
-            print(f"  kb n={n} {method}: {timing.median_ms:.1f} ms, ids match numpy: "
-                  f"{rows[-1]['ids_match_numpy']}", file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    **base,
+                    "kind": "kb",
+                    "method": method,
+                    "devices": devices,
+                    "device": device,
+                    "median_ms": timing.median_ms,
+                    "min_ms": timing.min_ms,
+                    "max_ms": timing.max_ms,
+                    "repeats": timing.repeats,
+                    "compile_s": timing.compile_s,
+                    "ids_match_numpy": bool(np.array_equal(ids, ref)),
+                    "rss_gb": round(st.rows[-1]["rss_mb"] / 1024, 2),
+                    "peak_rss_gb": round(st.rows[-1]["peak_mb"] / 1024, 2),
+                    **extra,
+                }
+            )
+            print(
+                f"  kb n={n} {method}: {timing.median_ms:.1f} ms, ids match numpy: {rows[-1]['ids_match_numpy']}",
+                file=sys.stderr,
+                flush=True,
+            )
 
         record(*exact_side(keys, user, prefix, q, qu, qp), n_devices)
         if n_devices == 1:  # FAISS runs on the host: once is enough
@@ -160,8 +198,12 @@ def child_kb(args, n_devices: int) -> dict:
                 searcher = FaissSearcher("Flat", args.hidden, top_k=k, shards=shards)
                 build_s = searcher.build(keys, user, prefix)
                 method = "faiss Flat" if shards == 1 else f"faiss IndexShards x{shards} (Flat)"
-                record(method, lambda: searcher.search_host(q, qu, qp), f"host, faiss {searcher.device}",
-                       {"build_s": round(build_s, 2)})
+                record(
+                    method,
+                    lambda: searcher.search_host(q, qu, qp),
+                    f"host, faiss {searcher.device}",
+                    {"build_s": round(build_s, 2)},
+                )
                 del searcher
         del keys
     return {"kind": "kb", "devices": n_devices, "rows": rows}
@@ -172,11 +214,13 @@ CHILDREN = {"step": child_step, "kb": child_kb}
 
 # --- parent ------------------------------------------------------------------------------------------------
 
+
 def children_platform() -> str:
     """The platform jax picks, asked in a throwaway process: the parent never starts a backend itself (on a
     GPU it would reserve memory the children need)."""
-    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True, text=True, cwd=ROOT
+    )
     return out.stdout.strip() or "cpu"
 
 
@@ -200,23 +244,32 @@ def run_child(kind: str, n_devices: int, argv: list[str], platform: str) -> dict
 
 
 def report(results: list[dict]) -> str:
-    lines = ["DuoRec train step (global batch fixed; forced CPU devices share the cores):",
-             f"{'devices':>7}  {'per-dev batch':>13}  {'median ms':>9}  {'min':>8}  {'max':>8}  {'samples/s':>9}  "
-             f"{'compile s':>9}"]
+    lines = [
+        "DuoRec train step (global batch fixed; forced CPU devices share the cores):",
+        f"{'devices':>7}  {'per-dev batch':>13}  {'median ms':>9}  {'min':>8}  {'max':>8}  {'samples/s':>9}  "
+        f"{'compile s':>9}",
+    ]
     for r in results:
         if r["kind"] == "step" and "error" not in r:
-            lines.append(f"{r['devices']:>7}  {r['per_device_batch']:>13}  {r['median_ms']:>9.1f}  "
-                         f"{r['min_ms']:>8.1f}  {r['max_ms']:>8.1f}  {r['samples_per_s']:>9.0f}  "
-                         f"{r['compile_s']:>9.1f}")
-    lines += ["", "Knowledge-base search (one batch of queries, exclusion rule on):",
-              f"{'entries':>10}  {'method':<32}  {'median ms':>9}  {'keys GB':>7}  {'GB/device':>9}  {'RSS GB':>6}  "
-              f"{'peak GB':>7}  ids ok"]
+            lines.append(
+                f"{r['devices']:>7}  {r['per_device_batch']:>13}  {r['median_ms']:>9.1f}  "
+                f"{r['min_ms']:>8.1f}  {r['max_ms']:>8.1f}  {r['samples_per_s']:>9.0f}  "
+                f"{r['compile_s']:>9.1f}"
+            )
+    lines += [
+        "",
+        "Knowledge-base search (one batch of queries, exclusion rule on):",
+        f"{'entries':>10}  {'method':<32}  {'median ms':>9}  {'keys GB':>7}  {'GB/device':>9}  {'RSS GB':>6}  "
+        f"{'peak GB':>7}  ids ok",
+    ]
     for r in results:
         for row in r.get("rows", []):
             per_dev = row.get("keys_gb_per_device")
-            lines.append(f"{row['n']:>10}  {row['method']:<32}  {row['median_ms']:>9.1f}  {row['keys_gb']:>7.3f}  "
-                         f"{'' if per_dev is None else f'{per_dev:.3f}':>9}  {row['rss_gb']:>6.2f}  "
-                         f"{row['peak_rss_gb']:>7.2f}  {row['ids_match_numpy']}")
+            lines.append(
+                f"{row['n']:>10}  {row['method']:<32}  {row['median_ms']:>9.1f}  {row['keys_gb']:>7.3f}  "
+                f"{'' if per_dev is None else f'{per_dev:.3f}':>9}  {row['rss_gb']:>6.2f}  "
+                f"{row['peak_rss_gb']:>7.2f}  {row['ids_match_numpy']}"
+            )
     errors = [f"{r['kind']} on {r['devices']}: {r['error']}" for r in results if "error" in r]
     return "\n".join(lines + (["", "errors:", *errors] if errors else []))
 
@@ -224,29 +277,37 @@ def report(results: list[dict]) -> str:
 def parse_args(argv):
     from experiments.cli_common import HelpFormatter
 
-    p = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.scaling", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--devices", default="1,2,4", help="device counts for the DuoRec step")
     p.add_argument("--data", default=None, help="dataset file for the step (none: the embedded Amazon Beauty)")
     p.add_argument("--batch", type=int, default=256, help="global train batch")
     p.add_argument("--max-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH")
-    p.add_argument("--hidden", type=int, default=64,
-                   help="hidden size of the encoder and the keys")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size of the encoder and the keys")
     p.add_argument("--steps", type=int, default=10, help="timed steps per device count")
     p.add_argument("--kb-sizes", default="1000000,10000000", help="knowledge-base entries")
-    p.add_argument("--kb-devices", type=int, default=4,
-                   help="devices for the sharded exact search")
+    p.add_argument("--kb-devices", type=int, default=4, help="devices for the sharded exact search")
     p.add_argument("--queries", type=int, default=256, help="queries per search")
     p.add_argument("--top-k", type=int, default=10, help="neighbours per query")
-    p.add_argument("--chunk-size", type=int, default=65536,
-                   help="exact search: keys per chunk")
+    p.add_argument("--chunk-size", type=int, default=65536, help="exact search: keys per chunk")
     p.add_argument("--faiss-shards", type=int, default=2, help="IndexShards parts")
     p.add_argument("--repeats", type=int, default=3, help="timed searches per method")
     p.add_argument("--json", default=None, help="also write machine info and every figure here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("batch", "max_len", "hidden", "steps", "kb_devices", "queries", "top_k", "chunk_size",
-                 "faiss_shards", "repeats"):
+    for name in (
+        "batch",
+        "max_len",
+        "hidden",
+        "steps",
+        "kb_devices",
+        "queries",
+        "top_k",
+        "chunk_size",
+        "faiss_shards",
+        "repeats",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     try:

@@ -39,9 +39,13 @@ def slice_metrics(model, n: int) -> dict:
     dataset = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(np.arange(min(n, len(m.dataset.valid)))))
     rank = np.asarray(split_ranks(m.scorer, dataset, "valid", m.cfg, mesh=m.mesh, show_progress=False))
     top = rank < 10
-    return {"split": "valid", "first_samples": int(len(rank)),
-            "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),
-            "ndcg@10": float(np.where(top, 1.0 / np.log2(rank + 2.0), 0.0).mean()), "hit@10": float(top.mean())}
+    return {
+        "split": "valid",
+        "first_samples": int(len(rank)),
+        "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),
+        "ndcg@10": float(np.where(top, 1.0 / np.log2(rank + 2.0), 0.0).mean()),
+        "hit@10": float(top.mean()),
+    }
 
 
 def main(argv=None) -> int:
@@ -64,12 +68,19 @@ def main(argv=None) -> int:
     shutil.copytree(src, tmp)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     provenance = {
-        "name": f"builtin:{args.name}", "command": args.command, "shipped_from_commit": commit,
-        "shipped_on": datetime.date.today().isoformat(), "seed": results.get("seed"),
-        "selected": results.get("selected"), "epochs_run": results.get("epochs_run"),
-        "stopped": results.get("stopped"), "train_time_s": results.get("train_time_s"),
-        "valid": results.get("valid"), "test": results.get("test"),
-        "params_sha256": meta.get("params_sha256"), "dataset": meta.get("dataset"),
+        "name": f"builtin:{args.name}",
+        "command": args.command,
+        "shipped_from_commit": commit,
+        "shipped_on": datetime.date.today().isoformat(),
+        "seed": results.get("seed"),
+        "selected": results.get("selected"),
+        "epochs_run": results.get("epochs_run"),
+        "stopped": results.get("stopped"),
+        "train_time_s": results.get("train_time_s"),
+        "valid": results.get("valid"),
+        "test": results.get("test"),
+        "params_sha256": meta.get("params_sha256"),
+        "dataset": meta.get("dataset"),
         "slice": slice_metrics(tmp, args.slice),
     }
     write_json_atomic(tmp / "PROVENANCE.json", provenance)

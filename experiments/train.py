@@ -28,12 +28,20 @@ DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
 def parse_args(argv):
     rest, flag_overrides = split_cli_overrides(list(argv))
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.train", description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter, epilog=config_key_help())
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="YAML config file (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable; value parsed as YAML)")
+        prog="python -m experiments.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=config_key_help(),
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable; value parsed as YAML)",
+    )
     args, unknown = parser.parse_known_args(rest)
     reject_unknown(parser, unknown)
     return args, args.overrides + flag_overrides
@@ -55,8 +63,11 @@ def run(cfg) -> int:
     DuoRec and RaSeRec figures); other models with their valid/test metrics."""
     if needs_backbone(cfg):
         combined = train_pipeline(cfg)
-        print(comparison_table(combined["backbone"]["test"], combined["ftragrec"]["test"],
-                               published_for(combined["protocol"])))
+        print(
+            comparison_table(
+                combined["backbone"]["test"], combined["ftragrec"]["test"], published_for(combined["protocol"])
+            )
+        )
         print(f"results: {run_path(cfg) / 'results.json'}")
     else:
         results = train_stage(cfg)

@@ -112,21 +112,36 @@ class Config:
                 raise ConfigError(f"config key {key!r}: {e}") from None
         ck.choice("rm_dup_inter", DUPLICATE_RULES)
         for key in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD"):
-            ck.require(key, isinstance(getattr(self, key), str) and getattr(self, key).strip() != "",
-                       "a column name")
-        ck.require("TIME_FIELD", len({self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD}) == 3,
-                   "a column other than USER_ID_FIELD and ITEM_ID_FIELD")
-        for key in ("MAX_ITEM_LIST_LENGTH", "hidden_size", "n_layers", "n_heads", "inner_size", "epochs",
-                    "train_batch_size", "eval_step", "eval_batch_size", "top_k", "retriever_layers",
-                    "retriever_inner_size", "retriever_update_interval", "nprobe", "retrieval_chunk_size",
-                    "faiss_shards"):
+            ck.require(key, isinstance(getattr(self, key), str) and getattr(self, key).strip() != "", "a column name")
+        ck.require(
+            "TIME_FIELD",
+            len({self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD}) == 3,
+            "a column other than USER_ID_FIELD and ITEM_ID_FIELD",
+        )
+        for key in (
+            "MAX_ITEM_LIST_LENGTH",
+            "hidden_size",
+            "n_layers",
+            "n_heads",
+            "inner_size",
+            "epochs",
+            "train_batch_size",
+            "eval_step",
+            "eval_batch_size",
+            "top_k",
+            "retriever_layers",
+            "retriever_inner_size",
+            "retriever_update_interval",
+            "nprobe",
+            "retrieval_chunk_size",
+            "faiss_shards",
+        ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
         ck.require("stopping_step", self._int("stopping_step") >= 1, "an integer >= 1")
         ck.require("epochs", self.epochs <= 1000, "at most 1000")
-        ck.require("n_heads", self.hidden_size % self.n_heads == 0,
-                   f"a divisor of hidden_size={self.hidden_size}")
+        ck.require("n_heads", self.hidden_size % self.n_heads == 0, f"a divisor of hidden_size={self.hidden_size}")
         for key in ("hidden_dropout_prob", "attn_dropout_prob"):
             ck.require(key, 0.0 <= self._float(key) < 1.0, "a number in [0, 1)")
         for key in ("learning_rate", "tau", "retriever_temperature", "initializer_range"):
@@ -134,26 +149,42 @@ class Config:
         for key in ("weight_decay", "lmd_sem", "enhanced_rec_weight", "kl_small_weight"):
             ck.require(key, self._float(key) >= 0.0, "a number >= 0")
         ck.require("alpha", 0.0 <= self._float("alpha") <= 1.0, "a number in [0, 1]")
-        ck.require("quality_threshold", -1.0 <= self._float("quality_threshold") <= 1.0,
-                   "a cosine in [-1, 1]")
+        ck.require("quality_threshold", -1.0 <= self._float("quality_threshold") <= 1.0, "a cosine in [-1, 1]")
         ck.choice("model", MODELS)
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
         if self.fusion == "knn_lm" or self.learnable_alpha is True:
-            ck.require("alpha", 0.0 < self._float("alpha") < 1.0,
-                       "a number in (0, 1) with fusion knn_lm or learnable_alpha")
-        ck.require("faiss_index", isinstance(self.faiss_index, str) and self.faiss_index.strip() != "",
-                   "a FAISS index factory string such as 'Flat'")
+            ck.require(
+                "alpha", 0.0 < self._float("alpha") < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha"
+            )
+        ck.require(
+            "faiss_index",
+            isinstance(self.faiss_index, str) and self.faiss_index.strip() != "",
+            "a FAISS index factory string such as 'Flat'",
+        )
         self.topk = tuple(self._int_list("topk"))
         name, _, k = str(self.valid_metric).lower().partition("@")
-        ck.require("valid_metric", name in METRICS and k.isdigit() and int(k) in self.topk,
-                   f"<metric>@K with metric in {METRICS} and K in topk={list(self.topk)}")
+        ck.require(
+            "valid_metric",
+            name in METRICS and k.isdigit() and int(k) in self.topk,
+            f"<metric>@K with metric in {METRICS} and K in topk={list(self.topk)}",
+        )
         self.valid_metric = f"{name}@{k}"
         if self.mesh is not None:
-            ck.require("mesh", isinstance(self.mesh, int) and not isinstance(self.mesh, bool)
-                       and self.mesh >= 1, "null (all local devices) or an integer >= 1")
-        for key in ("normalize_time", "mask_history", "show_progress", "extend_memory_with_valid", "cache_seq_output",
-                    "learnable_alpha", "exclude_same_user"):
+            ck.require(
+                "mesh",
+                isinstance(self.mesh, int) and not isinstance(self.mesh, bool) and self.mesh >= 1,
+                "null (all local devices) or an integer >= 1",
+            )
+        for key in (
+            "normalize_time",
+            "mask_history",
+            "show_progress",
+            "extend_memory_with_valid",
+            "cache_seq_output",
+            "learnable_alpha",
+            "exclude_same_user",
+        ):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self
 
@@ -179,8 +210,11 @@ class Config:
         value = getattr(self, key)
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
             raise ConfigError(f"config key {key!r}: expected a list of integers >= 1, got {value!r}")
         return sorted(set(value))
 
@@ -196,26 +230,49 @@ class Config:
 
     def dataset_kwargs(self) -> dict:
         """load_dataset's keyword arguments for this config's data settings (the path aside)."""
-        return {"fmt": self.data_format, "min_user_inter_num": self.min_user_inter_num,
-                "min_item_inter_num": self.min_item_inter_num, "max_seq_length": self.MAX_ITEM_LIST_LENGTH,
-                "normalize_time": self.normalize_time, "user_inter_num_interval": self.user_inter_num_interval,
-                "item_inter_num_interval": self.item_inter_num_interval, "rm_dup_inter": self.rm_dup_inter,
-                "fields": (self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD)}
+        return {
+            "fmt": self.data_format,
+            "min_user_inter_num": self.min_user_inter_num,
+            "min_item_inter_num": self.min_item_inter_num,
+            "max_seq_length": self.MAX_ITEM_LIST_LENGTH,
+            "normalize_time": self.normalize_time,
+            "user_inter_num_interval": self.user_inter_num_interval,
+            "item_inter_num_interval": self.item_inter_num_interval,
+            "rm_dup_inter": self.rm_dup_inter,
+            "fields": (self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD),
+        }
 
     def encoder_config(self, n_items: int):
         # deferred: the models import jax and flax, and reading or checking a config needs neither
         from ftragrec_jax.models.encoder import EncoderConfig
 
         return EncoderConfig(
-            n_items=n_items, max_seq_length=self.MAX_ITEM_LIST_LENGTH, hidden_size=self.hidden_size,
-            n_layers=self.n_layers, n_heads=self.n_heads, inner_size=self.inner_size,
-            hidden_dropout_prob=self.hidden_dropout_prob, attn_dropout_prob=self.attn_dropout_prob,
-            initializer_range=self.initializer_range)
+            n_items=n_items,
+            max_seq_length=self.MAX_ITEM_LIST_LENGTH,
+            hidden_size=self.hidden_size,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            initializer_range=self.initializer_range,
+        )
 
 
-DATASET_KEYS = ("data", "data_format", "min_user_inter_num", "min_item_inter_num", "user_inter_num_interval",
-                "item_inter_num_interval", "rm_dup_inter", "normalize_time", "USER_ID_FIELD", "ITEM_ID_FIELD",
-                "TIME_FIELD", "MAX_ITEM_LIST_LENGTH")
+DATASET_KEYS = (
+    "data",
+    "data_format",
+    "min_user_inter_num",
+    "min_item_inter_num",
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+    "rm_dup_inter",
+    "normalize_time",
+    "USER_ID_FIELD",
+    "ITEM_ID_FIELD",
+    "TIME_FIELD",
+    "MAX_ITEM_LIST_LENGTH",
+)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
@@ -273,12 +330,12 @@ def _read_yaml(path: Path) -> dict:
     return obj
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
-                base: dict | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), base: dict | None = None
+) -> Config:
     """Defaults <- `base` (e.g. a checkpoint's stored settings) <- YAML file <- overrides, then validate."""
     values: dict[str, Any] = {}
-    for source, mapping in (("stored config", base or {}),
-                            (str(path), _read_yaml(Path(path)) if path else {})):
+    for source, mapping in (("stored config", base or {}), (str(path), _read_yaml(Path(path)) if path else {})):
         for key, value in mapping.items():
             if key not in FIELDS:
                 raise unknown_key_error(str(key), source)

@@ -29,4 +29,4 @@ def short_reason(e: BaseException, limit: int = 300) -> str:
         return ""
     text = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     text = re.sub(r"\s*\[tensorstore_spec.*$", "", text)
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]

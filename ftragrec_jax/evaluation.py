@@ -52,8 +52,7 @@ class EvalResult(dict):
         self.ties = TIE_RULE
 
     def to_json(self) -> dict:
-        return {"protocol": self.protocol, "ties": self.ties, "n_samples": self.n_samples,
-                "metrics": dict(self)}
+        return {"protocol": self.protocol, "ties": self.ties, "n_samples": self.n_samples, "metrics": dict(self)}
 
 
 def split_history(dataset, split: str) -> UserHistory:
@@ -92,8 +91,16 @@ def _gathered_ranks(mesh):
     return jax.jit(_target_ranks, static_argnames=("mask_history",), out_shardings=parallel.replicated(mesh))
 
 
-def full_sort_evaluate(score_fn, samples: SequenceSamples, n_items: int, *, ks=(5, 10, 20, 50),
-                       batch_size: int = 1024, history: UserHistory | None = None, mesh=None) -> EvalResult:
+def full_sort_evaluate(
+    score_fn,
+    samples: SequenceSamples,
+    n_items: int,
+    *,
+    ks=(5, 10, 20, 50),
+    batch_size: int = 1024,
+    history: UserHistory | None = None,
+    mesh=None,
+) -> EvalResult:
     """RecBole metrics at every K in ks over `samples`.
 
     score_fn(item_seq, item_seq_len, batch) -> [B, n_items] scores (jax or numpy); column 0 is padding and
@@ -106,12 +113,18 @@ def full_sort_evaluate(score_fn, samples: SequenceSamples, n_items: int, *, ks=(
     if not ks or min(ks) < 1:
         raise FtragrecError(f"ks={ks}: expected positive cut-offs")
     metrics = summarize(single_target_metrics(ranks, ks), ks, columns=range(len(ks)))
-    return EvalResult(metrics, protocol=PROTOCOL if history is None else PROTOCOL_MASKED,
-                      n_samples=len(samples), ks=ks)
+    return EvalResult(metrics, protocol=PROTOCOL if history is None else PROTOCOL_MASKED, n_samples=len(samples), ks=ks)
 
 
-def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size: int = 1024,
-                 history: UserHistory | None = None, mesh=None) -> np.ndarray:
+def sample_ranks(
+    score_fn,
+    samples: SequenceSamples,
+    n_items: int,
+    *,
+    batch_size: int = 1024,
+    history: UserHistory | None = None,
+    mesh=None,
+) -> np.ndarray:
     """int64 [N]: every sample's target rank (1 = top) among the real items.
 
     With `mesh`, score_fn receives the chunk's fields as device arrays sharded along the data axis (the batch
@@ -119,8 +132,10 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
     if mesh is not None:
         parallel.check_batch_divides(batch_size, mesh, "eval_batch_size")
     if len(samples) == 0:
-        raise FtragrecError("nothing to evaluate: 0 samples (users need at least 3 interactions for a test "
-                            "sample and 4 for a valid one)")
+        raise FtragrecError(
+            "nothing to evaluate: 0 samples (users need at least 3 interactions for a test "
+            "sample and 4 for a valid one)"
+        )
     if n_items < 2:
         raise FtragrecError(f"n_items={n_items}: expected padding plus at least one item")
     if int(samples.target.max()) >= n_items or int(samples.target.min()) < 1:
@@ -135,12 +150,16 @@ def sample_ranks(score_fn, samples: SequenceSamples, n_items: int, *, batch_size
     local = parallel.process_slice(batch_size) if mesh is not None and jax.process_count() > 1 else slice(None)
     pending = None  # one chunk in flight: the next chunk is dispatched before this one's ranks are fetched
     for batch in iterate_batches(samples, batch_size):
-        hist = (np.zeros((batch_size, 1), np.int32) if history is None
-                else history.prefix_matrix(batch["user"], batch["prefix_len"], width))
+        hist = (
+            np.zeros((batch_size, 1), np.int32)
+            if history is None
+            else history.prefix_matrix(batch["user"], batch["prefix_len"], width)
+        )
         fed = batch
         if mesh is not None:
             fed = parallel.put_batch(
-                {k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh)
+                {k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh
+            )
             hist = fed.pop("history")
         scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
         if tuple(scores.shape) != (batch_size, n_items):
@@ -165,24 +184,22 @@ def _collect(out: np.ndarray, batch: dict, result) -> None:
     real = batch["mask"] > 0
     if bad[real].any():
         row = int(batch["index"][real][np.argmax(bad[real])])
-        raise FtragrecError(f"score_fn returned NaN scores (sample {row}); a model with non-finite "
-                            f"parameters cannot be evaluated")
+        raise FtragrecError(
+            f"score_fn returned NaN scores (sample {row}); a model with non-finite parameters cannot be evaluated"
+        )
     out[batch["index"][real]] = rank[real]
 
 
 # --- one split of a dataset, with a progress bar, and the protocol record stored with results ---
 
 
-def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None,
-                   mesh=None) -> dict:
+def evaluate_split(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None, mesh=None) -> dict:
     """RecBole-named metrics at every K in cfg.topk for `split` ("valid" or "test"), data-parallel over `mesh`
     (None = the mesh of config key `mesh`); score_fn gets batches sharded along its data axis."""
-    return dict(_over_split(full_sort_evaluate, score_fn, dataset, split, cfg, show_progress, mesh,
-                            ks=tuple(cfg.topk)))
+    return dict(_over_split(full_sort_evaluate, score_fn, dataset, split, cfg, show_progress, mesh, ks=tuple(cfg.topk)))
 
 
-def split_ranks(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None,
-                mesh=None):
+def split_ranks(score_fn, dataset, split: str, cfg: Config, *, show_progress: bool | None = None, mesh=None):
     """int64 [N]: every sample's target rank in `split`, batched and masked as evaluate_split ranks them
     (for paired comparisons of two models on the same users)."""
     return _over_split(sample_ranks, score_fn, dataset, split, cfg, show_progress, mesh)
@@ -195,15 +212,24 @@ def _over_split(run, score_fn, dataset, split: str, cfg: Config, show_progress: 
     samples = getattr(dataset, split)
     show = cfg.show_progress if show_progress is None else show_progress
     total = math.ceil(len(samples) / cfg.eval_batch_size)
-    with tqdm(total=total, desc=f"Evaluate {split}", disable=not show, leave=False, dynamic_ncols=True,
-              file=sys.stderr) as bar:
+    with tqdm(
+        total=total, desc=f"Evaluate {split}", disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr
+    ) as bar:
+
         def counted(item_seq, item_seq_len, batch):
             out = score_fn(item_seq, item_seq_len, batch)
             bar.update(1)
             return out
 
-        return run(counted, samples, dataset.n_items, batch_size=cfg.eval_batch_size,
-                   history=history_for(dataset, split, cfg), mesh=mesh, **kw)
+        return run(
+            counted,
+            samples,
+            dataset.n_items,
+            batch_size=cfg.eval_batch_size,
+            history=history_for(dataset, split, cfg),
+            mesh=mesh,
+            **kw,
+        )
 
 
 def history_for(dataset, split: str, cfg: Config):
@@ -227,9 +253,13 @@ def protocol_info(dataset, cfg: Config) -> dict:
         "mask_history": cfg.mask_history,
         "topk": list(cfg.topk),
         "dataset": {
-            "name": dataset.name, "n_users": int(dataset.n_users), "n_items": int(dataset.n_items),
-            "n_interactions": int(dataset.n_interactions), "settings": dict(dataset.settings),
-            "train_samples": len(dataset.train), "valid_samples": len(dataset.valid),
+            "name": dataset.name,
+            "n_users": int(dataset.n_users),
+            "n_items": int(dataset.n_items),
+            "n_interactions": int(dataset.n_interactions),
+            "settings": dict(dataset.settings),
+            "train_samples": len(dataset.train),
+            "valid_samples": len(dataset.valid),
             "test_samples": len(dataset.test),
         },
     }
@@ -270,8 +300,11 @@ def relative_change(base: dict, new: dict) -> dict:
 def published_for(protocol: dict) -> dict:
     """The published rows that apply to a run's protocol record: Beauty's, on exactly that split and protocol."""
     ds = protocol.get("dataset") or {}
-    same = (not protocol.get("mask_history") and all(ds.get(k) == v for k, v in BEAUTY_SHAPE.items())
-            and (ds.get("settings") or {}).get("max_seq_length") == 50)
+    same = (
+        not protocol.get("mask_history")
+        and all(ds.get(k) == v for k, v in BEAUTY_SHAPE.items())
+        and (ds.get("settings") or {}).get("max_seq_length") == 50
+    )
     return PUBLISHED_BEAUTY if same else {}
 
 
@@ -285,8 +318,11 @@ def comparison_table(backbone: dict, tuned: dict, published: dict | None = None)
         lines.append(f"{k:<10}{backbone[k]:>10.4f}{tuned[k]:>10.4f}{change:>10}")
     if published:
         names = list(published)
-        lines += ["", "published (other code and runs, for reference; not reproduced here):",
-                  f"{'test':<10}" + "".join(f"{n:>10}" for n in names)]
+        lines += [
+            "",
+            "published (other code and runs, for reference; not reproduced here):",
+            f"{'test':<10}" + "".join(f"{n:>10}" for n in names),
+        ]
         for k in COMPARED:
             cells = ["—" if published[n].get(k) is None else f"{published[n][k]:.4f}" for n in names]
             lines.append(f"{k:<10}" + "".join(f"{c:>10}" for c in cells))

@@ -33,8 +33,7 @@ def topk_metrics(pos_index: np.ndarray, pos_len: np.ndarray) -> dict[str, np.nda
 
     first = pos_index.argmax(axis=1)
     found = pos_index[np.arange(n), first]
-    mrr = np.where((np.arange(max_k)[None, :] >= first[:, None]) & found[:, None],
-                   1.0 / (first[:, None] + 1.0), 0.0)
+    mrr = np.where((np.arange(max_k)[None, :] >= first[:, None]) & found[:, None], 1.0 / (first[:, None] + 1.0), 0.0)
 
     discount = 1.0 / np.log2(ranks + 1.0)
     dcg = np.cumsum(np.where(pos_index, discount[None, :], 0.0), axis=1)

@@ -64,11 +64,13 @@ def resolve(path) -> Path:
     text = str(path)
     if not text.startswith(BUILTIN):
         return Path(path)
-    name = text[len(BUILTIN):]
+    name = text[len(BUILTIN) :]
     found = builtin_root() / name
     if not name or "/" in name or "\\" in name or not (found / MODEL_JSON).is_file():
-        raise CheckpointError(f"{text}: no built-in model {name!r}; the package ships "
-                              f"{', '.join(BUILTIN + n for n in builtin_names()) or 'none'}")
+        raise CheckpointError(
+            f"{text}: no built-in model {name!r}; the package ships "
+            f"{', '.join(BUILTIN + n for n in builtin_names()) or 'none'}"
+        )
     return found
 
 
@@ -122,7 +124,8 @@ def _checkpointer():
     ocp = _orbax()
     me = jax.process_index()
     return ocp.StandardCheckpointer(
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
 
 
 def _save_params(path: Path, tree) -> None:
@@ -235,8 +238,7 @@ def read_meta(path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{src}: missing: {path} is not a complete model directory") from None
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise CheckpointError(
-            f"{src}: unreadable model description ({type(e).__name__}: {short_reason(e)})") from None
+        raise CheckpointError(f"{src}: unreadable model description ({type(e).__name__}: {short_reason(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{src}: expected format {FORMAT!r}")
     if meta.get("model") not in MODELS or not isinstance(meta.get("encoder"), dict):
@@ -262,14 +264,17 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
         tree = ckptr.restore(params_dir)
     except Exception as e:  # Orbax raises many types for a damaged checkpoint
         raise CheckpointError(
-            f"{params_dir}: cannot restore parameters ({type(e).__name__}: {short_reason(e)})") from None
+            f"{params_dir}: cannot restore parameters ({type(e).__name__}: {short_reason(e)})"
+        ) from None
     finally:
         ckptr.close()
     params = _int_keys(tree)
     stored = meta.get(DIGEST_KEY)  # absent in directories written before it existed
     if stored is not None and stored != params_digest(params):
-        raise CheckpointError(f"{params_dir}: the parameters read back differ from the ones saved (checksum "
-                              f"mismatch with {MODEL_JSON}): the files were damaged after the save")
+        raise CheckpointError(
+            f"{params_dir}: the parameters read back differ from the ones saved (checksum "
+            f"mismatch with {MODEL_JSON}): the files were damaged after the save"
+        )
     vocab = None
     if (path / VOCAB_JSON).exists():
         try:

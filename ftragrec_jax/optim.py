@@ -47,11 +47,9 @@ def adam(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTrans
 
 def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
     """FTragrec: `adam` on the retriever, zero updates elsewhere."""
-    return optax.multi_transform({TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()},
-                                 param_labels)
+    return optax.multi_transform({TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()}, param_labels)
 
 
 def keep_frozen(new_params, old_params):
     """new_params with every frozen leaf replaced by the corresponding old leaf (bit-identical, aliasable)."""
-    return jax.tree_util.tree_map_with_path(lambda p, new, old: new if is_trainable(p) else old,
-                                            new_params, old_params)
+    return jax.tree_util.tree_map_with_path(lambda p, new, old: new if is_trainable(p) else old, new_params, old_params)

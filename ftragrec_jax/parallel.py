@@ -18,8 +18,9 @@ from ftragrec_jax.errors import ConfigError
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+def maybe_initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Start `jax.distributed` when a launcher asks for it (arguments or the usual environment variables).
 
     Environment: FTRAGREC_COORDINATOR (host:port), FTRAGREC_NUM_PROCESSES, FTRAGREC_PROCESS_ID; cluster
@@ -33,8 +34,7 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     if coordinator is None and os.environ.get("FTRAGREC_DISTRIBUTED") != "1":
         return False
     _enable_cpu_collectives()
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return True
 
 

@@ -20,8 +20,16 @@ PIPELINE_STAGES = ("duorec", "ftragrec")
 # per-epoch bookkeeping in metrics.jsonl that is not a training curve
 # per-epoch diagnostics, drawn after the loss terms
 DIAGNOSTICS = ("fallback_fraction", "neighbours", "grad_norm")
-NOT_CURVES = {"epoch", "step", "train_time_s", "compile_time_s", "valid_time_s", "index_refresh_time_s",
-              "valid_refresh_time_s", "best"}
+NOT_CURVES = {
+    "epoch",
+    "step",
+    "train_time_s",
+    "compile_time_s",
+    "valid_time_s",
+    "index_refresh_time_s",
+    "valid_refresh_time_s",
+    "best",
+}
 
 
 def read_metrics(path) -> list[dict]:
@@ -92,8 +100,11 @@ def plot_runs(run_dirs, out, title: str | None = None) -> Path:
     for label, run_dir in zip(_labels(run_dirs), run_dirs):
         found = stages(run_dir)
         for stage, records in found:
-            name = label if len(found) == 1 and len(run_dirs) > 1 else (
-                stage if len(run_dirs) == 1 else f"{label}/{stage}")
+            name = (
+                label
+                if len(found) == 1 and len(run_dirs) > 1
+                else (stage if len(run_dirs) == 1 else f"{label}/{stage}")
+            )
             for panel, (xs, ys) in _series(records).items():
                 lines.append((panel, name, xs, ys))
     if not lines:
@@ -111,8 +122,7 @@ def plot_runs(run_dirs, out, title: str | None = None) -> Path:
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for p, name, xs, ys in lines:
             if p == panel:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name,
-                        color=colors[name])
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name, color=colors[name])
         ax.set_title(panel if panel.startswith("valid") else f"train {panel}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

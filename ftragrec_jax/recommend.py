@@ -34,8 +34,11 @@ class Recommendation:
     used: int  # input items the model saw (after dropping unknown ones and keeping the last max length)
 
     def to_dict(self) -> dict:
-        return {"items": [{"item": t, "score": s} for t, s in zip(self.items, self.scores)],
-                "unknown": self.unknown, "used": self.used}
+        return {
+            "items": [{"item": t, "score": s} for t, s in zip(self.items, self.scores)],
+            "unknown": self.unknown,
+            "used": self.used,
+        }
 
 
 class Recommender:
@@ -58,22 +61,29 @@ class Recommender:
             raise DataError("recommend: the item sequence is empty")
         ids, unknown = self.vocab.item_ids(tokens)
         if not ids:
-            raise DataError(f"recommend: none of the {len(tokens)} items is in the model's vocabulary "
-                            f"({self.path / 'vocab.json'}): {' '.join(unknown[:10])}")
+            raise DataError(
+                f"recommend: none of the {len(tokens)} items is in the model's vocabulary "
+                f"({self.path / 'vocab.json'}): {' '.join(unknown[:10])}"
+            )
         candidates = self.vocab.n_items - 1 - (len(set(ids)) if exclude_seen else 0)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= candidates:
             raise ConfigError(f"recommend: k must be an integer in [1, {candidates}] (rankable items), got {k!r}")
-        kept = ids[-self.max_len:]
+        kept = ids[-self.max_len :]
         item_seq = np.zeros((1, self.max_len), np.int32)
-        item_seq[0, :len(kept)] = kept
-        scores = np.asarray(self._scores(item_seq, np.array([len(kept)], np.int32),
-                                         np.array([len(ids)], np.int32))[0], np.float64)
+        item_seq[0, : len(kept)] = kept
+        scores = np.asarray(
+            self._scores(item_seq, np.array([len(kept)], np.int32), np.array([len(ids)], np.int32))[0], np.float64
+        )
         scores[0] = -np.inf
         if exclude_seen:
             scores[np.asarray(ids)] = -np.inf
-        order = np.argsort(-scores, kind="stable")[:int(k)]
-        return Recommendation(items=[self.vocab.item_tokens[i] for i in order],
-                              scores=[float(scores[i]) for i in order], unknown=unknown, used=len(kept))
+        order = np.argsort(-scores, kind="stable")[: int(k)]
+        return Recommendation(
+            items=[self.vocab.item_tokens[i] for i in order],
+            scores=[float(scores[i]) for i in order],
+            unknown=unknown,
+            used=len(kept),
+        )
 
 
 def load(path, *, data: str | None = None) -> Recommender:
@@ -89,22 +99,27 @@ def load(path, *, data: str | None = None) -> Recommender:
     if vocab is None or (meta["model"] == "ftragrec" and kb is None):
         missing = "vocab.json" if vocab is None else "knowledge_base.npz"
         if data is None:
-            raise CheckpointError(f"{path}: has no {missing} (a converted or older model directory); "
-                                  f"pass the dataset file it was trained on (--data FILE)")
+            raise CheckpointError(
+                f"{path}: has no {missing} (a converted or older model directory); "
+                f"pass the dataset file it was trained on (--data FILE)"
+            )
         dataset = _dataset(meta, data)
         if vocab is None:
             vocab = dataset.vocab
     n_rows = (meta.get("encoder") or {}).get("n_items")
     if vocab.n_items != n_rows:
-        raise CheckpointError(f"{path}: the vocabulary has {vocab.n_items} items (padding included) but the model "
-                              f"has {n_rows} item rows")
-    scorer = scoring.from_params(meta, params, source=str(path), dataset=dataset, knowledge_base=kb,
-                                 purpose="recommend")
+        raise CheckpointError(
+            f"{path}: the vocabulary has {vocab.n_items} items (padding included) but the model has {n_rows} item rows"
+        )
+    scorer = scoring.from_params(
+        meta, params, source=str(path), dataset=dataset, knowledge_base=kb, purpose="recommend"
+    )
 
     def scores(item_seq, item_seq_len, prefix_len):
         # a new sequence: no knowledge-base entry is its own, so the exclusion rule removes nothing
-        return scorer(item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32),
-                                               "prefix_len": prefix_len})
+        return scorer(
+            item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32), "prefix_len": prefix_len}
+        )
 
     return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"])
 

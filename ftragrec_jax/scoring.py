@@ -38,9 +38,20 @@ ScoreFn = Callable[[Any, Any, dict], Any]
 
 # settings that change how a trained model retrieves and mixes, not its parameters: an evaluation may override
 # them (experiments.evaluate --set alpha=0.3) to study a trained retriever without retraining it
-INFERENCE_KEYS = ("retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch", "retrieval_chunk_size", "top_k",
-                  "retriever_temperature", "quality_threshold", "alpha", "fusion", "exclude_same_user",
-                  "extend_memory_with_valid")
+INFERENCE_KEYS = (
+    "retrieval_backend",
+    "faiss_index",
+    "nprobe",
+    "faiss_overfetch",
+    "retrieval_chunk_size",
+    "top_k",
+    "retriever_temperature",
+    "quality_threshold",
+    "alpha",
+    "fusion",
+    "exclude_same_user",
+    "extend_memory_with_valid",
+)
 TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha")  # shape or meaning of parameters
 
 
@@ -87,8 +98,12 @@ def bind(scorer, params, memory: Memory | Callable[[], Memory]) -> ScoreFn:
         missing = [k for k in ("user", "prefix_len") if k not in batch]
         if missing:
             raise ConfigError(f"FTragrec evaluation: batch lacks {missing} (needed by the exclusion rule)")
-        b = {"item_seq": item_seq, "item_seq_len": item_seq_len, "user": batch["user"],
-             "prefix_len": batch["prefix_len"]}
+        b = {
+            "item_seq": item_seq,
+            "item_seq_len": item_seq_len,
+            "user": batch["user"],
+            "prefix_len": batch["prefix_len"],
+        }
         return scorer(params, current(), b)
 
     return fn
@@ -123,20 +138,34 @@ def check_inference_overrides(inference: dict, meta: dict, path: str) -> None:
     if not inference:
         return
     if meta.get("model") != "ftragrec":
-        raise ConfigError(f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is "
-                          f"{meta.get('model')!r}")
+        raise ConfigError(
+            f"config keys {sorted(inference)} apply to FTragrec checkpoints only; {path} is {meta.get('model')!r}"
+        )
     unknown = sorted(set(inference) - set(INFERENCE_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
-                          f"only {list(INFERENCE_KEYS)}")
+        raise ConfigError(
+            f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
+            f"only {list(INFERENCE_KEYS)}"
+        )
     if "alpha" in inference and (meta.get("ftragrec") or {}).get("learnable_alpha"):
-        raise ConfigError(f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
-                          "it cannot be overridden")
+        raise ConfigError(
+            f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
+            "it cannot be overridden"
+        )
 
 
-def from_params(meta: dict, params: dict, *, source: str, dataset=None, knowledge_base: dict | None = None,
-                mesh=None, inference: dict | None = None, faiss_shards: int = 1,
-                purpose: str = "evaluate") -> Scorer:
+def from_params(
+    meta: dict,
+    params: dict,
+    *,
+    source: str,
+    dataset=None,
+    knowledge_base: dict | None = None,
+    mesh=None,
+    inference: dict | None = None,
+    faiss_shards: int = 1,
+    purpose: str = "evaluate",
+) -> Scorer:
     """The Scorer of a saved model's meta (model.json) and parameters (JAX-trained or converted).
 
     FTragrec needs its knowledge base: `knowledge_base` (the arrays of knowledge_base.npz; keys are recomputed
@@ -192,22 +221,28 @@ def from_params(meta: dict, params: dict, *, source: str, dataset=None, knowledg
     return Scorer(bind(scorer, state, memory), meta, kb, before_test)
 
 
-def _knowledge_base(model, hp: FTragrecHParams, source: str, dataset, arrays: dict | None,
-                    faiss_shards: int) -> KnowledgeBase:
-    options = dict(backend=hp.retrieval_backend, faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
-                   faiss_overfetch=hp.faiss_overfetch, faiss_shards=faiss_shards)
+def _knowledge_base(
+    model, hp: FTragrecHParams, source: str, dataset, arrays: dict | None, faiss_shards: int
+) -> KnowledgeBase:
+    options = dict(
+        backend=hp.retrieval_backend,
+        faiss_index=hp.faiss_index,
+        nprobe=hp.nprobe,
+        top_k=hp.top_k,
+        faiss_overfetch=hp.faiss_overfetch,
+        faiss_shards=faiss_shards,
+    )
     if arrays is not None:
         width = model.encoder.config.hidden_size
         if arrays["h"].shape[1] != width:
-            raise CheckpointError(f"{source}/knowledge_base.npz: h has width {arrays['h'].shape[1]}, the model "
-                                  f"{width}")
+            raise CheckpointError(f"{source}/knowledge_base.npz: h has width {arrays['h'].shape[1]}, the model {width}")
         keys = compute_keys(model.retriever, arrays["h"], chunk_size=hp.retrieval_chunk_size)
         return KnowledgeBase(arrays["h"], arrays["target"], arrays["user"], arrays["prefix_len"], keys, **options)
     if dataset is None:
-        raise CheckpointError(f"{source}: an FTragrec model needs its knowledge base or the dataset it was "
-                              "trained on")
-    return KnowledgeBase.build(model.encoder, model.retriever, dataset.train, key_chunk_size=hp.retrieval_chunk_size,
-                               **options)
+        raise CheckpointError(f"{source}: an FTragrec model needs its knowledge base or the dataset it was trained on")
+    return KnowledgeBase.build(
+        model.encoder, model.retriever, dataset.train, key_chunk_size=hp.retrieval_chunk_size, **options
+    )
 
 
 @dataclasses.dataclass
@@ -242,16 +277,26 @@ def load_model_dir(checkpoint, data=None, overrides=(), show_progress=True, shar
         first, dataset = shared
         differ = [k for k in DATASET_KEYS if getattr(first, k) != getattr(cfg, k)]
         if differ:
-            raise ConfigError(f"{checkpoint}: dataset settings differ from the first model's in "
-                              + ", ".join(f"{k} ({getattr(cfg, k)!r} vs {getattr(first, k)!r})" for k in differ)
-                              + "; pass --data and --set to make them agree")
+            raise ConfigError(
+                f"{checkpoint}: dataset settings differ from the first model's in "
+                + ", ".join(f"{k} ({getattr(cfg, k)!r} vs {getattr(first, k)!r})" for k in differ)
+                + "; pass --data and --set to make them agree"
+            )
     check_vocab_compat(meta, dataset.n_items, str(checkpoint))
     meta, params, vocab = load_model(checkpoint)
     if vocab is not None and vocab.item_tokens != dataset.vocab.item_tokens:
         diff = next(i for i, (a, b) in enumerate(zip(vocab.item_tokens, dataset.vocab.item_tokens)) if a != b)
         raise CheckpointError(
             f"{checkpoint}: the stored item vocabulary differs from the dataset's at id {diff} "
-            f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items")
-    scorer = from_params(meta, params, source=str(Path(str(checkpoint))), dataset=dataset, mesh=mesh,
-                         inference=inference, faiss_shards=cfg.faiss_shards)
+            f"({vocab.item_tokens[diff]!r} vs {dataset.vocab.item_tokens[diff]!r}); same item count, different items"
+        )
+    scorer = from_params(
+        meta,
+        params,
+        source=str(Path(str(checkpoint))),
+        dataset=dataset,
+        mesh=mesh,
+        inference=inference,
+        faiss_shards=cfg.faiss_shards,
+    )
     return LoadedModel(cfg, dataset, mesh, scorer)

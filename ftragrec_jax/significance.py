@@ -44,7 +44,14 @@ def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
     for k in ks:
         hit_a, hit_b = a <= k, b <= k
         a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
-        rows.append({"k": int(k), "hit_a": float(hit_a.mean()) if a.size else 0.0,
-                     "hit_b": float(hit_b.mean()) if b.size else 0.0,
-                     "a_only": a_only, "b_only": b_only, "p_value": sign_test_p(a_only, b_only)})
+        rows.append(
+            {
+                "k": int(k),
+                "hit_a": float(hit_a.mean()) if a.size else 0.0,
+                "hit_b": float(hit_b.mean()) if b.size else 0.0,
+                "a_only": a_only,
+                "b_only": b_only,
+                "p_value": sign_test_p(a_only, b_only),
+            }
+        )
     return rows

@@ -58,9 +58,11 @@ def assign_params(model, params: dict, source: str = "params") -> None:
         arr = np.asarray(got[key])
         if arr.shape != tuple(ref.shape):
             raise CheckpointError(
-                f"{source}: {'.'.join(key)} has shape {arr.shape}, the model expects {tuple(ref.shape)}")
-    filled = jax.tree_util.tree_map(lambda ref, arr: np.asarray(arr, dtype=ref.dtype), template,
-                                    _like(template, params))
+                f"{source}: {'.'.join(key)} has shape {arr.shape}, the model expects {tuple(ref.shape)}"
+            )
+    filled = jax.tree_util.tree_map(
+        lambda ref, arr: np.asarray(arr, dtype=ref.dtype), template, _like(template, params)
+    )
     nnx.replace_by_pure_dict(state, filled)
     nnx.update(model, state)
 

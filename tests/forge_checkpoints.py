@@ -38,9 +38,7 @@ def tup(items) -> bytes:
 def tensor(key: str, numel: int, shape, stride, offset: int = 0, storage: str = "FloatStorage") -> bytes:
     pid = tup([string("storage"), glob("torch", storage), string(key), string("cpu"), integer(numel)])
     hooks = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
-    args = tup(
-        [pid + BINPERSID, integer(offset), tup(map(integer, shape)), tup(map(integer, stride)), NEWFALSE, hooks]
-    )
+    args = tup([pid + BINPERSID, integer(offset), tup(map(integer, shape)), tup(map(integer, stride)), NEWFALSE, hooks])
     return glob("torch._utils", "_rebuild_tensor_v2") + args + REDUCE
 
 

@@ -18,7 +18,7 @@ def make_samples(seed: int, n_users: int, n_items: int, max_len: int, min_hist: 
         for length in range(1, len(hist)):
             prefix = hist[:length][-max_len:]
             seq = np.zeros(max_len, np.int32)
-            seq[:len(prefix)] = prefix
+            seq[: len(prefix)] = prefix
             for k, v in zip(FIELDS, (seq, len(prefix), hist[length], u, length)):
                 rows[k].append(v)
     return {k: np.asarray(v, np.int32) for k, v in rows.items()}
@@ -37,6 +37,15 @@ def batch_of(samples: dict, idx, batch_size: int | None = None) -> dict:
 
 
 def small_encoder(n_items: int = 60, max_len: int = 8, hidden: int = 16, seed: int = 0):
-    cfg = EncoderConfig(n_items=n_items, max_seq_length=max_len, hidden_size=hidden, n_layers=1, n_heads=2,
-                        inner_size=32, hidden_dropout_prob=0.2, attn_dropout_prob=0.2, initializer_range=0.5)
+    cfg = EncoderConfig(
+        n_items=n_items,
+        max_seq_length=max_len,
+        hidden_size=hidden,
+        n_layers=1,
+        n_heads=2,
+        inner_size=32,
+        hidden_dropout_prob=0.2,
+        attn_dropout_prob=0.2,
+        initializer_range=0.5,
+    )
     return build_encoder(cfg, seed)

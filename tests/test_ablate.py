@@ -14,10 +14,28 @@ def test_ablation_sweep_writes_table_and_skips_finished_runs(full_run, data_file
     cfg.write_text("model: ftragrec\n" + "".join(f"{t.replace('=', ': ', 1)}\n" for t in TINY))
     grid = tmp_path / "grid.yaml"
     grid.write_text("default: {}\nknn: {fusion: knn_lm, quality_threshold: 0.0}\nbad: {alpha: 2}\n")
-    args = ["--config", str(cfg), "--grid", str(grid), "--set", f"data={data_file}",
-            "--set", f"pretrained={full_run / 'best_model'}", "--set", "epochs=1", "--set", "top_k=3",
-            "--set", "retriever_inner_size=16", "--seeds", "1,2", "--out", str(tmp_path / "runs"),
-            "--table", str(tmp_path / "table.md")]
+    args = [
+        "--config",
+        str(cfg),
+        "--grid",
+        str(grid),
+        "--set",
+        f"data={data_file}",
+        "--set",
+        f"pretrained={full_run / 'best_model'}",
+        "--set",
+        "epochs=1",
+        "--set",
+        "top_k=3",
+        "--set",
+        "retriever_inner_size=16",
+        "--seeds",
+        "1,2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--table",
+        str(tmp_path / "table.md"),
+    ]
     assert main([*args, "--only", "default,knn"]) == 0
     data = json.loads((tmp_path / "table.json").read_text())
     assert set(data["variants"]) == {"default", "knn"}

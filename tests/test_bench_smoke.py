@@ -10,9 +10,29 @@ import pytest
 
 from experiments import bench
 
-TINY = ["--data", "synthetic", "--items", "40", "--users", "24", "--max-len", "8", "--kb", "300",
-        "--batch", "8", "--top-k", "3", "--repeats", "1", "--epoch-repeats", "1", "--threads", "1",
-        "--no-torch-compile"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--items",
+    "40",
+    "--users",
+    "24",
+    "--max-len",
+    "8",
+    "--kb",
+    "300",
+    "--batch",
+    "8",
+    "--top-k",
+    "3",
+    "--repeats",
+    "1",
+    "--epoch-repeats",
+    "1",
+    "--threads",
+    "1",
+    "--no-torch-compile",
+]
 
 
 def test_every_benchmark_runs_and_writes_json(tmp_path):
@@ -41,15 +61,21 @@ def test_every_benchmark_runs_and_writes_json(tmp_path):
 
 
 def test_bad_arguments_are_rejected():
-    for argv in (["--what", "nope"], ["--batch", "0"], ["--kb", "2", "--top-k", "5"],
-                 ["--ftragrec-variants", "exact-cached,hnsw"], ["--ftragrec-variants", ","]):
+    for argv in (
+        ["--what", "nope"],
+        ["--batch", "0"],
+        ["--kb", "2", "--top-k", "5"],
+        ["--ftragrec-variants", "exact-cached,hnsw"],
+        ["--ftragrec-variants", ","],
+    ):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
 
 
 def test_ftragrec_variants_select_the_jax_sides():
     pytest.importorskip("torch")
-    report = bench.run(bench.parse_args(TINY + ["--what", "ftragrec_step",
-                                                "--ftragrec-variants", "exact-cached,ivf-cached"]))
+    report = bench.run(
+        bench.parse_args(TINY + ["--what", "ftragrec_step", "--ftragrec-variants", "exact-cached,ivf-cached"])
+    )
     sides = [r["side"] for r in report["rows"]]
     assert sides[0] == "jax exact cached" and sides[1].startswith("jax faiss IVF") and len(sides) == 3, sides

@@ -27,8 +27,12 @@ def test_budgets():
 
 @pytest.mark.parametrize("n,chunk", [(300, 64), (70, 32)])
 def test_bucketed_equals_plain_outputs_and_gradients(n, chunk):
-    enc = build_encoder(EncoderConfig(n_items=60, max_seq_length=40, hidden_size=16, inner_size=32,
-                                      hidden_dropout_prob=0.0, attn_dropout_prob=0.0), seed=3)
+    enc = build_encoder(
+        EncoderConfig(
+            n_items=60, max_seq_length=40, hidden_size=16, inner_size=32, hidden_dropout_prob=0.0, attn_dropout_prob=0.0
+        ),
+        seed=3,
+    )
     graphdef, params = nnx.split(enc, nnx.Param)
     seq, lens, tgt = _batch(n, 40, 60, seed=n)
 
@@ -58,8 +62,18 @@ def test_bucketed_with_dropout_runs_and_differs_per_key():
 def test_last_row_shortcut_equals_gather_of_all_states(n_layers):
     """`encoder(seq, len)` runs its last block on one query row; it must equal reading row len-1 of the full
     states, in value and gradient, including a length pointing past the items (row of padding)."""
-    enc = build_encoder(EncoderConfig(n_items=60, max_seq_length=12, hidden_size=16, inner_size=32, n_layers=n_layers,
-                                      hidden_dropout_prob=0.0, attn_dropout_prob=0.0), seed=5)
+    enc = build_encoder(
+        EncoderConfig(
+            n_items=60,
+            max_seq_length=12,
+            hidden_size=16,
+            inner_size=32,
+            n_layers=n_layers,
+            hidden_dropout_prob=0.0,
+            attn_dropout_prob=0.0,
+        ),
+        seed=5,
+    )
     graphdef, params = nnx.split(enc, nnx.Param)
     seq, lens, tgt = _batch(40, 12, 60, seed=1)
     lens = lens.at[5].set(12)  # reads padded positions: must still agree

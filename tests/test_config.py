@@ -29,12 +29,21 @@ def test_unknown_key_lists_close_matches(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("hidden_dropout_prob=-0.1", "hidden_dropout_prob"), ("learning_rate=0", "learning_rate"),
-    ("n_heads=3", "n_heads"), ("alpha=1.5", "alpha"), ("top_k=0", "top_k"),
-    ("retriever_temperature=0", "retriever_temperature"), ("valid_metric=ndcg@7", "valid_metric"),
-    ("retrieval_backend=gpu", "retrieval_backend"), ("epochs=ten", "epochs"), ("tau=.nan", "tau"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("hidden_dropout_prob=-0.1", "hidden_dropout_prob"),
+        ("learning_rate=0", "learning_rate"),
+        ("n_heads=3", "n_heads"),
+        ("alpha=1.5", "alpha"),
+        ("top_k=0", "top_k"),
+        ("retriever_temperature=0", "retriever_temperature"),
+        ("valid_metric=ndcg@7", "valid_metric"),
+        ("retrieval_backend=gpu", "retrieval_backend"),
+        ("epochs=ten", "epochs"),
+        ("tau=.nan", "tau"),
+    ],
+)
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(None, [override])

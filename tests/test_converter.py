@@ -19,15 +19,24 @@ from tests.conftest import ROOT
 
 REAL = "checkpoints/raserec_beauty_recbole02.pth"
 # a model directory's data settings when the checkpoint's config leaves them at RecBole's defaults
-DEFAULT_DATA = {"min_user_inter_num": 0, "min_item_inter_num": 0, "user_inter_num_interval": "",
-                "item_inter_num_interval": "", "rm_dup_inter": "", "normalize_time": False,
-                "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp"}
+DEFAULT_DATA = {
+    "min_user_inter_num": 0,
+    "min_item_inter_num": 0,
+    "user_inter_num_interval": "",
+    "item_inter_num_interval": "",
+    "rm_dup_inter": "",
+    "normalize_time": False,
+    "USER_ID_FIELD": "user_id",
+    "ITEM_ID_FIELD": "item_id",
+    "TIME_FIELD": "timestamp",
+}
 
 
 def _cli(module, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +51,27 @@ def test_real_checkpoint_converts(real_model, shared_dir):
     dest, report = real_model
     meta, params, vocab = load_model(dest)
     enc = meta["encoder"]
-    assert (enc["n_items"], enc["max_seq_length"], enc["hidden_size"], enc["n_layers"], enc["n_heads"],
-            enc["inner_size"]) == (12102, 50, 64, 2, 2, 256)
+    assert (
+        enc["n_items"],
+        enc["max_seq_length"],
+        enc["hidden_size"],
+        enc["n_layers"],
+        enc["n_heads"],
+        enc["inner_size"],
+    ) == (12102, 50, 64, 2, 2, 256)
     # RaSeRec's checkpoint: only its DuoRec backbone is converted
     assert meta["model"] == "duorec" and meta["source"]["recbole_class"] == "RaSeRec" and vocab is None
     # the data settings come from the checkpoint's own RecBole 0.2 config
-    assert meta["dataset"] == {**DEFAULT_DATA, "MAX_ITEM_LIST_LENGTH": 50, "min_user_inter_num": 5,
-                               "min_item_inter_num": 5}
+    assert meta["dataset"] == {
+        **DEFAULT_DATA,
+        "MAX_ITEM_LIST_LENGTH": 50,
+        "min_user_inter_num": 5,
+        "min_item_inter_num": 5,
+    }
     assert meta["source"]["recbole_dataset"] == "Amazon_Beauty"
-    assert {"min_user_inter_num", "max_item_inter_num", "eval_setting", "normalize_all",
-            "rm_dup_inter"} <= set(meta["source"]["recbole_config_keys_read"])
+    assert {"min_user_inter_num", "max_item_inter_num", "eval_setting", "normalize_all", "rm_dup_inter"} <= set(
+        meta["source"]["recbole_config_keys_read"]
+    )
     assert meta["source"]["file"] == "raserec_beauty_recbole02.pth"
     assert meta["source"]["sha256"] == sha256_file(shared_dir / REAL)
     assert params["item_embedding"]["embedding"].shape == (12102, 64)
@@ -156,8 +176,13 @@ def test_cli_refuses_bad_state_dicts(tmp_path, shared_dir):
 
     missing = OrderedDict(base)
     del missing["trm_encoder.layer.1.feed_forward.LayerNorm.bias"]
-    _assert_refused(save("missing.pth", missing), tmp_path / "out", "trm_encoder.layer.1.feed_forward.LayerNorm.bias",
-                    "--n-heads", "2")
+    _assert_refused(
+        save("missing.pth", missing),
+        tmp_path / "out",
+        "trm_encoder.layer.1.feed_forward.LayerNorm.bias",
+        "--n-heads",
+        "2",
+    )
     bad_shape = OrderedDict(base)
     bad_shape["trm_encoder.layer.0.multi_head_attention.query.weight"] = np.zeros((64, 32), np.float32)
     _assert_refused(save("shape.pth", bad_shape), tmp_path / "out", "query", "--n-heads", "2")
@@ -167,8 +192,9 @@ def test_cli_refuses_bad_state_dicts(tmp_path, shared_dir):
 
 
 def test_cli_config_contradictions_and_existing_dest(tmp_path, shared_dir, real_model):
-    _assert_refused(shared_dir / REAL, tmp_path / "out", "contradicts the checkpoint config n_heads=2",
-                    "--n-heads", "4")
+    _assert_refused(
+        shared_dir / REAL, tmp_path / "out", "contradicts the checkpoint config n_heads=2", "--n-heads", "4"
+    )
     dest, _ = real_model
     before = (dest / "model.json").read_text()
     r = _cli("converters.duorec_to_flax", shared_dir / REAL, dest)
@@ -187,6 +213,7 @@ def test_export_refuses_incomplete_model_dir(tmp_path, capsys):
 
 
 # --- --data: a converted checkpoint with its vocabulary ------------------------------------------------------
+
 
 def _lines_file(path, n_users, n_items, seed=0):
     """One line per user; item tokens are words (not ids), so the vocabulary mapping is visible. Two rare items
@@ -212,12 +239,22 @@ def forged(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("forged")
     data = _lines_file(tmp / "shop.txt", n_users=50, n_items=20)
-    config = {"model": "DuoRec", "n_heads": 2, "hidden_size": 8, "n_layers": 1, "inner_size": 16,
-              "MAX_ITEM_LIST_LENGTH": 6, "min_user_inter_num": 3, "min_item_inter_num": 2, "dataset": "shop",
-              "hidden_act": "gelu"}
+    config = {
+        "model": "DuoRec",
+        "n_heads": 2,
+        "hidden_size": 8,
+        "n_layers": 1,
+        "inner_size": 16,
+        "MAX_ITEM_LIST_LENGTH": 6,
+        "min_user_inter_num": 3,
+        "min_item_inter_num": 2,
+        "dataset": "shop",
+        "hidden_act": "gelu",
+    }
     n_items = load_dataset(data, min_user_inter_num=3, min_item_inter_num=2, max_seq_length=6).n_items
-    enc = build_encoder(EncoderConfig(n_items=n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2,
-                                      inner_size=16), seed=3)
+    enc = build_encoder(
+        EncoderConfig(n_items=n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2, inner_size=16), seed=3
+    )
     state = OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in encoder_to_torch_state(enc).items())
     src = tmp / "duorec.pth"
     torch.save({"config": config, "state_dict": state, "epoch": 7}, src)
@@ -237,8 +274,14 @@ def test_data_stores_vocab_and_settings_so_recommend_takes_tokens(forged, tmp_pa
     in_file = {t for line in data.read_text().splitlines() for t in line.split()[1:]}
     assert vocab is not None and vocab.n_items == n_items and set(vocab.item_tokens[1:]) == in_file
     # the settings come from the checkpoint's RecBole config, the max length from its position table
-    assert meta["dataset"] == {**DEFAULT_DATA, "data": str(data.absolute()), "data_format": "auto",
-                               "min_user_inter_num": 3, "min_item_inter_num": 2, "MAX_ITEM_LIST_LENGTH": 6}
+    assert meta["dataset"] == {
+        **DEFAULT_DATA,
+        "data": str(data.absolute()),
+        "data_format": "auto",
+        "min_user_inter_num": 3,
+        "min_item_inter_num": 2,
+        "MAX_ITEM_LIST_LENGTH": 6,
+    }
     assert meta["model"] == "duorec" and meta["source"]["recbole_dataset"] == "shop"
     tokens = " ".join(vocab.item_tokens[1:4])
     assert recommend(["--checkpoint", str(dest), "--items", tokens + " nope", "--k", "5", "--json"]) == 0
@@ -257,8 +300,10 @@ def test_data_stores_vocab_and_settings_so_recommend_takes_tokens(forged, tmp_pa
 def test_data_with_another_item_count_is_refused_and_nothing_written(forged, tmp_path, capsys):
     src, data, n_items = forged
     other = _lines_file(tmp_path / "other.txt", n_users=50, n_items=35, seed=1)
-    for args, what in (([str(other)], f"but {src} has {n_items - 1} (+1 padding row)"),
-                       ([str(data), "--min-item-inter-num", "3"], "min_item_inter_num=3")):
+    for args, what in (
+        ([str(other)], f"but {src} has {n_items - 1} (+1 padding row)"),
+        ([str(data), "--min-item-inter-num", "3"], "min_item_inter_num=3"),
+    ):
         dest = tmp_path / "out"
         assert duorec_to_flax.main([str(src), str(dest), "--data", *args]) == 2
         err = capsys.readouterr().err
@@ -274,8 +319,13 @@ def test_data_with_another_item_count_is_refused_and_nothing_written(forged, tmp
 def test_real_checkpoint_on_a_file_with_other_item_ids_is_flagged(shared_dir, tmp_path):
     """shared/README: the real checkpoint's ids follow RecBole's Amazon_Beauty.inter, not amazon/Beauty.txt. Same
     item count, so only the score check can tell: it must warn, comparing with the checkpoint's own valid score."""
-    r = _cli("converters.duorec_to_flax", shared_dir / REAL, tmp_path / "out", "--data",
-             shared_dir / "data" / "amazon" / "Beauty.txt")
+    r = _cli(
+        "converters.duorec_to_flax",
+        shared_dir / REAL,
+        tmp_path / "out",
+        "--data",
+        shared_dir / "data" / "amazon" / "Beauty.txt",
+    )
     assert r.returncode == 0, r.stderr
     assert "the checkpoint recorded valid recall@10 0.1060" in r.stdout
     assert "warning: " in r.stderr and "item ids are probably not the ones it was trained with" in r.stderr

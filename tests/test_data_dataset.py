@@ -32,13 +32,23 @@ def atomic(tmp_path, rows, name="d.inter"):
 
 
 def rows_of(s, i):
-    return s.item_seq[i, :s.item_seq_len[i]].tolist(), int(s.target[i]), int(s.user[i]), int(s.prefix_len[i])
+    return s.item_seq[i, : s.item_seq_len[i]].tolist(), int(s.target[i]), int(s.user[i]), int(s.prefix_len[i])
 
 
 def test_split_and_prefix_samples_on_hand_made_file(tmp_path):
     rows = [  # file order decides ids; timestamps decide the sequence order
-        ("A", "x", 5), ("B", "y", 1), ("A", "y", 1), ("A", "z", 2), ("C", "x", 3), ("A", "x", 3),
-        ("A", "w", 4), ("A", "v", 6), ("B", "z", 2), ("B", "x", 3), ("C", "y", 9), ("D", "z", 1),
+        ("A", "x", 5),
+        ("B", "y", 1),
+        ("A", "y", 1),
+        ("A", "z", 2),
+        ("C", "x", 3),
+        ("A", "x", 3),
+        ("A", "w", 4),
+        ("A", "v", 6),
+        ("B", "z", 2),
+        ("B", "x", 3),
+        ("C", "y", 9),
+        ("D", "z", 1),
         ("A", "u", 4),  # ties with ("A","w",4): file order kept
     ]
     ds = load_dataset(atomic(tmp_path, rows), min_user_inter_num=0, min_item_inter_num=0, max_seq_length=3)
@@ -48,7 +58,11 @@ def test_split_and_prefix_samples_on_hand_made_file(tmp_path):
     x, y, z, w, v, u = 1, 2, 3, 4, 5, 6
     # A: y z x w u x v (7 items -> 6 samples: 4 train, 1 valid, 1 test), prefix truncated to the last 3
     assert [rows_of(ds.train, i) for i in range(4)] == [
-        ([y], z, 1, 1), ([y, z], x, 1, 2), ([y, z, x], w, 1, 3), ([z, x, w], u, 1, 4)]
+        ([y], z, 1, 1),
+        ([y, z], x, 1, 2),
+        ([y, z, x], w, 1, 3),
+        ([z, x, w], u, 1, 4),
+    ]
     assert rows_of(ds.valid, 0) == ([x, w, u], x, 1, 5)
     assert rows_of(ds.test, 0) == ([w, u, x], v, 1, 6)
     # B: y z x (2 samples -> RecBole: 1 train, NO valid, 1 test); C: x y (1 sample -> train only); D: none
@@ -60,9 +74,11 @@ def test_split_and_prefix_samples_on_hand_made_file(tmp_path):
     assert not ds.train.item_seq[0, 1:].any()  # right padding with 0
     # history: every user's items, chronological, by user id
     h = ds.history
-    assert h.items[h.indptr[1]:h.indptr[2]].tolist() == [y, z, x, w, u, x, v]
+    assert h.items[h.indptr[1] : h.indptr[2]].tolist() == [y, z, x, w, u, x, v]
     assert h.prefix_matrix(ds.test.user, ds.test.prefix_len, 8).tolist() == [
-        [y, z, x, w, u, x, 0, 0], [y, z, 0, 0, 0, 0, 0, 0]]
+        [y, z, x, w, u, x, 0, 0],
+        [y, z, 0, 0, 0, 0, 0, 0],
+    ]
 
 
 def test_float32_time_ties_keep_file_order(tmp_path):
@@ -108,22 +124,24 @@ def test_kcore_matches_reference_definition(seed):
     items = (rng.zipf(1.4, n) % 50).astype(str)
     min_u, min_i = int(rng.integers(0, 6)), int(rng.integers(0, 6))
     inter = Interactions("r", users, items, np.zeros(n), np.arange(n))
-    kept = kcore_filter(inter, parse_intervals(min_count_interval(min_u), "u"),
-                        parse_intervals(min_count_interval(min_i), "i"))
+    kept = kcore_filter(
+        inter, parse_intervals(min_count_interval(min_u), "u"), parse_intervals(min_count_interval(min_i), "i")
+    )
     assert np.flatnonzero(kept).tolist() == recbole_kcore_reference(
-        users, items, lambda c: c >= (min_u or -1), lambda c: c >= (min_i or -1))
+        users, items, lambda c: c >= (min_u or -1), lambda c: c >= (min_i or -1)
+    )
     lo, hi = int(rng.integers(0, 4)), int(rng.integers(8, 20))
     user_text, item_text = f"({lo},{hi}]", f"[{min_i},{hi});[30,inf)"
     kept = kcore_filter(inter, parse_intervals(user_text, "u"), parse_intervals(item_text, "i"))
     assert np.flatnonzero(kept).tolist() == recbole_kcore_reference(
-        users, items, lambda c: lo < c <= hi, lambda c: min_i <= c < hi or c >= 30)
+        users, items, lambda c: lo < c <= hi, lambda c: min_i <= c < hi or c >= 30
+    )
 
 
 def test_interval_settings_replace_min_counts_and_bad_intervals_name_the_key(tmp_path):
     rows = [("A", "x", 1), ("A", "y", 2), ("A", "z", 3), ("B", "x", 1), ("B", "y", 2), ("C", "x", 5)]
     path = atomic(tmp_path, rows)
-    capped = load_dataset(path, user_inter_num_interval="[2,2]", item_inter_num_interval="(0,inf)",
-                          max_seq_length=3)
+    capped = load_dataset(path, user_inter_num_interval="[2,2]", item_inter_num_interval="(0,inf)", max_seq_length=3)
     assert capped.vocab.user_tokens == ("[PAD]", "B")  # A has 3, C has 1: outside [2,2]; the 5-core is replaced
     assert capped.settings["user_inter_num_interval"] == "[2,2]"
     assert capped.settings["item_inter_num_interval"] == "(0,inf)"
@@ -168,8 +186,7 @@ def test_other_field_names(tmp_path):
 
 def test_kcore_cascade_and_log(tmp_path, caplog):
     # item q has 1 interaction -> dropped; then user B has 1 left -> dropped; then item p falls to 1 -> dropped
-    rows = [("A", "x", 1), ("A", "y", 2), ("B", "q", 1), ("B", "p", 2), ("C", "x", 1), ("C", "y", 2),
-            ("A", "p", 3)]
+    rows = [("A", "x", 1), ("A", "y", 2), ("B", "q", 1), ("B", "p", 2), ("C", "x", 1), ("C", "y", 2), ("A", "p", 3)]
     with caplog.at_level(logging.INFO, logger="ftragrec_jax"):
         ds = load_dataset(atomic(tmp_path, rows), min_user_inter_num=2, min_item_inter_num=2)
     assert ds.vocab.user_tokens == ("[PAD]", "A", "C") and ds.vocab.item_tokens == ("[PAD]", "x", "y")
@@ -184,17 +201,20 @@ def test_duplicates_are_kept(tmp_path):
 
 
 def test_edge_cases_single_user_single_item_and_valid_only_items(tmp_path):
-    one_item = load_dataset(atomic(tmp_path, [("u", "a", t) for t in range(4)]),
-                            min_user_inter_num=0, min_item_inter_num=0)
+    one_item = load_dataset(
+        atomic(tmp_path, [("u", "a", t) for t in range(4)]), min_user_inter_num=0, min_item_inter_num=0
+    )
     assert one_item.n_items == 2 and one_item.n_users == 1
     assert (len(one_item.train), len(one_item.valid), len(one_item.test)) == (1, 1, 1)
     # item "z" only ever appears as a test target: it still gets an id, never a training target
-    ds = load_dataset(atomic(tmp_path, [("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("u", "z", 4)]),
-                      min_user_inter_num=0, min_item_inter_num=0)
+    ds = load_dataset(
+        atomic(tmp_path, [("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("u", "z", 4)]),
+        min_user_inter_num=0,
+        min_item_inter_num=0,
+    )
     assert ds.vocab.item_tokens[-1] == "z" and ds.test.target.tolist() == [4] and 4 not in ds.train.target
     # users with a single interaction give no sample at all
-    ds = load_dataset(atomic(tmp_path, [("u", "a", 1), ("v", "a", 1)]), min_user_inter_num=0,
-                      min_item_inter_num=0)
+    ds = load_dataset(atomic(tmp_path, [("u", "a", 1), ("v", "a", 1)]), min_user_inter_num=0, min_item_inter_num=0)
     assert len(ds.train) == len(ds.valid) == len(ds.test) == 0 and ds.n_users == 2
 
 
@@ -210,8 +230,11 @@ def test_empty_after_filtering_is_a_clear_error(tmp_path):
 
 def digest_of(ds, max_len):
     h = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
-    out = {"items": h("\n".join(ds.vocab.item_tokens).encode()),
-           "users": h("\n".join(ds.vocab.user_tokens).encode()), "sizes": {}}
+    out = {
+        "items": h("\n".join(ds.vocab.item_tokens).encode()),
+        "users": h("\n".join(ds.vocab.user_tokens).encode()),
+        "sizes": {},
+    }
     for name in ("train", "valid", "test"):
         s = getattr(ds, name)
         parts = [np.asarray(a, "<i8").tobytes() for a in (s.user, s.target, s.item_seq_len, s.item_seq[:, :max_len])]
@@ -229,8 +252,12 @@ def test_same_samples_as_recbole_on_edge_case_files(case):
     timestamp ties, duplicates, short users, cascading k-core and short max lengths."""
     ref = REFERENCE[case]
     st = ref["settings"]
-    ds = load_dataset(REF_DIR / f"{case}.inter", min_user_inter_num=st["min_user_inter_num"],
-                      min_item_inter_num=st["min_item_inter_num"], max_seq_length=st["MAX_ITEM_LIST_LENGTH"])
+    ds = load_dataset(
+        REF_DIR / f"{case}.inter",
+        min_user_inter_num=st["min_user_inter_num"],
+        min_item_inter_num=st["min_item_inter_num"],
+        max_seq_length=st["MAX_ITEM_LIST_LENGTH"],
+    )
     got = digest_of(ds, st["MAX_ITEM_LIST_LENGTH"])
     assert got == {k: ref[k] for k in got}
 
@@ -260,9 +287,9 @@ def test_beauty_statistics_speed_and_recbole_samples(shared_dir):
     assert len(long) and (ds.train.item_seq_len[long] == 50).all()
     i = long[0]
     u = ds.train.user[i]
-    hist = ds.history.items[ds.history.indptr[u]:ds.history.indptr[u + 1]]
+    hist = ds.history.items[ds.history.indptr[u] : ds.history.indptr[u + 1]]
     p = ds.train.prefix_len[i]
-    assert ds.train.item_seq[i].tolist() == hist[p - 50:p].tolist() and ds.train.target[i] == hist[p]
+    assert ds.train.item_seq[i].tolist() == hist[p - 50 : p].tolist() and ds.train.target[i] == hist[p]
 
 
 def test_embedded_default_is_beauty(shared_dir):
@@ -289,7 +316,7 @@ def test_batches_static_shapes_padding_and_shuffle(tmp_path):
     b = [b["index"].tolist() for b in iterate_batches(s, 4, seed=3, epoch=1)]
     c = [b["index"].tolist() for b in iterate_batches(s, 4, seed=3, epoch=2)]
     assert a == b and a != c
-    assert sorted(np.concatenate([np.asarray(x)[:4 if k < 2 else 3] for k, x in enumerate(a)])) == list(range(n))
+    assert sorted(np.concatenate([np.asarray(x)[: 4 if k < 2 else 3] for k, x in enumerate(a)])) == list(range(n))
     assert len(list(iterate_batches(s, 4, drop_last=True))) == 2
     assert epoch_permutation(5, 0, 0).tolist() == epoch_permutation(5, 0, 0).tolist()
     assert len(list(iterate_batches(s.take(np.arange(0)), 4))) == 0

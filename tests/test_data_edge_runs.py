@@ -57,14 +57,17 @@ def test_single_user(tmp_path):
 
 
 def test_mixed_short_users_duplicates_and_eval_only_items(tmp_path):
-    data = write(tmp_path / "mixed.txt", [
-        "a 1 2 3 4 5 6",  # 5 samples: 3 train, valid, test
-        "b 2 2 2 3",  # duplicates kept: 3 samples
-        "c 1 3 9",  # item 9 only ever a test target: 2 samples, train + test, no valid
-        "d 4 5",  # 1 sample: train only
-        "e 6",  # no sample
-        "f 1 2 3 8",  # item 8 only as f's test target
-    ])
+    data = write(
+        tmp_path / "mixed.txt",
+        [
+            "a 1 2 3 4 5 6",  # 5 samples: 3 train, valid, test
+            "b 2 2 2 3",  # duplicates kept: 3 samples
+            "c 1 3 9",  # item 9 only ever a test target: 2 samples, train + test, no valid
+            "d 4 5",  # 1 sample: train only
+            "e 6",  # no sample
+            "f 1 2 3 8",  # item 8 only as f's test target
+        ],
+    )
     out = tmp_path / "run"
     assert train(data, out, "--epochs=1", *RAW) == 0
     ds = results(out)["protocol"]["dataset"]
@@ -72,10 +75,13 @@ def test_mixed_short_users_duplicates_and_eval_only_items(tmp_path):
     assert (ds["train_samples"], ds["valid_samples"], ds["test_samples"]) == (3 + 1 + 1 + 1 + 1, 3, 4)
 
 
-@pytest.mark.parametrize("lines,split,need", [
-    ([f"{u} {u} {u + 1} {u + 2}" for u in range(1, 20)], "valid", 4),  # 3 interactions each: no valid sample
-    ([f"{u} {u} {u + 1}" for u in range(1, 20)], "valid", 4),  # 2 each: train only
-])
+@pytest.mark.parametrize(
+    "lines,split,need",
+    [
+        ([f"{u} {u} {u + 1} {u + 2}" for u in range(1, 20)], "valid", 4),  # 3 interactions each: no valid sample
+        ([f"{u} {u} {u + 1}" for u in range(1, 20)], "valid", 4),  # 2 each: train only
+    ],
+)
 def test_no_evaluation_samples_is_refused_before_training(lines, split, need, tmp_path, capsys):
     data = write(tmp_path / "short.txt", lines)
     out = tmp_path / "run"

@@ -18,12 +18,15 @@ def write(tmp_path, name, text, gz=False):
 
 
 def test_atomic_any_column_order_extra_columns_ignored(tmp_path):
-    p = write(tmp_path, "d.inter",
-              "rating:float\ttimestamp:float\ttags:token_seq\titem_id:token\tuser_id:token\tw:float_seq\n"
-              "5\t30\ta b\ti1\tu1\t0.5 1\n"
-              "x\t10\t\ti2\tu2\t\n"  # extra columns are not parsed at all
-              "\n"  # blank line: not a record
-              "4\t 20 \tc\ti1\tu1\t2\n")
+    p = write(
+        tmp_path,
+        "d.inter",
+        "rating:float\ttimestamp:float\ttags:token_seq\titem_id:token\tuser_id:token\tw:float_seq\n"
+        "5\t30\ta b\ti1\tu1\t0.5 1\n"
+        "x\t10\t\ti2\tu2\t\n"  # extra columns are not parsed at all
+        "\n"  # blank line: not a record
+        "4\t 20 \tc\ti1\tu1\t2\n",
+    )
     t = read_atomic(p)
     assert t.user.tolist() == ["u1", "u2", "u1"]
     assert t.item.tolist() == ["i1", "i2", "i1"]
@@ -49,33 +52,54 @@ def test_atomic_gz_and_detection(tmp_path):
 
 
 def test_rows_without_ids_dropped_with_count_in_log(tmp_path, caplog):
-    p = write(tmp_path, "d.inter", "user_id:token\titem_id:token\ttimestamp:float\n"
-                                   "u\ti\t1\n\ti\t2\nu\t\t3\nu\tj\t4\n")
+    p = write(tmp_path, "d.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\n\ti\t2\nu\t\t3\nu\tj\t4\n")
     with caplog.at_level(logging.WARNING, logger="ftragrec_jax"):
         t = read_atomic(p)
     assert t.item.tolist() == ["i", "j"]
     assert "dropped 2 line(s)" in caplog.text and "line 3" in caplog.text
 
 
-@pytest.mark.parametrize("name,text,expect", [
-    ("a.inter", "user_id:token\titem_id:token\ttimestamp:date\nu\ti\t1\n", r"a\.inter:1: .*unknown type 'date'"),
-    ("a.inter", "user_id:token\titem_id:token\trating:float\nu\ti\t1\n",
-     r"a\.inter:1: missing required column\(s\) timestamp:float"),
-    ("a.inter", "user_id:token\titem_id\ttimestamp:float\n", r"a\.inter:1: column 2 header 'item_id': expected"),
-    ("a.inter", "user_id:token\titem_id:float\ttimestamp:float\n", r"a\.inter:1: column 'item_id' has type 'float'"),
-    ("a.inter", "user_id:token\tuser_id:token\n", r"a\.inter:1: column 'user_id' appears twice"),
-    ("a.inter", "", r"a\.inter:1: empty file"),
-    ("a.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\ti\n",
-     r"a\.inter:3: expected 3 tab-separated fields .*got 2"),
-    ("a.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\ti\tsoon\n",
-     r"a\.inter:3: column 'timestamp': expected a finite number, got 'soon'"),
-    ("a.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\tnan\n",
-     r"a\.inter:2: column 'timestamp': expected a finite number"),
-    ("a.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t\n",
-     r"a\.inter:2: column 'timestamp': expected a finite number, got ''"),
-    ("b.txt", "1 2 3\n2\n", r"b\.txt:2: expected 'user item1 item2 \.\.\.'"),
-    ("b.txt", "1 2 3\n2 4\n1 5\n", r"b\.txt:3: user '1' already has a line \(1\)"),
-])
+@pytest.mark.parametrize(
+    "name,text,expect",
+    [
+        ("a.inter", "user_id:token\titem_id:token\ttimestamp:date\nu\ti\t1\n", r"a\.inter:1: .*unknown type 'date'"),
+        (
+            "a.inter",
+            "user_id:token\titem_id:token\trating:float\nu\ti\t1\n",
+            r"a\.inter:1: missing required column\(s\) timestamp:float",
+        ),
+        ("a.inter", "user_id:token\titem_id\ttimestamp:float\n", r"a\.inter:1: column 2 header 'item_id': expected"),
+        (
+            "a.inter",
+            "user_id:token\titem_id:float\ttimestamp:float\n",
+            r"a\.inter:1: column 'item_id' has type 'float'",
+        ),
+        ("a.inter", "user_id:token\tuser_id:token\n", r"a\.inter:1: column 'user_id' appears twice"),
+        ("a.inter", "", r"a\.inter:1: empty file"),
+        (
+            "a.inter",
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\ti\n",
+            r"a\.inter:3: expected 3 tab-separated fields .*got 2",
+        ),
+        (
+            "a.inter",
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\ti\tsoon\n",
+            r"a\.inter:3: column 'timestamp': expected a finite number, got 'soon'",
+        ),
+        (
+            "a.inter",
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ti\tnan\n",
+            r"a\.inter:2: column 'timestamp': expected a finite number",
+        ),
+        (
+            "a.inter",
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t\n",
+            r"a\.inter:2: column 'timestamp': expected a finite number, got ''",
+        ),
+        ("b.txt", "1 2 3\n2\n", r"b\.txt:2: expected 'user item1 item2 \.\.\.'"),
+        ("b.txt", "1 2 3\n2 4\n1 5\n", r"b\.txt:3: user '1' already has a line \(1\)"),
+    ],
+)
 def test_bad_input_names_file_and_line(tmp_path, name, text, expect):
     p = write(tmp_path, name, text)
     with pytest.raises(DataError, match=expect) as e:

@@ -9,8 +9,19 @@ VALID = {"recall@10": 0.05, "mrr@10": 0.0213, "ndcg@10": 0.0301, "hit@10": 0.05,
 
 
 def test_duorec_line_has_terms_valid_and_times_but_not_bookkeeping():
-    rec = {"epoch": 3, "step": 40, "train_time_s": 41.23, "compile_time_s": 60.0, "loss": 9.5, "ce": 9.25,
-           "sem_nce": 2.5, "grad_norm": 1.5, "valid": VALID, "valid_time_s": 3.14, "best": True}
+    rec = {
+        "epoch": 3,
+        "step": 40,
+        "train_time_s": 41.23,
+        "compile_time_s": 60.0,
+        "loss": 9.5,
+        "ce": 9.25,
+        "sem_nce": 2.5,
+        "grad_norm": 1.5,
+        "valid": VALID,
+        "valid_time_s": 3.14,
+        "best": True,
+    }
     line = epoch_line(rec, epochs=50, valid_metric="mrr@10", patience=0, stopping_step=10)
     assert line.startswith("epoch  3  loss 9.5000 (ce 9.2500, sem_nce 2.5000)")
     assert "valid mrr@10 0.0213 ndcg@10 0.0301 hit@10 0.0500 best" in line
@@ -19,9 +30,21 @@ def test_duorec_line_has_terms_valid_and_times_but_not_bookkeeping():
 
 
 def test_ftragrec_line_shows_fallback_and_index_refresh_and_patience():
-    rec = {"epoch": 1, "step": 4, "train_time_s": 2.0, "loss": 8.0, "rec_loss": 7.0, "enhanced_rec_loss": 1.5,
-           "kl_loss": 0.25, "fallback_fraction": 0.031, "neighbours": 4.8, "grad_norm": 0.1,
-           "index_refresh_time_s": 1.234, "valid": VALID, "valid_time_s": 1.0}
+    rec = {
+        "epoch": 1,
+        "step": 4,
+        "train_time_s": 2.0,
+        "loss": 8.0,
+        "rec_loss": 7.0,
+        "enhanced_rec_loss": 1.5,
+        "kl_loss": 0.25,
+        "fallback_fraction": 0.031,
+        "neighbours": 4.8,
+        "grad_norm": 0.1,
+        "index_refresh_time_s": 1.234,
+        "valid": VALID,
+        "valid_time_s": 1.0,
+    }
     line = epoch_line(rec, epochs=2, valid_metric="mrr@10", patience=2, stopping_step=10)
     assert "loss 8.0000 (rec_loss 7.0000, enhanced_rec_loss 1.5000, kl_loss 0.2500)" in line
     assert "fallback 3.1% (4.8 nb)" in line and "index refreshed 1.2s" in line and "patience 2/10" in line

@@ -20,9 +20,13 @@ def make_samples(target, user=None, prefix_len=None, max_len=3):
     n = len(target)
     user = np.arange(1, n + 1) if user is None else np.asarray(user)
     prefix_len = np.ones(n, np.int32) if prefix_len is None else np.asarray(prefix_len)
-    return SequenceSamples(item_seq=np.ones((n, max_len), np.int32), item_seq_len=np.ones(n, np.int32),
-                           target=np.asarray(target, np.int32), user=user.astype(np.int32),
-                           prefix_len=prefix_len.astype(np.int32))
+    return SequenceSamples(
+        item_seq=np.ones((n, max_len), np.int32),
+        item_seq_len=np.ones(n, np.int32),
+        target=np.asarray(target, np.int32),
+        user=user.astype(np.int32),
+        prefix_len=prefix_len.astype(np.int32),
+    )
 
 
 def table_scorer(table):
@@ -48,7 +52,7 @@ def naive_metrics(table, target, ks, hidden=None):
     pos_index = np.zeros((len(target), max_k), bool)
     for r, lst in enumerate(lists):
         lst = lst[:max_k]  # shorter than K when K exceeds the catalogue
-        pos_index[r, :len(lst)] = np.asarray(lst) == target[r]
+        pos_index[r, : len(lst)] = np.asarray(lst) == target[r]
     return summarize(topk_metrics(pos_index, np.ones(len(target), np.int64)), ks)
 
 
@@ -114,9 +118,10 @@ def test_history_masking_on_random_data_matches_reference():
     target = items[indptr[user] + prefix]
     table = rng.integers(0, 4, size=(n_users, n_items)).astype(np.float32)
     ks = (1, 3, 10, 30)
-    res = full_sort_evaluate(table_scorer(table), make_samples(target, user, prefix), n_items, ks=ks,
-                             batch_size=8, history=history)
-    hidden = [items[indptr[u]:indptr[u] + p].tolist() for u, p in zip(user, prefix)]
+    res = full_sort_evaluate(
+        table_scorer(table), make_samples(target, user, prefix), n_items, ks=ks, batch_size=8, history=history
+    )
+    hidden = [items[indptr[u] : indptr[u] + p].tolist() for u, p in zip(user, prefix)]
     assert dict(res) == naive_metrics(table, target, ks, hidden=hidden)
 
 
@@ -131,6 +136,7 @@ def test_same_numbers_as_recbole_topk_evaluator():
     assert dict(res) == case["decimals_4"]
     ranks = sample_ranks(table_scorer(scores), make_samples(target), scores.shape[1], batch_size=100)
     from ftragrec_jax.metrics import single_target_metrics
+
     fine = summarize(single_target_metrics(ranks, ks), ks, columns=range(len(ks)), decimals=15)
     assert fine == case["decimals_15"]
 
@@ -173,10 +179,11 @@ def test_mesh_evaluation_equals_numpy_batches_and_checks_divisibility():
         return table_scorer(table)(item_seq, item_seq_len, batch)
 
     mesh = parallel.make_mesh(1)
-    assert sample_ranks(scorer, samples, 19, batch_size=8, mesh=mesh).tolist() == \
-        sample_ranks(table_scorer(table), samples, 19, batch_size=8).tolist()
+    assert (
+        sample_ranks(scorer, samples, 19, batch_size=8, mesh=mesh).tolist()
+        == sample_ranks(table_scorer(table), samples, 19, batch_size=8).tolist()
+    )
     assert len(seen) == 5 and all(seen)
     four = SimpleNamespace(size=4)  # check_batch_divides only reads the device count
     with pytest.raises(ConfigError, match="config key 'eval_batch_size': 6 is not divisible by the 4 devices"):
-        full_sort_evaluate(lambda *a: pytest.fail("scored before the check"), samples, 19, batch_size=6,
-                           mesh=four)
+        full_sort_evaluate(lambda *a: pytest.fail("scored before the check"), samples, 19, batch_size=6, mesh=four)

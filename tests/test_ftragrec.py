@@ -29,8 +29,15 @@ def setup():
     samples = make_samples(0, 40, N_ITEMS, MAX_LEN)
     hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=4)
     model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)
-    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k,
-                             encode_chunk_size=64, key_chunk_size=100)
+    kb = KnowledgeBase.build(
+        model.encoder,
+        model.retriever,
+        samples,
+        backend="exact",
+        top_k=hp.top_k,
+        encode_chunk_size=64,
+        key_chunk_size=100,
+    )
     return samples, hp, model, kb
 
 
@@ -93,8 +100,9 @@ def test_cached_and_uncached_give_same_loss(setup):
     samples, hp, model, kb = setup
     batch = batch_of(samples, np.arange(10, 42), 40)
     loss_u, aux_u = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp))(batch)
-    loss_c, aux_c = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp,
-                                                    seq_output=kb.memory.h[b["index"]]))(batch)
+    loss_c, aux_c = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp, seq_output=kb.memory.h[b["index"]]))(
+        batch
+    )
     for k in aux_u:
         np.testing.assert_allclose(float(aux_c[k]), float(aux_u[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     assert float(aux_c["neighbours"]) > 0
@@ -123,8 +131,9 @@ def test_loss_terms_against_numpy(setup):
     mask = np.ones(b, np.float32)
     mask[-2:] = 0
     table = np.asarray(model.encoder.item_table(), np.float64)
-    _, aux = ftragrec_terms(model.retriever, seq, ids, kb.memory.h, kb.memory.target, table.astype(np.float32),
-                            target, mask, hp)
+    _, aux = ftragrec_terms(
+        model.retriever, seq, ids, kb.memory.h, kb.memory.target, table.astype(np.float32), target, mask, hp
+    )
 
     def g(x):  # W2 = 0 at init: g(x) = LN(x) with scale 1, bias 0
         x = np.asarray(x, np.float64)
@@ -175,8 +184,9 @@ def test_kl_is_a_mean_over_rows_with_neighbours(setup):
     seq = kb.h[rng.integers(0, len(kb), b)]
     target = rng.integers(0, N_ITEMS, b).astype(np.int32)
     table = model.encoder.item_table()
-    terms = jax.jit(lambda s, i, t, m: ftragrec_terms(model.retriever, s, i, kb.memory.h, kb.memory.target,
-                                                      table, t, m, hp)[1])
+    terms = jax.jit(
+        lambda s, i, t, m: ftragrec_terms(model.retriever, s, i, kb.memory.h, kb.memory.target, table, t, m, hp)[1]
+    )
 
     def kl(rows, extra_empty=0, extra_padded=0):
         s, i, t = seq[rows], ids[rows], target[rows]
@@ -204,8 +214,7 @@ def test_threshold_one_falls_back_to_backbone(setup):
     hp1 = dataclasses.replace(hp, quality_threshold=1.0)
     # rows whose sequence has no exact duplicate in the base (a duplicate has cosine 1 and passes any threshold)
     batch = batch_of(samples, np.flatnonzero(samples["item_seq_len"] >= 4)[:16])
-    _, aux = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp1, seq_output=kb.memory.h[b["index"]]))(
-        batch)
+    _, aux = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp1, seq_output=kb.memory.h[b["index"]]))(batch)
     assert float(aux["fallback_fraction"]) == 1.0 and float(aux["kl_loss"]) == 0.0
     np.testing.assert_allclose(float(aux["enhanced_rec_loss"]), float(aux["rec_loss"]), rtol=1e-6)
     gd, params, rest = nnx.split(model, nnx.Param, ...)
@@ -240,20 +249,29 @@ def test_eval_scores_shape_and_faiss_equals_exact(setup):
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
     batch = batch_of(samples, np.arange(50, 70))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    exact = bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"],
-                                                                      batch)
+    exact = bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], batch)
     assert exact.shape == (20, N_ITEMS)
     hpf = dataclasses.replace(hp, retrieval_backend="faiss")
     kbf = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="faiss", top_k=hp.top_k)
     faiss_scores = bind(ftragrec_scorer(gd, hpf, rest=rest, searcher=kbf.searcher), params, kbf.memory)(
-        batch["item_seq"], batch["item_seq_len"], batch)
+        batch["item_seq"], batch["item_seq_len"], batch
+    )
     np.testing.assert_allclose(np.asarray(faiss_scores), np.asarray(exact), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="prefix_len"):
         bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], {})
 
 
-@pytest.mark.parametrize("field,value", [("top_k", 0), ("retriever_temperature", 0.0), ("alpha", 1.5),
-                                         ("alpha", -0.1), ("retrieval_backend", "annoy"), ("top_k", 2.5)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("top_k", 0),
+        ("retriever_temperature", 0.0),
+        ("alpha", 1.5),
+        ("alpha", -0.1),
+        ("retrieval_backend", "annoy"),
+        ("top_k", 2.5),
+    ],
+)
 def test_bad_hparams_rejected(field, value):
     with pytest.raises(ConfigError, match=field):
         FTragrecHParams(**{field: value})
@@ -269,8 +287,9 @@ def test_setup_validation():
         validate_setup(FTragrecHParams(), n_base=100, hidden_size=16, encoder_cfg=enc_cfg, n_items=61)
     with pytest.raises(ConfigError, match="hidden_size"):
         validate_setup(FTragrecHParams(), n_base=100, hidden_size=32, encoder_cfg=enc_cfg, n_items=60)
-    validate_setup(FTragrecHParams(faiss_index="IVF8,Flat"), n_base=100, hidden_size=16, encoder_cfg=enc_cfg,
-                   n_items=60)
+    validate_setup(
+        FTragrecHParams(faiss_index="IVF8,Flat"), n_base=100, hidden_size=16, encoder_cfg=enc_cfg, n_items=60
+    )
 
 
 def test_hparams_from_config():
@@ -303,15 +322,17 @@ def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
     hp = dataclasses.replace(hp, fusion=fusion, alpha=0.3)
     model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)
     plain = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
-    with_ce = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k,
-                                  with_rec_ce=True)
+    with_ce = KnowledgeBase.build(
+        model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k, with_rec_ce=True
+    )
     assert plain.memory.rec_ce is None
     logits = np.asarray(with_ce.h, np.float64) @ np.asarray(model.encoder.item_table(), np.float64).T
     logits -= logits.max(1, keepdims=True)
     naive = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(logits)), with_ce.target]
     np.testing.assert_allclose(with_ce.rec_ce, naive, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(backbone_ce(model.encoder, with_ce.h, with_ce.target, chunk_size=7), with_ce.rec_ce,
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        backbone_ce(model.encoder, with_ce.h, with_ce.target, chunk_size=7), with_ce.rec_ce, rtol=1e-6, atol=1e-6
+    )
 
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(1e-2)

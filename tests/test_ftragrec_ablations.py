@@ -74,11 +74,13 @@ def test_knn_lm_scores_and_loss_match_naive_mixture():
     hp, samples, model, kb = _setup(fusion="knn_lm")
     batch = batch_of(samples, np.arange(20, 52))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    scores = np.asarray(bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(
-        batch["item_seq"], batch["item_seq_len"], batch))
+    scores = np.asarray(
+        bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], batch)
+    )
     mix = _naive_knn_lm(model, hp, kb, batch)
     np.testing.assert_allclose(np.exp(scores), mix, rtol=2e-5, atol=1e-7)
     assert np.isclose(mix.sum(1), 1.0).all()
+
     # the loss term is -log p(target) of the same mixture, and its gradient reaches g and is finite
     def enhanced(p):
         return ftragrec_loss(nnx.merge(gd, p, rest), batch, kb.memory, hp=hp)[1]["enhanced_rec_loss"]
@@ -98,8 +100,9 @@ def test_knn_lm_ranks_a_neighbour_target_above_backbone_when_alpha_large():
     model = build_ftragrec(model.encoder, hp, seed=1)
     batch = batch_of(samples, np.arange(40, 48))
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    scores = np.asarray(bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(
-        batch["item_seq"], batch["item_seq_len"], batch))
+    scores = np.asarray(
+        bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(batch["item_seq"], batch["item_seq_len"], batch)
+    )
     _, ids, nb = _retrieved(model, hp, kb, batch)
     p_ret = np.asarray(nb["p_ret"])
     # temperature 1e-3: P_ret is one-hot on the nearest neighbour unless cosines tie (duplicate sequences);
@@ -132,8 +135,9 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
             assert after[key].tobytes() == old.tobytes(), key
 
 
-@pytest.mark.parametrize("kw", [dict(fusion="mix"), dict(fusion="knn_lm", alpha=1.0),
-                                dict(learnable_alpha=True, alpha=0.0)])
+@pytest.mark.parametrize(
+    "kw", [dict(fusion="mix"), dict(fusion="knn_lm", alpha=1.0), dict(learnable_alpha=True, alpha=0.0)]
+)
 def test_bad_ablation_settings_rejected(kw):
     with pytest.raises(ConfigError, match="fusion|alpha"):
         FTragrecHParams(**kw)

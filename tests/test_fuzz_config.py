@@ -1,4 +1,5 @@
 """Fuzz the config parser: any input ends in a valid Config or a ConfigError naming the file/key."""
+
 import string
 
 from hypothesis import HealthCheck, given, settings
@@ -7,10 +8,17 @@ from hypothesis import strategies as st
 from ftragrec_jax.config import FIELDS, Config, load_config, parse_override
 from ftragrec_jax.errors import ConfigError
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.function_scoped_fixture])
-yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                         st.text(max_size=12), st.lists(st.integers(-3, 60), max_size=4))
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-3, 60), max_size=4),
+)
 
 
 def _ok_or_config_error(fn):

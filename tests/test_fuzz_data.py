@@ -11,13 +11,50 @@ from ftragrec_jax.errors import DataError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-cell = st.one_of(st.sampled_from(["u1", "u2", "i1", "i2", "1", "2.5", "-3", "1e30", "nan", "inf", "", " ",
-                                  "x:y", "user_id:token", "item_id:token", "timestamp:float", "a:float_seq",
-                                  "b:date", "\u00e9", "1 2"]),
-                 st.text(alphabet="ab12:\t .-é", max_size=6))
+cell = st.one_of(
+    st.sampled_from(
+        [
+            "u1",
+            "u2",
+            "i1",
+            "i2",
+            "1",
+            "2.5",
+            "-3",
+            "1e30",
+            "nan",
+            "inf",
+            "",
+            " ",
+            "x:y",
+            "user_id:token",
+            "item_id:token",
+            "timestamp:float",
+            "a:float_seq",
+            "b:date",
+            "\u00e9",
+            "1 2",
+        ]
+    ),
+    st.text(alphabet="ab12:\t .-é", max_size=6),
+)
 line = st.lists(cell, min_size=0, max_size=5).map("\t".join)
-header = st.lists(st.sampled_from(["user_id:token", "item_id:token", "timestamp:float", "rating:float",
-                                   "tags:token_seq", "bad", "x:date", "user_id:float"]), min_size=0, max_size=5)
+header = st.lists(
+    st.sampled_from(
+        [
+            "user_id:token",
+            "item_id:token",
+            "timestamp:float",
+            "rating:float",
+            "tags:token_seq",
+            "bad",
+            "x:date",
+            "user_id:float",
+        ]
+    ),
+    min_size=0,
+    max_size=5,
+)
 
 
 def check(path, fmt):
@@ -66,7 +103,7 @@ def test_fuzz_corrupt_gzip(tmp_path_factory, pos, junk):
     import gzip
 
     data = bytearray(gzip.compress(b"1 2 3 4\n2 3 4 5\n" * 20))
-    data[pos % len(data):pos % len(data) + len(junk)] = junk
+    data[pos % len(data) : pos % len(data) + len(junk)] = junk
     p = tmp_path_factory.mktemp("fz") / "f.txt.gz"
     p.write_bytes(bytes(data))
     check(p, "auto")

@@ -13,13 +13,14 @@ from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, DataError
 from ftragrec_jax.model_dir import read_meta
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.function_scoped_fixture])
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False)
-                           | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                       max_size=4),
-                           max_leaves=12)
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _meta_or_error(path):
@@ -42,13 +43,22 @@ def test_model_json_bytes(tmp_path_factory, data):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["format", "model", "encoder", "ftragrec", "dataset", "source",
-                                        "params_sha256", "other"]), json_values, max_size=7),
-       st.booleans())
+@given(
+    st.dictionaries(
+        st.sampled_from(["format", "model", "encoder", "ftragrec", "dataset", "source", "params_sha256", "other"]),
+        json_values,
+        max_size=7,
+    ),
+    st.booleans(),
+)
 def test_model_json_structures(tmp_path_factory, obj, valid_head):
     if valid_head:  # get past the format/model checks so the later fields are exercised
-        obj = {**obj, "format": "ftragrec-jax/model/v1", "model": "duorec",
-               "encoder": obj.get("encoder") if isinstance(obj.get("encoder"), dict) else {}}
+        obj = {
+            **obj,
+            "format": "ftragrec-jax/model/v1",
+            "model": "duorec",
+            "encoder": obj.get("encoder") if isinstance(obj.get("encoder"), dict) else {},
+        }
     d = tmp_path_factory.mktemp("m")
     (d / "model.json").write_text(json.dumps(obj))
     _meta_or_error(d)
@@ -87,10 +97,13 @@ def test_vocab_json_structures(tmp_path_factory, items, users, pad):
 
 def test_vocab_duplicates_and_non_strings_are_refused(tmp_path):
     p = tmp_path / "vocab.json"
-    for items, message in ((["[PAD]", "a", "b", "a"], "token 'a' more than once"),
-                           (["[PAD]", 1, "1"], "token '1' more than once"),
-                           (["[PAD]", {"x": 1}], "list of token strings"), ("[PAD]ab", "list of token strings"),
-                           (["a"], "items_tokens|item_tokens\\[0\\]")):
+    for items, message in (
+        (["[PAD]", "a", "b", "a"], "token 'a' more than once"),
+        (["[PAD]", 1, "1"], "token '1' more than once"),
+        (["[PAD]", {"x": 1}], "list of token strings"),
+        ("[PAD]ab", "list of token strings"),
+        (["a"], "items_tokens|item_tokens\\[0\\]"),
+    ):
         p.write_text(json.dumps({"format": VOCAB_FORMAT, "items": items, "users": ["[PAD]"]}))
         try:
             Vocab.load(p)

@@ -32,8 +32,9 @@ def orbax_hooks_available() -> bool:
     return hasattr(JsonCheckpointHandler, "async_save") and hasattr(AtomicRenameTemporaryPath, "finalize")
 
 
-needs_orbax_hooks = pytest.mark.skipif(not orbax_hooks_available(),
-                                       reason="this Orbax version moved the internals kill_at.py hooks into")
+needs_orbax_hooks = pytest.mark.skipif(
+    not orbax_hooks_available(), reason="this Orbax version moved the internals kill_at.py hooks into"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,12 @@ def data_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     # every process of a module shares one compilation cache: restarts skip most of the compile
-    return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +69,14 @@ def ftragrec_ref(duorec_ref, data_file, tmp_path_factory) -> Path:
 
 def killed(point: str, args: list[str], env: dict) -> str:
     """Run the training command under kill_at.py; it must die by SIGKILL at `point`. Returns its stderr."""
-    done = subprocess.run([sys.executable, str(KILL_AT), point, "--", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(KILL_AT), point, "--", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -9, f"{point}: exit {done.returncode}\n{done.stderr[-3000:]}"
     assert "kill_at: SIGKILL at" in done.stderr
     return done.stderr
@@ -80,8 +90,14 @@ def checkpoints(run: Path) -> tuple[list[str], list[str]]:
 
 def rerun(args: list[str], env: dict) -> str:
     """The plain command, as a user would re-run it."""
-    done = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -119,8 +135,9 @@ def test_duorec_killed_mid_model_save_mid_epoch_mid_write_and_before_commit(duor
 
 
 @needs_orbax_hooks
-def test_ftragrec_killed_before_first_checkpoint_mid_rebuild_and_mid_write(ftragrec_ref, duorec_ref, data_file,
-                                                                            env, tmp_path):
+def test_ftragrec_killed_before_first_checkpoint_mid_rebuild_and_mid_write(
+    ftragrec_ref, duorec_ref, data_file, env, tmp_path
+):
     out = tmp_path / "run"
     args = [*cli_args(data_file, out), "--epochs=3", *FT, f"--pretrained={duorec_ref / 'best_model'}"]
 

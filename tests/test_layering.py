@@ -25,7 +25,7 @@ def _imports(path):
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 yield node.lineno, ".".join([*base, node.module or ""]).rstrip(".")
             else:
                 yield node.lineno, node.module
@@ -49,15 +49,21 @@ def test_library_imports_no_entry_points_or_converters():
 
 
 def test_scoring_and_recommend_import_no_training_code():
-    out = [v for v in _violations("ftragrec_jax", ("ftragrec_jax.train",))
-           if v.startswith(("ftragrec_jax/scoring.py", "ftragrec_jax/recommend.py", "ftragrec_jax/evaluation.py"))]
+    out = [
+        v
+        for v in _violations("ftragrec_jax", ("ftragrec_jax.train",))
+        if v.startswith(("ftragrec_jax/scoring.py", "ftragrec_jax/recommend.py", "ftragrec_jax/evaluation.py"))
+    ]
     assert out == []
 
 
 def test_entry_points_do_not_import_each_other():
     shared = ("experiments.cli_common", "experiments.benchlib")
-    out = [v for v in _violations("experiments", ("experiments",))
-           if not v.endswith(shared) and " imports experiments.benches" not in v]
+    out = [
+        v
+        for v in _violations("experiments", ("experiments",))
+        if not v.endswith(shared) and " imports experiments.benches" not in v
+    ]
     assert out == []
 
 
@@ -79,5 +85,7 @@ def test_the_rules_see_imports_inside_functions(tmp_path, monkeypatch):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "m.py").write_text("def f():\n    import torch.nn\n    from experiments import bench\n")
     monkeypatch.setattr(layering, "ROOT", tmp_path)
-    assert _violations("pkg", ("torch", "experiments")) == ["pkg/m.py:2 imports torch.nn",
-                                                              "pkg/m.py:3 imports experiments"]
+    assert _violations("pkg", ("torch", "experiments")) == [
+        "pkg/m.py:2 imports torch.nn",
+        "pkg/m.py:3 imports experiments",
+    ]

@@ -12,8 +12,24 @@ def test_memory_script_reports_peaks(tmp_path, capsys):
 
     data = write_lines_dataset(tmp_path / "tiny.txt", n_users=40, n_items=25)
     out = tmp_path / "mem.json"
-    assert main(["--what", "ml1m_eval,kb_2m", f"--ml1m={data}", "--max-len=8", "--kb-entries=3000",
-                 "--kb-seq-len=4", "--kb-items=50", "--hidden=16", "--queries=16", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--what",
+                "ml1m_eval,kb_2m",
+                f"--ml1m={data}",
+                "--max-len=8",
+                "--kb-entries=3000",
+                "--kb-seq-len=4",
+                "--kb-items=50",
+                "--hidden=16",
+                "--queries=16",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     assert got["machine"]["command"].startswith("python -m experiments.memory --what ml1m_eval,kb_2m")
     ev, kb = got["results"]

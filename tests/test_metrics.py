@@ -18,8 +18,9 @@ def test_multi_positive_hand_computed():
     assert m["mrr"][0].tolist() == [0, 0.5, 0.5, 0.5, 0.5]
     # IDCG holds min(3, K) relevant items
     idcg = [1, 1 + d2, 1 + d2 + 0.5, 1 + d2 + 0.5, 1 + d2 + 0.5]
-    assert m["ndcg"][0].tolist() == pytest.approx([0, d2 / idcg[1], d2 / idcg[2], (d2 + d4) / idcg[3],
-                                                   (d2 + d4) / idcg[4]])
+    assert m["ndcg"][0].tolist() == pytest.approx(
+        [0, d2 / idcg[1], d2 / idcg[2], (d2 + d4) / idcg[3], (d2 + d4) / idcg[4]]
+    )
     # no relevant item in the list at all
     z = topk_metrics(np.zeros((1, 3), bool), np.array([1]))
     assert all(not z[name].any() for name in METRICS)
@@ -64,5 +65,15 @@ def test_summarize_mean_and_rounding_like_recbole():
 
 def test_key_order_is_recbole_order():
     out = summarize(single_target_metrics(np.array([2]), (5, 10)), (5, 10), columns=[0, 1])
-    assert list(out) == ["recall@5", "recall@10", "mrr@5", "mrr@10", "ndcg@5", "ndcg@10", "hit@5", "hit@10",
-                         "precision@5", "precision@10"]
+    assert list(out) == [
+        "recall@5",
+        "recall@10",
+        "mrr@5",
+        "mrr@10",
+        "ndcg@5",
+        "ndcg@10",
+        "hit@5",
+        "hit@10",
+        "precision@5",
+        "precision@10",
+    ]

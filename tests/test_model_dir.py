@@ -162,8 +162,13 @@ def test_sigkill_mid_save_leaves_a_complete_model(tmp_path, delay):
     from tests.conftest import ROOT
 
     dest = tmp_path / "m"
-    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(dest)], cwd=ROOT, stdout=subprocess.PIPE,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SAVER, str(dest)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "1"  # first model complete: now kill mid-way through later saves
         time.sleep(delay)
@@ -185,8 +190,10 @@ def test_damaged_params_are_refused_never_half_read(tmp_path, how):
     _, params, meta = _model(cfg=big)
     path = save_model(tmp_path / "m", params, meta)
     assert len(json.loads((path / "model.json").read_text())[model_dir.DIGEST_KEY]) == 64
-    files = sorted((p for p in (path / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
-                   key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (path / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+    )
     data = bytearray(files[-1].read_bytes())
     if how == "bitflip":
         data[len(data) // 2] ^= 0x01

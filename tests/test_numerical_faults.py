@@ -102,19 +102,28 @@ def ftragrec_dir(one_epoch, tmp_path_factory) -> Path:
     encoder, meta, vocab = encoder_from_model_dir(one_epoch / "best_model")
     hp = FTragrecHParams(top_k=3, retriever_inner_size=16)
     params = nnx.to_pure_dict(jax.device_get(nnx.state(build_ftragrec(encoder, hp, seed=0), nnx.Param)))
-    meta = {"model": "ftragrec", "encoder": dataclasses.asdict(encoder.config), "ftragrec": dataclasses.asdict(hp),
-            "dataset": meta["dataset"], "source": None}
+    meta = {
+        "model": "ftragrec",
+        "encoder": dataclasses.asdict(encoder.config),
+        "ftragrec": dataclasses.asdict(hp),
+        "dataset": meta["dataset"],
+        "source": None,
+    }
     return save_model(tmp_path_factory.mktemp("ft") / "model", params, meta, vocab)
 
 
-@pytest.mark.parametrize("which,leaf,value", [
-    ("duorec", ("layers", "0", "attention", "query", "kernel"), np.inf),
-    ("duorec", ("layer_norm", "bias"), -np.inf),
-    ("ftragrec", ("retriever", "layers", "0", "dense_1", "kernel"), np.nan),
-    ("ftragrec", ("encoder", "item_embedding", "embedding"), np.inf),
-])
-def test_evaluate_and_recommend_refuse_non_finite_parameters(which, leaf, value, one_epoch, ftragrec_dir, data_file,
-                                                             tmp_path):
+@pytest.mark.parametrize(
+    "which,leaf,value",
+    [
+        ("duorec", ("layers", "0", "attention", "query", "kernel"), np.inf),
+        ("duorec", ("layer_norm", "bias"), -np.inf),
+        ("ftragrec", ("retriever", "layers", "0", "dense_1", "kernel"), np.nan),
+        ("ftragrec", ("encoder", "item_embedding", "embedding"), np.inf),
+    ],
+)
+def test_evaluate_and_recommend_refuse_non_finite_parameters(
+    which, leaf, value, one_epoch, ftragrec_dir, data_file, tmp_path
+):
     from ftragrec_jax import recommend
     from ftragrec_jax.errors import CheckpointError
     from ftragrec_jax.evaluation import evaluate_model_dir

@@ -13,10 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sharded_step_matches_single_device():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, str(ROOT / "tests/scripts/sharded_ce_step.py")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests/scripts/sharded_ce_step.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["devices"] == 4

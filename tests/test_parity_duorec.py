@@ -25,8 +25,16 @@ from tests.parity_helpers import max_abs, random_batch, to_torch, twin_models  #
 
 N_ITEMS, MAX_LEN, B = 50, 8, 10
 LMD_SEM, TAU = 0.1, 0.7
-CFG = EncoderConfig(n_items=N_ITEMS, max_seq_length=MAX_LEN, hidden_size=16, n_layers=2, n_heads=2,
-                    inner_size=32, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+CFG = EncoderConfig(
+    n_items=N_ITEMS,
+    max_seq_length=MAX_LEN,
+    hidden_size=16,
+    n_layers=2,
+    n_heads=2,
+    inner_size=32,
+    hidden_dropout_prob=0.0,
+    attn_dropout_prob=0.0,
+)
 # A key's bias only shifts every attention score of a query by the same amount, which softmax
 # ignores: its true gradient is 0 and both frameworks return float noise (~1e-12) there.
 ZERO_GRAD = ".multi_head_attention.key.bias"
@@ -34,8 +42,14 @@ ZERO_GRAD = ".multi_head_attention.key.bias"
 
 def _torch_loss(ref, batch, mask=None):
     t = to_torch(batch)
-    return ref.calculate_loss(t["item_seq"], t["item_seq_len"], t["target"], t.get("sem_aug"),
-                              t.get("sem_aug_lengths"), None if mask is None else torch.as_tensor(mask))
+    return ref.calculate_loss(
+        t["item_seq"],
+        t["item_seq_len"],
+        t["target"],
+        t.get("sem_aug"),
+        t.get("sem_aug_lengths"),
+        None if mask is None else torch.as_tensor(mask),
+    )
 
 
 def _jax_loss_and_grads(enc, batch, **kw):
@@ -96,8 +110,16 @@ def test_length_bucketed_fused_pass_matches_torch_on_a_larger_batch():
     from ftragrec_jax.models.bucketing import length_budgets
 
     max_len = 40
-    cfg = EncoderConfig(n_items=N_ITEMS, max_seq_length=max_len, hidden_size=16, n_layers=2, n_heads=2,
-                        inner_size=32, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    cfg = EncoderConfig(
+        n_items=N_ITEMS,
+        max_seq_length=max_len,
+        hidden_size=16,
+        n_layers=2,
+        n_heads=2,
+        inner_size=32,
+        hidden_dropout_prob=0.0,
+        attn_dropout_prob=0.0,
+    )
     ref, enc = twin_models(cfg, seed=13, lmd_sem=LMD_SEM, tau=TAU)
     big = random_batch(np.random.default_rng(21), 64, max_len, N_ITEMS)
     big["item_seq_len"][3:50] = np.minimum(big["item_seq_len"][3:50], 5)
@@ -111,8 +133,11 @@ def test_length_bucketed_fused_pass_matches_torch_on_a_larger_batch():
     t_loss.backward()
     t_grads = {k: p.grad.numpy().copy() for k, p in ref.named_parameters()}
     graphdef, params = nnx.split(enc, nnx.Param)
-    f = jax.jit(jax.value_and_grad(
-        lambda p: duorec_loss(nnx.merge(graphdef, p), big, None, lmd_sem=LMD_SEM, tau=TAU), has_aux=True))
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda p: duorec_loss(nnx.merge(graphdef, p), big, None, lmd_sem=LMD_SEM, tau=TAU), has_aux=True
+        )
+    )
     (loss, aux), grads = f(params)
     assert abs(float(loss) - t_loss.item()) <= 1e-5
     assert abs(float(aux["sem_nce"]) - t_terms["sem_nce"].item()) <= 1e-5
@@ -221,7 +246,7 @@ TARGETS = np.array([3, 5, 3, 7, 3, 5, 9, 3, 1, 5], np.int32)  # 7, 9 and 1 occur
 def test_same_target_index_groups_samples_by_target():
     idx = build_same_target_index(TARGETS, 12)
     assert idx.count[3] == 4 and idx.count[5] == 3 and idx.count[0] == 0
-    group3 = idx.order[idx.start[3]: idx.start[3] + idx.count[3]]
+    group3 = idx.order[idx.start[3] : idx.start[3] + idx.count[3]]
     assert list(group3) == [0, 2, 4, 7]
     assert np.array_equal(idx.order[idx.rank], np.arange(len(TARGETS)))
 
@@ -269,11 +294,14 @@ def test_loss_with_in_step_sampling_uses_same_target_sequences(twins):
     sampler = make_same_target_sampler(Train, N_ITEMS)
     assert isinstance(sampler, SameTargetSampler)
     rows = np.array([0, 1, 2, 3, 4, 5, 6])
-    base = {"item_seq": Train.item_seq[rows], "item_seq_len": Train.item_seq_len[rows],
-            "target": targets[rows], "index": rows.astype(np.int32)}
+    base = {
+        "item_seq": Train.item_seq[rows],
+        "item_seq_len": Train.item_seq_len[rows],
+        "target": targets[rows],
+        "index": rows.astype(np.int32),
+    }
     key = jax.random.key(1, impl="unsafe_rbg")  # dropout probs are 0 in CFG: the key only drives sampling
-    sampled, _ = jax.jit(lambda b, k: duorec_loss(enc, b, k, lmd_sem=LMD_SEM, tau=TAU, same_target=sampler))(
-        base, key)
+    sampled, _ = jax.jit(lambda b, k: duorec_loss(enc, b, k, lmd_sem=LMD_SEM, tau=TAU, same_target=sampler))(base, key)
     explicit = {**base, "sem_aug": Train.item_seq[partner], "sem_aug_lengths": Train.item_seq_len[partner]}
     given = jax.jit(lambda b: duorec_loss(enc, b, None, lmd_sem=LMD_SEM, tau=TAU)[0])
     expected = given(explicit)
@@ -283,8 +311,18 @@ def test_loss_with_in_step_sampling_uses_same_target_sequences(twins):
 
 
 def test_dropout_passes_differ_and_are_reproducible():
-    _, enc = twin_models(EncoderConfig(n_items=N_ITEMS, max_seq_length=MAX_LEN, hidden_size=16, n_layers=2,
-                                       inner_size=32, hidden_dropout_prob=0.3, attn_dropout_prob=0.3), seed=2)
+    _, enc = twin_models(
+        EncoderConfig(
+            n_items=N_ITEMS,
+            max_seq_length=MAX_LEN,
+            hidden_size=16,
+            n_layers=2,
+            inner_size=32,
+            hidden_dropout_prob=0.3,
+            attn_dropout_prob=0.3,
+        ),
+        seed=2,
+    )
     b = random_batch(np.random.default_rng(1), B, MAX_LEN, N_ITEMS)
     k = jax.random.key(4, impl="unsafe_rbg")
     l1, aux1 = duorec_loss(enc, b, k, lmd_sem=LMD_SEM, tau=TAU)

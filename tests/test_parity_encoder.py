@@ -21,8 +21,15 @@ N_ITEMS = 50
 
 def _cfg(hidden, max_len, **kw):
     return EncoderConfig(
-        n_items=N_ITEMS, max_seq_length=max_len, hidden_size=hidden, n_layers=2, n_heads=2,
-        inner_size=2 * hidden, hidden_dropout_prob=0.0, attn_dropout_prob=0.0, **kw,
+        n_items=N_ITEMS,
+        max_seq_length=max_len,
+        hidden_size=hidden,
+        n_layers=2,
+        n_heads=2,
+        inner_size=2 * hidden,
+        hidden_dropout_prob=0.0,
+        attn_dropout_prob=0.0,
+        **kw,
     )
 
 
@@ -34,8 +41,12 @@ def test_state_dict_has_duorecs_keys_and_shapes():
     from converters.reference.torch_duorec import TorchDuoRec
 
     ref = TorchDuoRec(n_items=N_ITEMS, max_seq_length=9, hidden_size=16, n_layers=2, inner_size=40)
-    expected = {"item_embedding.weight": (N_ITEMS, 16), "position_embedding.weight": (9, 16),
-                "LayerNorm.weight": (16,), "LayerNorm.bias": (16,)}
+    expected = {
+        "item_embedding.weight": (N_ITEMS, 16),
+        "position_embedding.weight": (9, 16),
+        "LayerNorm.weight": (16,),
+        "LayerNorm.bias": (16,),
+    }
     for i in range(2):
         p = f"trm_encoder.layer.{i}."
         for name in ("query", "key", "value", "dense"):
@@ -94,9 +105,16 @@ def test_config_inferred_from_shapes():
     sd = _sd(ref)
     cfg = encoder_config_from_state_dict(sd)
     assert (cfg.n_items, cfg.max_seq_length, cfg.hidden_size, cfg.n_layers, cfg.inner_size, cfg.n_heads) == (
-        N_ITEMS, 10, 32, 2, 64, 2)
-    cfg4 = encoder_config_from_state_dict(sd, n_heads=4, hidden_act="gelu", layer_norm_eps=1e-12,
-                                          hidden_dropout_prob=0.1)
+        N_ITEMS,
+        10,
+        32,
+        2,
+        64,
+        2,
+    )
+    cfg4 = encoder_config_from_state_dict(
+        sd, n_heads=4, hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.1
+    )
     assert cfg4.n_heads == 4 and cfg4.hidden_dropout_prob == 0.1
     with pytest.raises(ConfigError, match="n_heads"):
         encoder_config_from_state_dict(sd, n_heads=3)
@@ -132,8 +150,12 @@ def test_loading_rejects_missing_key_bad_shape_stray_layer_and_unfilled_leaf():
     wrong = {**sd, "position_embedding.weight": np.zeros((9, 16), np.float32)}
     with pytest.raises(CheckpointError, match=r"position_embedding\.weight has shape \(9, 16\), expected \(8, 16\)"):
         load_torch_state_into_encoder(wrong, build_encoder(cfg, 5))
-    transposed = {**sd, "trm_encoder.layer.0.feed_forward.dense_1.weight": sd[
-        "trm_encoder.layer.0.feed_forward.dense_1.weight"].T.copy()}
+    transposed = {
+        **sd,
+        "trm_encoder.layer.0.feed_forward.dense_1.weight": sd[
+            "trm_encoder.layer.0.feed_forward.dense_1.weight"
+        ].T.copy(),
+    }
     with pytest.raises(CheckpointError, match=r"dense_1\.weight has shape \(16, 32\), expected \(32, 16\)"):
         load_torch_state_into_encoder(transposed, build_encoder(cfg, 5))
     third = {**sd, "trm_encoder.layer.2.feed_forward.dense_1.bias": np.zeros(32, np.float32)}
@@ -154,5 +176,7 @@ def test_loaded_encoder_differs_from_fresh_init():
     fresh = encoder_to_torch_state(build_encoder(cfg, 8))
     loaded = encoder_to_torch_state(enc)
     assert not np.array_equal(fresh["item_embedding.weight"], loaded["item_embedding.weight"])
-    assert not np.array_equal(fresh["trm_encoder.layer.1.feed_forward.dense_2.weight"],
-                              loaded["trm_encoder.layer.1.feed_forward.dense_2.weight"])
+    assert not np.array_equal(
+        fresh["trm_encoder.layer.1.feed_forward.dense_2.weight"],
+        loaded["trm_encoder.layer.1.feed_forward.dense_2.weight"],
+    )

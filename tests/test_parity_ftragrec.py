@@ -45,9 +45,16 @@ def _pair(hp, n_layers=2, seed=0):
     _perturb_retriever(model, seed + 10)
     cfg = model.encoder.config
     tm = TorchFTragrec.from_encoder_config(
-        cfg, top_k=hp.top_k, retriever_layers=n_layers, retriever_inner_size=hp.retriever_inner_size,
-        retriever_temperature=hp.retriever_temperature, quality_threshold=hp.quality_threshold, alpha=hp.alpha,
-        enhanced_rec_weight=hp.enhanced_rec_weight, kl_small_weight=hp.kl_small_weight)
+        cfg,
+        top_k=hp.top_k,
+        retriever_layers=n_layers,
+        retriever_inner_size=hp.retriever_inner_size,
+        retriever_temperature=hp.retriever_temperature,
+        quality_threshold=hp.quality_threshold,
+        alpha=hp.alpha,
+        enhanced_rec_weight=hp.enhanced_rec_weight,
+        kl_small_weight=hp.kl_small_weight,
+    )
     sd = {**encoder_to_torch_state(model.encoder), **retriever_to_torch_state(model.retriever)}
     tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
     return hp, model, tm
@@ -74,9 +81,16 @@ def test_terms_and_retriever_gradients_match_torch():
 
     (_, aux), grads = jax.jit(jax.value_and_grad(jax_loss, has_aux=True))(rparams)
     t_total, t_terms, _ = torch_terms(
-        tm.retriever_encoder, torch.from_numpy(seq), torch.from_numpy(ids).long(), torch.from_numpy(kb.h),
-        torch.from_numpy(kb.target.copy()).long(), torch.from_numpy(table.copy()), torch.from_numpy(target).long(),
-        torch.from_numpy(mask), **tm.hp)
+        tm.retriever_encoder,
+        torch.from_numpy(seq),
+        torch.from_numpy(ids).long(),
+        torch.from_numpy(kb.h),
+        torch.from_numpy(kb.target.copy()).long(),
+        torch.from_numpy(table.copy()),
+        torch.from_numpy(target).long(),
+        torch.from_numpy(mask),
+        **tm.hp,
+    )
     t_total.backward()
     assert 0 < float(aux["fallback_fraction"]) < 1
     errs = {k: abs(float(aux[k]) - float(t_terms[k].detach())) for k in TERMS}
@@ -110,8 +124,9 @@ def test_end_to_end_with_each_side_searching():
     _, first = np.unique(np.c_[samples["item_seq"], samples["item_seq_len"]], axis=0, return_index=True)
     samples = {k: v[np.sort(first)] for k, v in samples.items()}
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="faiss", top_k=hp.top_k)
-    tm.build_knowledge(*(torch.from_numpy(samples[k]) for k in ("item_seq", "item_seq_len", "target", "user",
-                                                                  "prefix_len")))
+    tm.build_knowledge(
+        *(torch.from_numpy(samples[k]) for k in ("item_seq", "item_seq_len", "target", "user", "prefix_len"))
+    )
     np.testing.assert_allclose(tm.kb_h.numpy(), kb.h, rtol=1e-5, atol=1e-5)
     batch = batch_of(samples, np.arange(0, len(samples["target"]), 3)[:64])
     _, aux = jax.jit(lambda b: ftragrec_loss(model, b, kb.memory, hp=hp, searcher=kb.searcher))(batch)
@@ -125,7 +140,8 @@ def test_end_to_end_with_each_side_searching():
 
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     jscores = bind(ftragrec_scorer(gd, hp, rest=rest, searcher=kb.searcher), params, kb.memory)(
-        batch["item_seq"], batch["item_seq_len"], batch)
+        batch["item_seq"], batch["item_seq_len"], batch
+    )
     np.testing.assert_allclose(np.asarray(jscores), scores.numpy(), rtol=1e-4, atol=1e-5)
 
 

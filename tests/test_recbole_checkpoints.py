@@ -79,14 +79,35 @@ def test_settings_are_read_from_the_checkpoint_config(tmp_path):
     assert on_metrics != off_metrics
 
 
-BASE_1X = {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-           "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": None, "rm_dup_inter": None,
-           "normalize_all": None, "normalize_field": None, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-           "field_separator": "\t", "val_interval": None, "threshold": None, "benchmark_filename": None}
-BASE_02 = {"eval_setting": "TO_LS,full", "leave_one_num": 2, "group_by_user": True, "min_user_inter_num": 5,
-           "max_user_inter_num": None, "min_item_inter_num": 0, "max_item_inter_num": 40, "rm_dup_inter": "last",
-           "normalize_all": None, "normalize_field": ["rating", "ts"], "TIME_FIELD": "ts",
-           "load_col": None, "lowest_val": None, "highest_val": None}
+BASE_1X = {
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+    "user_inter_num_interval": "[5,inf)",
+    "item_inter_num_interval": None,
+    "rm_dup_inter": None,
+    "normalize_all": None,
+    "normalize_field": None,
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "field_separator": "\t",
+    "val_interval": None,
+    "threshold": None,
+    "benchmark_filename": None,
+}
+BASE_02 = {
+    "eval_setting": "TO_LS,full",
+    "leave_one_num": 2,
+    "group_by_user": True,
+    "min_user_inter_num": 5,
+    "max_user_inter_num": None,
+    "min_item_inter_num": 0,
+    "max_item_inter_num": 40,
+    "rm_dup_inter": "last",
+    "normalize_all": None,
+    "normalize_field": ["rating", "ts"],
+    "TIME_FIELD": "ts",
+    "load_col": None,
+    "lowest_val": None,
+    "highest_val": None,
+}
 
 
 def test_both_config_vocabularies_map_to_the_same_settings():
@@ -99,24 +120,31 @@ def test_both_config_vocabularies_map_to_the_same_settings():
     assert old["rm_dup_inter"] == "last" and old["normalize_time"] is True and old["TIME_FIELD"] == "ts"
 
 
-@pytest.mark.parametrize("base,change,names", [
-    (BASE_1X, {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": "full"}}, "eval_args.split"),
-    (BASE_1X, {"eval_args": {**BASE_1X["eval_args"], "mode": "uni100"}}, "eval_args.mode"),
-    (BASE_1X, {"eval_args": {"split": {"LS": "test_only"}, "order": "TO"}}, "eval_args.split"),
-    (BASE_1X, {"val_interval": {"rating": "[3,inf)"}}, "val_interval"),
-    (BASE_1X, {"threshold": {"rating": 4}}, "threshold"),
-    (BASE_1X, {"load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "class"]}}, "load_col"),
-    (BASE_1X, {"load_col": {"inter": ["user_id", "item_id"]}}, "load_col"),
-    (BASE_1X, {"user_inter_num_interval": "[5,inf"}, "user_inter_num_interval"),
-    (BASE_1X, {"field_separator": ","}, "field_separator"),
-    (BASE_1X, {"benchmark_filename": ["train", "valid", "test"]}, "benchmark_filename"),
-    (BASE_1X, {"alias_of_item_id": ["item_id_list"]}, "alias_of_item_id"),
-    (BASE_1X, {"rm_dup_inter": "both"}, "rm_dup_inter"),
-    (BASE_02, {"eval_setting": "RO_RS,full"}, "eval_setting"),
-    (BASE_02, {"eval_setting": "TO_LS,uni100"}, "eval_setting"),
-    (BASE_02, {"leave_one_num": 1}, "leave_one_num"),
-    (BASE_02, {"lowest_val": {"rating": 3}}, "lowest_val"),
-])
+@pytest.mark.parametrize(
+    "base,change,names",
+    [
+        (BASE_1X, {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": "full"}}, "eval_args.split"),
+        (BASE_1X, {"eval_args": {**BASE_1X["eval_args"], "mode": "uni100"}}, "eval_args.mode"),
+        (BASE_1X, {"eval_args": {"split": {"LS": "test_only"}, "order": "TO"}}, "eval_args.split"),
+        (BASE_1X, {"val_interval": {"rating": "[3,inf)"}}, "val_interval"),
+        (BASE_1X, {"threshold": {"rating": 4}}, "threshold"),
+        (
+            BASE_1X,
+            {"load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "class"]}},
+            "load_col",
+        ),
+        (BASE_1X, {"load_col": {"inter": ["user_id", "item_id"]}}, "load_col"),
+        (BASE_1X, {"user_inter_num_interval": "[5,inf"}, "user_inter_num_interval"),
+        (BASE_1X, {"field_separator": ","}, "field_separator"),
+        (BASE_1X, {"benchmark_filename": ["train", "valid", "test"]}, "benchmark_filename"),
+        (BASE_1X, {"alias_of_item_id": ["item_id_list"]}, "alias_of_item_id"),
+        (BASE_1X, {"rm_dup_inter": "both"}, "rm_dup_inter"),
+        (BASE_02, {"eval_setting": "RO_RS,full"}, "eval_setting"),
+        (BASE_02, {"eval_setting": "TO_LS,uni100"}, "eval_setting"),
+        (BASE_02, {"leave_one_num": 1}, "leave_one_num"),
+        (BASE_02, {"lowest_val": {"rating": 3}}, "lowest_val"),
+    ],
+)
 def test_settings_the_data_path_does_not_implement_are_refused_by_name(base, change, names):
     with pytest.raises(CheckpointError, match=rf"^z\.pth: config {names}="):
         data_settings({**base, **change}, "z.pth")
@@ -129,8 +157,9 @@ def forge(tmp_path_factory):
     from converters.mapping import encoder_to_torch_state
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
-    enc = build_encoder(EncoderConfig(n_items=9, max_seq_length=4, hidden_size=8, n_layers=1, n_heads=2,
-                                      inner_size=16), seed=0)
+    enc = build_encoder(
+        EncoderConfig(n_items=9, max_seq_length=4, hidden_size=8, n_layers=1, n_heads=2, inner_size=16), seed=0
+    )
     state = OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in encoder_to_torch_state(enc).items())
     tmp = tmp_path_factory.mktemp("forge")
 
@@ -183,7 +212,11 @@ def test_converted_sasrec_recommends_and_loads_as_an_ftragrec_backbone(tmp_path,
     capsys.readouterr()  # the conversion report
     assert recommend(["--checkpoint", str(dest), "--items", "3 4 5", "--k", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["items"]) == 3
-    dataset = load_dataset(FIXTURES / "events.inter", user_inter_num_interval="[4,inf)",
-                           item_inter_num_interval="(2,inf)", max_seq_length=6)
+    dataset = load_dataset(
+        FIXTURES / "events.inter",
+        user_inter_num_interval="[4,inf)",
+        item_inter_num_interval="(2,inf)",
+        max_seq_length=6,
+    )
     encoder, meta = load_pretrained_encoder(str(dest), dataset)
     assert meta["model"] == "sasrec" and encoder.config.n_items == dataset.n_items

@@ -58,9 +58,16 @@ def _fake_recbole(monkeypatch):
     import enum
 
     mods = {}
-    for name in ["recbole", "recbole.config", "recbole.config.configurator", "recbole.utils",
-                 "recbole.utils.enum_type", "recbole.model", "recbole.model.sequential_recommender",
-                 "recbole.model.sequential_recommender.duorec"]:
+    for name in [
+        "recbole",
+        "recbole.config",
+        "recbole.config.configurator",
+        "recbole.utils",
+        "recbole.utils.enum_type",
+        "recbole.model",
+        "recbole.model.sequential_recommender",
+        "recbole.model.sequential_recommender.duorec",
+    ]:
         mods[name] = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, mods[name])
 
@@ -73,8 +80,11 @@ def _fake_recbole(monkeypatch):
     class DuoRec:
         pass
 
-    for cls, mod in [(Config, "recbole.config.configurator"), (ModelType, "recbole.utils.enum_type"),
-                     (DuoRec, "recbole.model.sequential_recommender.duorec")]:
+    for cls, mod in [
+        (Config, "recbole.config.configurator"),
+        (ModelType, "recbole.utils.enum_type"),
+        (DuoRec, "recbole.model.sequential_recommender.duorec"),
+    ]:
         cls.__module__, cls.__qualname__ = mod, cls.__name__
         setattr(mods[mod], cls.__name__, cls)
     return Config, ModelType, DuoRec
@@ -84,15 +94,26 @@ def test_recbole_checkpoint_without_recbole(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     Config, ModelType, DuoRec = _fake_recbole(monkeypatch)
     cfg = Config()
-    cfg.final_config_dict = {"hidden_size": 64, "n_heads": 2, "MODEL_TYPE": ModelType.SEQUENTIAL,
-                             "device": torch.device("cuda"), "dataset": "Amazon_Beauty"}
+    cfg.final_config_dict = {
+        "hidden_size": 64,
+        "n_heads": 2,
+        "MODEL_TYPE": ModelType.SEQUENTIAL,
+        "device": torch.device("cuda"),
+        "dataset": "Amazon_Beauty",
+    }
     cfg.model_class = DuoRec
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    state = {"config": cfg, "epoch": 7, "cur_step": 3, "best_valid_score": np.float64(0.25),
-             "state_dict": model.state_dict(), "optimizer": opt.state_dict()}
+    state = {
+        "config": cfg,
+        "epoch": 7,
+        "cur_step": 3,
+        "best_valid_score": np.float64(0.25),
+        "state_dict": model.state_dict(),
+        "optimizer": opt.state_dict(),
+    }
     path = tmp_path / "recbole.pth"
     torch.save(state, path)
     monkeypatch.undo()  # the reader must not need these modules
@@ -132,8 +153,12 @@ def test_evil_pickle_is_refused_and_never_runs(tmp_path, name, where):
         path.write_bytes(forge.evil_pickle({"state_dict": payload}, protocol=2 if where == "raw-pickle" else 4))
     with pytest.raises(CheckpointError, match="refusing pickle global") as err:
         read_torch_checkpoint(path)
-    module = {"os.system": "(posix|os).system", "builtins.eval": "builtins.eval",
-              "subprocess.call": "subprocess.call", "builtins.exec": "builtins.exec"}[name]
+    module = {
+        "os.system": "(posix|os).system",
+        "builtins.eval": "builtins.eval",
+        "subprocess.call": "subprocess.call",
+        "builtins.exec": "builtins.exec",
+    }[name]
     assert re.search(f"global {module} ", str(err.value))
     assert not marker.exists()
 
@@ -281,8 +306,10 @@ def test_build_cannot_tamper_with_reader_objects(tmp_path, case):
         slot = forge.dict_of({"qualname": forge.string("x")})
         body = _build(forge.glob("collections", "OrderedDict"), forge.tup([b"N", slot]))
     else:
-        body = _build(forge.glob("numpy", "dtype") + forge.tup([forge.string("f8")]) + forge.REDUCE,
-                      forge.dict_of({"dtype": forge.string("O")}))
+        body = _build(
+            forge.glob("numpy", "dtype") + forge.tup([forge.string("f8")]) + forge.REDUCE,
+            forge.dict_of({"dtype": forge.string("O")}),
+        )
     path = tmp_path / "build.pth"
     forge.write_zip(path, forge.program(forge.dict_of({"w": body})), {"0": np.zeros(6, np.float32).tobytes()})
     with pytest.raises(CheckpointError, match="BUILD|state"):
@@ -298,8 +325,10 @@ def test_huge_declared_pickle_lengths_allocate_nothing(tmp_path, container):
     import struct
 
     # BINBYTES8 and FRAME both declare a 1 TiB payload that is not there.
-    for body in (b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc",
-                 b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N."):
+    for body in (
+        b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc",
+        b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.",
+    ):
         path = tmp_path / "huge.pth"
         if container == "zip":
             forge.write_zip(path, body, {})
@@ -339,8 +368,15 @@ def test_shared_storage_amplification_is_capped(tmp_path):
 
 def _fuzz_seed_pickle() -> bytes:
     sd = {"a": forge.tensor("0", 6, (2, 3), (3, 1)), "b": forge.tensor("0", 6, (3,), (2,), offset=1)}
-    cfg = forge.glob("recbole.config.configurator", "Config") + forge.EMPTY_TUPLE + b"\x81" + forge.dict_of(
-        {"final_config_dict": forge.dict_of({"n_heads": forge.integer(2), "dataset": forge.string("x")})}) + b"b"
+    cfg = (
+        forge.glob("recbole.config.configurator", "Config")
+        + forge.EMPTY_TUPLE
+        + b"\x81"
+        + forge.dict_of(
+            {"final_config_dict": forge.dict_of({"n_heads": forge.integer(2), "dataset": forge.string("x")})}
+        )
+        + b"b"
+    )
     return forge.program(forge.dict_of({"config": cfg, "epoch": forge.integer(3), "state_dict": forge.dict_of(sd)}))
 
 
@@ -356,8 +392,10 @@ def test_fuzzed_pickles_give_data_or_checkpoint_error(tmp_path):
     assert ok.config == {"n_heads": 2, "dataset": "x"} and ok.state_dict["b"].tolist() == [1.0, 3.0, 5.0]
 
     @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
-    @hypothesis.given(st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)), min_size=1, max_size=4),
-                      st.integers(0, len(seed)))
+    @hypothesis.given(
+        st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+        st.integers(0, len(seed)),
+    )
     def check(edits, cut):
         pkl = bytearray(seed)
         for pos, val in edits:

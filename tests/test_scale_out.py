@@ -18,10 +18,21 @@ from tests.conftest import ROOT
 
 
 def run_script(name: str, *args, devices: int = 4, timeout: int = 300, extra_env: dict | None = None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(extra_env or {}))
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name), *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **(extra_env or {}),
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / name), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def last_json(done) -> dict:
@@ -102,11 +113,20 @@ def _launch_two(args: list[str]) -> list[subprocess.Popen]:
     """`python ARGS` as 2 jax.distributed processes x 2 CPU devices on localhost (docs/scaling.md's variables)."""
     port, procs = _free_port(), []
     for i in range(2):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=2", FTRAGREC_COORDINATOR=f"127.0.0.1:{port}",
-                   FTRAGREC_NUM_PROCESSES="2", FTRAGREC_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            FTRAGREC_COORDINATOR=f"127.0.0.1:{port}",
+            FTRAGREC_NUM_PROCESSES="2",
+            FTRAGREC_PROCESS_ID=str(i),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     return procs
 
 
@@ -143,6 +163,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 # --- FAISS: IndexShards and GPU indexes ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("factory,shards", [("Flat", 3), ("Flat", 4), ("IVF16,Flat", 3)])
 def test_index_shards_return_the_unsharded_ids(factory, shards):
@@ -238,6 +259,7 @@ def test_two_process_trainer_matches_one_process(tmp_path):
 
 
 # --- data-parallel evaluation ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sharded_eval(tmp_path_factory) -> dict:

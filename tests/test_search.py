@@ -29,14 +29,14 @@ def naive_top_k(q, q_user, q_prefix, keys, user, prefix, k):
     scores = q @ keys.T
     out = np.full((len(q), k), -1, np.int32)
     for i in range(len(q)):
-        allowed = [j for j in np.argsort(-scores[i], kind="stable")
-                   if not (user[j] == q_user[i] and prefix[j] >= q_prefix[i])]
-        out[i, :min(k, len(allowed))] = allowed[:k]
+        allowed = [
+            j for j in np.argsort(-scores[i], kind="stable") if not (user[j] == q_user[i] and prefix[j] >= q_prefix[i])
+        ]
+        out[i, : min(k, len(allowed))] = allowed[:k]
     return out
 
 
-@pytest.mark.parametrize("n,chunk", [(700, 64), (700, 700), (700, 100000), (700, 333), (5000, 100000),
-                                     (5000, 1500)])
+@pytest.mark.parametrize("n,chunk", [(700, 64), (700, 700), (700, 100000), (700, 333), (5000, 100000), (5000, 1500)])
 def test_exact_matches_naive_reference(n, chunk):
     q, qu, qp, keys, user, prefix = _base(0, n=n)
     ids, scores = jax.jit(lambda *a: exact_search(*a, top_k=5, chunk_size=chunk))(q, qu, qp, keys, user, prefix)
@@ -69,8 +69,7 @@ def test_exclusion_rule_both_backends():
     user[:37], prefix[:37] = qu, qp
     searcher = FaissSearcher("Flat", 16, top_k=5, overfetch=0)  # overfetch 0 forces the re-search path
     searcher.build(keys, user, prefix)
-    for ids in (np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5)[0]),
-                searcher.search_host(q, qu, qp)):
+    for ids in (np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5)[0]), searcher.search_host(q, qu, qp)):
         assert (ids >= 0).all()
         bad = (user[ids] == qu[:, None]) & (prefix[ids] >= qp[:, None])
         assert not bad.any()
@@ -88,8 +87,9 @@ def test_fewer_allowed_than_k_gives_minus_one():
     searcher = FaissSearcher("Flat", 8, top_k=5)
     searcher.build(keys, user, prefix)
     np.testing.assert_array_equal(searcher.search_host(q, qu, qp), ref)
-    np.testing.assert_array_equal(np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5, chunk_size=4)[0]),
-                                  ref)
+    np.testing.assert_array_equal(
+        np.asarray(exact_search(q, qu, qp, keys, user, prefix, top_k=5, chunk_size=4)[0]), ref
+    )
 
 
 def test_faiss_flat_equals_exact_and_ivf_recall():
@@ -113,8 +113,13 @@ def test_faiss_callback_under_jit_and_grad():
     q, qu, qp, keys, user, prefix = _base(4)
     searcher = FaissSearcher("Flat", 16, top_k=5)
     searcher.build(keys, user, prefix)
-    memory = Memory(h=jnp.asarray(keys), keys=jnp.asarray(keys), target=jnp.zeros(len(keys), jnp.int32),
-                    user=jnp.asarray(user), prefix_len=jnp.asarray(prefix))
+    memory = Memory(
+        h=jnp.asarray(keys),
+        keys=jnp.asarray(keys),
+        target=jnp.zeros(len(keys), jnp.int32),
+        user=jnp.asarray(user),
+        prefix_len=jnp.asarray(prefix),
+    )
     ref = naive_top_k(q, qu, qp, keys, user, prefix, 5)
 
     def loss(w, backend):
@@ -123,8 +128,7 @@ def test_faiss_callback_under_jit_and_grad():
         return jnp.sum(query[:, None, :] * memory.h[ids]), ids
 
     for backend in ("faiss", "exact"):
-        (value, ids), grad = jax.jit(jax.value_and_grad(lambda w: loss(w, backend), has_aux=True))(
-            jnp.float32(1.0))
+        (value, ids), grad = jax.jit(jax.value_and_grad(lambda w: loss(w, backend), has_aux=True))(jnp.float32(1.0))
         np.testing.assert_array_equal(np.asarray(ids), ref)
         expected = float(np.sum(q[:, None, :] * keys[ref]))
         assert np.isclose(float(value), expected, rtol=1e-5)

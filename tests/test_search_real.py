@@ -38,21 +38,31 @@ def beauty():
         q = np.asarray(compute_keys(model.retriever, h))
         return q, np.asarray(split.user, np.int32)[keep], np.asarray(split.prefix_len, np.int32)[keep]
 
-    return {"dataset": dataset, "model": model, "kb": kb,
-            "valid": queries(dataset.valid), "test": queries(dataset.test)}
+    return {
+        "dataset": dataset,
+        "model": model,
+        "kb": kb,
+        "valid": queries(dataset.valid),
+        "test": queries(dataset.test),
+    }
 
 
 def _both(keys, user, prefix, q, qu, qp, k=TOP_K):
     """(exact ids, exact scores, FAISS Flat ids) through `retrieve`, in batches as an evaluation sends them."""
-    memory = Memory(h=jnp.asarray(keys), keys=jnp.asarray(keys), target=jnp.zeros(len(keys), jnp.int32),
-                    user=jnp.asarray(user), prefix_len=jnp.asarray(prefix))
+    memory = Memory(
+        h=jnp.asarray(keys),
+        keys=jnp.asarray(keys),
+        target=jnp.zeros(len(keys), jnp.int32),
+        user=jnp.asarray(user),
+        prefix_len=jnp.asarray(prefix),
+    )
     searcher = FaissSearcher("Flat", keys.shape[1], top_k=k)
     searcher.build(keys, user, prefix)
     exact = jax.jit(lambda *a: exact_search(*a, memory.keys, memory.user, memory.prefix_len, top_k=k))
     faiss = jax.jit(lambda *a: retrieve(*a, memory, backend="faiss", top_k=k, searcher=searcher))
     ex, sc, fl = [], [], []
     for s in range(0, len(q), 1024):
-        part = (q[s:s + 1024], qu[s:s + 1024], qp[s:s + 1024])
+        part = (q[s : s + 1024], qu[s : s + 1024], qp[s : s + 1024])
         ids, scores = exact(*part)
         ex.append(np.asarray(ids))
         sc.append(np.asarray(scores))

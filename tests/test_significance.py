@@ -20,8 +20,9 @@ def brute_force_p(a_only: int, b_only: int) -> float:
     return extreme / 2**n
 
 
-@pytest.mark.parametrize("a_only,b_only", [(0, 0), (1, 0), (0, 1), (3, 3), (5, 0), (0, 7), (2, 9), (6, 5),
-                                           (4, 8), (10, 2)])
+@pytest.mark.parametrize(
+    "a_only,b_only", [(0, 0), (1, 0), (0, 1), (3, 3), (5, 0), (0, 7), (2, 9), (6, 5), (4, 8), (10, 2)]
+)
 def test_sign_test_matches_brute_force(a_only, b_only):
     assert sign_test_p(a_only, b_only) == pytest.approx(brute_force_p(a_only, b_only), abs=1e-12)
     assert sign_test_p(a_only, b_only) == sign_test_p(b_only, a_only)  # two-sided: symmetric

@@ -18,9 +18,19 @@ import yaml
 
 from tests.conftest import ROOT
 
-TINY = ["hidden_size=8", "n_layers=1", "n_heads=2", "inner_size=16", "MAX_ITEM_LIST_LENGTH=8",
-        "train_batch_size=8", "eval_batch_size=64", "min_user_inter_num=3", "min_item_inter_num=1",
-        "show_progress=false", "learning_rate=0.01"]
+TINY = [
+    "hidden_size=8",
+    "n_layers=1",
+    "n_heads=2",
+    "inner_size=16",
+    "MAX_ITEM_LIST_LENGTH=8",
+    "train_batch_size=8",
+    "eval_batch_size=64",
+    "min_user_inter_num=3",
+    "min_item_inter_num=1",
+    "show_progress=false",
+    "learning_rate=0.01",
+]
 KS = (5, 10, 20, 50)
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
 
@@ -47,8 +57,16 @@ def cli_args(data_file, out, *extra) -> list[str]:
     """The CLI on the config defaults (not quickstart.yaml, which may change) plus the tiny settings."""
     empty = data_file.parent / "defaults.yaml"
     empty.write_text("# the Config defaults\n")
-    return ["--config", str(empty), "--set", f"data={data_file}", "--set", f"output_dir={out}",
-            *[f"--{x}" for x in TINY], *extra]
+    return [
+        "--config",
+        str(empty),
+        "--set",
+        f"data={data_file}",
+        "--set",
+        f"output_dir={out}",
+        *[f"--{x}" for x in TINY],
+        *extra,
+    ]
 
 
 def train(data_file, out, *extra):
@@ -243,8 +261,20 @@ def test_evaluate_cli_json_and_refusals(full_run, data_file, tmp_path, capsys):
     from ftragrec_jax.model_dir import load_model, save_model
 
     out = tmp_path / "eval.json"
-    assert main(["--checkpoint", str(full_run / "best_model"), "--data", str(data_file), "--json", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(full_run / "best_model"),
+                "--data",
+                str(data_file),
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     assert set(got) == {"valid", "test"}
     for split in ("valid", "test"):
@@ -318,8 +348,18 @@ def test_ftragrec_validation_judges_each_epoch_as_its_saved_model(ft_run):
 
 
 def _training_terms(run: Path) -> list[dict]:
-    keep = ("epoch", "step", "loss", "rec_loss", "enhanced_rec_loss", "kl_loss", "fallback_fraction",
-            "short_fraction", "neighbours", "grad_norm")
+    keep = (
+        "epoch",
+        "step",
+        "loss",
+        "rec_loss",
+        "enhanced_rec_loss",
+        "kl_loss",
+        "fallback_fraction",
+        "short_fraction",
+        "neighbours",
+        "grad_norm",
+    )
     return [{k: r[k] for k in keep if k in r} for r in metrics_lines(run)]
 
 
@@ -396,8 +436,12 @@ def test_ftragrec_extend_memory_with_valid_end_to_end(ft_run, full_run, data_fil
     extended = np.asarray(score(seq, lens, batch))
     assert (np.abs(extended - plain).max(axis=1) > 1e-6).mean() > 0.2  # many test rows got other neighbours
     report = tmp_path / "eval.json"
-    assert evaluate_main(["--checkpoint", str(out / "best_model"), "--data", str(data_file), "--no-progress",
-                          "--json", str(report)]) == 0
+    assert (
+        evaluate_main(
+            ["--checkpoint", str(out / "best_model"), "--data", str(data_file), "--no-progress", "--json", str(report)]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["test"] == res["test"]
 
 
@@ -413,15 +457,20 @@ def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
     from experiments.evaluate import main
 
     out = tmp_path / "eval.json"
-    assert main(["--checkpoint", str(ft_run / "best_model"), "--data", str(data_file), "--json", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["--checkpoint", str(ft_run / "best_model"), "--data", str(data_file), "--json", str(out), "--no-progress"]
+        )
+        == 0
+    )
     res = json.loads((ft_run / "results.json").read_text())
     got = json.loads(out.read_text())
     assert got["valid"] == res["valid"] and got["test"] == res["test"]
 
 
-def test_ftragrec_results_carry_its_backbone_and_the_cli_prints_the_comparison(ft_run, full_run, data_file, tmp_path,
-                                                                                capsys):
+def test_ftragrec_results_carry_its_backbone_and_the_cli_prints_the_comparison(
+    ft_run, full_run, data_file, tmp_path, capsys
+):
     """A fine-tuning run on a given backbone records the backbone on the same valid and test users (equal to the
     backbone's own run) and the relative change; the CLI ends with the backbone vs FTragrec table. The tiny data
     is not the published Beauty split, so no published rows are printed."""
@@ -435,7 +484,7 @@ def test_ftragrec_results_carry_its_backbone_and_the_cli_prints_the_comparison(f
     capsys.readouterr()
     assert train(data_file, out, "--epochs=1", *ft_args(full_run)) == 0
     text = capsys.readouterr().out
-    table = text[text.index("test      "):]
+    table = text[text.index("test      ") :]
     assert table.splitlines()[0].split() == ["test", "DuoRec", "FTragrec", "change"]
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:6]}
     assert list(rows) == ["hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"]
@@ -447,8 +496,10 @@ def test_ftragrec_results_carry_its_backbone_and_the_cli_prints_the_comparison(f
 def test_published_rows_only_on_the_published_beauty_split():
     from ftragrec_jax.evaluation import comparison_table, published_for
 
-    beauty = {"mask_history": False, "dataset": {"n_users": 22363, "n_interactions": 198502,
-                                                 "settings": {"max_seq_length": 50}}}
+    beauty = {
+        "mask_history": False,
+        "dataset": {"n_users": 22363, "n_interactions": 198502, "settings": {"max_seq_length": 50}},
+    }
     assert set(published_for(beauty)) == {"DuoRec", "RaSeRec"}
     assert published_for({**beauty, "mask_history": True}) == {}
     assert published_for({**beauty, "dataset": {**beauty["dataset"], "n_users": 22362}}) == {}
@@ -467,8 +518,22 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
     from experiments.compare import main
 
     out = tmp_path / "compare.json"
-    assert main(["--a", str(full_run / "best_model"), "--b", str(ft_run / "best_model"), "--data", str(data_file),
-                 "--json", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--a",
+                str(full_run / "best_model"),
+                "--b",
+                str(ft_run / "best_model"),
+                "--data",
+                str(data_file),
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     test_a = json.loads((full_run / "results.json").read_text())["test"]
     test_b = json.loads((ft_run / "results.json").read_text())["test"]
@@ -480,8 +545,24 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
     assert "p (sign test)" in capsys.readouterr().out
     # --set-b reaches model B only: FTragrec with alpha 0 is its backbone, user by user (a DuoRec model A
     # would refuse alpha)
-    assert main(["--a", str(full_run / "best_model"), "--b", str(ft_run / "best_model"), "--data", str(data_file),
-                 "--set-b", "alpha=0", "--json", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--a",
+                str(full_run / "best_model"),
+                "--b",
+                str(ft_run / "best_model"),
+                "--data",
+                str(data_file),
+                "--set-b",
+                "alpha=0",
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert all((r["a_only"], r["b_only"], r["p_value"]) == (0, 0, 1.0) for r in rows)
 
@@ -512,11 +593,15 @@ def test_evaluate_overrides_how_a_trained_retriever_is_used(ft_run, full_run, da
     backbone = json.loads((full_run / "results.json").read_text())
     assert evaluate(ft_run / "best_model", "alpha=0") == {"valid": backbone["valid"], "test": backbone["test"]}
     stored = json.loads((ft_run / "results.json").read_text())
-    assert evaluate(ft_run / "best_model", "alpha=0.9", "quality_threshold=0") != {"valid": stored["valid"],
-                                                                                  "test": stored["test"]}
+    assert evaluate(ft_run / "best_model", "alpha=0.9", "quality_threshold=0") != {
+        "valid": stored["valid"],
+        "test": stored["test"],
+    }
     # refused before any data is read: the data file given here does not exist
-    for ckpt, key, expected in ((ft_run / "best_model", "retriever_layers=2", "fixed by the trained model"),
-                                (full_run / "best_model", "top_k=2", "FTragrec checkpoints only")):
+    for ckpt, key, expected in (
+        (ft_run / "best_model", "retriever_layers=2", "fixed by the trained model"),
+        (full_run / "best_model", "top_k=2", "FTragrec checkpoints only"),
+    ):
         with pytest.raises(SystemExit):
             main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "missing.txt"), "--set", key])
         err = capsys.readouterr().err
@@ -534,8 +619,18 @@ def test_ftragrec_refuses_a_backbone_of_another_catalogue(full_run, tmp_path, ca
 
 def test_pipeline_pretrains_then_fine_tunes(data_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train(data_file, out, "--model=ftragrec", "--pretrain_epochs=1", "--epochs=1", "--top_k=3",
-                 "--retriever_inner_size=16") == 0
+    assert (
+        train(
+            data_file,
+            out,
+            "--model=ftragrec",
+            "--pretrain_epochs=1",
+            "--epochs=1",
+            "--top_k=3",
+            "--retriever_inner_size=16",
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "DuoRec" in text and "FTragrec" in text and "ndcg@10" in text and str(out) in text
     assert f"results: {out / 'results.json'}" in text
@@ -574,12 +669,22 @@ def test_four_device_run_matches_one_device(full_run, data_file, tmp_path):
     off = ("--hidden_dropout_prob=0", "--attn_dropout_prob=0")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     # every command line first: cli_args rewrites the defaults file the runs read
-    cmds = {name: [sys.executable, "-m", "experiments.train", *cli_args(data_file, tmp_path / name, *extra),
-                   "--epochs=1", "--mesh=4"]
-            for name, extra in (("four_off", off), ("four_on", ()), ("four_on_again", ()))}
+    cmds = {
+        name: [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            *cli_args(data_file, tmp_path / name, *extra),
+            "--epochs=1",
+            "--mesh=4",
+        ]
+        for name, extra in (("four_off", off), ("four_on", ()), ("four_on_again", ()))
+    }
     one_off = cli_args(data_file, tmp_path / "one_off", "--epochs=1", "--mesh=1", *off)
-    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True) for name, cmd in cmds.items()}
+    procs = {
+        name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, cmd in cmds.items()
+    }
     try:
         assert main(one_off) == 0
         for name, p in procs.items():

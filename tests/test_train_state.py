@@ -17,8 +17,9 @@ from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
 
 
 def tiny_state(seed):
-    enc = build_encoder(EncoderConfig(n_items=20, max_seq_length=4, hidden_size=8, n_layers=1, n_heads=2,
-                                      inner_size=8), seed)
+    enc = build_encoder(
+        EncoderConfig(n_items=20, max_seq_length=4, hidden_size=8, n_layers=1, n_heads=2, inner_size=8), seed
+    )
     params = nnx.state(enc, nnx.Param)
     tx = optax.adam(1e-2)
     opt = tx.init(params)
@@ -49,8 +50,9 @@ def test_round_trip_and_latest(tmp_path):
     np.testing.assert_array_equal(np.asarray(arrays["host"]["keys"]), np.arange(6.0).reshape(2, 3))
     arrays, loop = ck.restore(1, arrays_like(*tiny_state(0), None))
     assert loop["step"] == 10
-    np.testing.assert_array_equal(np.asarray(arrays["params"]["item_embedding"]["embedding"]),
-                                  np.asarray(p1["item_embedding"]["embedding"]))
+    np.testing.assert_array_equal(
+        np.asarray(arrays["params"]["item_embedding"]["embedding"]), np.asarray(p1["item_embedding"]["embedding"])
+    )
     ck.close()
 
 
@@ -77,8 +79,10 @@ def test_run_dir_refuses_a_different_config(tmp_path):
 
 
 def _damage_biggest_array_file(step_dir, how):
-    files = sorted((p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"),
-                   key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+    )
     data = files[-1].read_bytes()
     if how == "truncate":
         files[-1].write_bytes(data[: len(data) // 2])
@@ -118,7 +122,8 @@ def test_damaged_committed_checkpoint_is_refused_in_one_line_and_the_older_one_r
     assert msg.startswith(f"{step2}: cannot restore the training state") and "delete that folder" in msg
     arrays, loop = ck.restore(1, like)
     assert loop == {"step": 10}  # the checksum stays inside the checkpoint
-    np.testing.assert_array_equal(np.asarray(arrays["params"]["item_embedding"]["embedding"]),
-                                  np.asarray(p1["item_embedding"]["embedding"]))
+    np.testing.assert_array_equal(
+        np.asarray(arrays["params"]["item_embedding"]["embedding"]), np.asarray(p1["item_embedding"]["embedding"])
+    )
     np.testing.assert_array_equal(np.asarray(arrays["host"]["keys"]), big["keys"])
     ck.close()

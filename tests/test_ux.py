@@ -31,8 +31,7 @@ def dataset(tmp_path_factory):
 def _encoder(dataset, seed=3):
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 
-    cfg = EncoderConfig(n_items=dataset.n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2,
-                        inner_size=16)
+    cfg = EncoderConfig(n_items=dataset.n_items, max_seq_length=6, hidden_size=8, n_layers=1, n_heads=2, inner_size=16)
     return build_encoder(cfg, seed)
 
 
@@ -63,10 +62,15 @@ def ftragrec_dir(dataset, tmp_path_factory):
     model = build_ftragrec(enc, hp, seed=1)
     kb = KnowledgeBase.build(model.encoder, model.retriever, dataset.train, backend="exact", top_k=3)
     arrays = {"h": kb.h, "target": kb.target, "user": kb.user, "prefix_len": kb.prefix_len}
-    meta = {"model": "ftragrec", "encoder": dataclasses.asdict(enc.config), "ftragrec": dataclasses.asdict(hp),
-            "dataset": {"data": "tiny.txt"}}
-    return save_model(tmp_path_factory.mktemp("m") / "ftragrec", _pure(model), meta, vocab=dataset.vocab,
-                      knowledge_base=arrays)
+    meta = {
+        "model": "ftragrec",
+        "encoder": dataclasses.asdict(enc.config),
+        "ftragrec": dataclasses.asdict(hp),
+        "dataset": {"data": "tiny.txt"},
+    }
+    return save_model(
+        tmp_path_factory.mktemp("m") / "ftragrec", _pure(model), meta, vocab=dataset.vocab, knowledge_base=arrays
+    )
 
 
 def _evaluator_scores(path, dataset, rows):
@@ -93,7 +97,7 @@ def test_recommend_matches_the_evaluator(which, duorec_dir, ftragrec_dir, datase
     expected = _evaluator_scores(path, dataset, rows)
     t = dataset.test.take(rows)
     for i in range(len(rows)):
-        tokens = [dataset.vocab.item_tokens[j] for j in t.item_seq[i, :t.item_seq_len[i]]]
+        tokens = [dataset.vocab.item_tokens[j] for j in t.item_seq[i, : t.item_seq_len[i]]]
         out = rec.recommend(" ".join(tokens), k=5)
         s = expected[i].astype(np.float64)
         s[0] = -np.inf
@@ -158,8 +162,11 @@ def test_recommend_without_vocab_needs_the_data_file(dataset, tmp_path, capsys):
     data_file = tmp_path / "tiny.txt"
     write_lines_dataset(data_file, n_users=40, n_items=25)
     settings = {"data": str(data_file), "min_user_inter_num": 3, "min_item_inter_num": 1, "MAX_ITEM_LIST_LENGTH": 6}
-    path = save_model(tmp_path / "conv", _pure(enc), {"model": "duorec", "encoder": dataclasses.asdict(enc.config),
-                                                       "dataset": settings})
+    path = save_model(
+        tmp_path / "conv",
+        _pure(enc),
+        {"model": "duorec", "encoder": dataclasses.asdict(enc.config), "dataset": settings},
+    )
     tok = dataset.vocab.item_tokens[2]
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(path), "--items", tok])
@@ -180,8 +187,12 @@ def test_ftragrec_dir_without_a_stored_base_rebuilds_it_from_the_data(ftragrec_d
     shutil.copytree(ftragrec_dir, old)
     (old / "knowledge_base.npz").unlink()
     meta = json.loads((old / "model.json").read_text())
-    meta["dataset"] = {"data": str(data_file), "min_user_inter_num": 3, "min_item_inter_num": 1,
-                       "MAX_ITEM_LIST_LENGTH": 6}
+    meta["dataset"] = {
+        "data": str(data_file),
+        "min_user_inter_num": 3,
+        "min_item_inter_num": 1,
+        "MAX_ITEM_LIST_LENGTH": 6,
+    }
     (old / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="knowledge_base.npz.*--data"):
         ftragrec_jax.load(old)
@@ -217,8 +228,10 @@ def test_knowledge_base_file_is_checked_and_never_unpickled(ftragrec_dir, tmp_pa
 
 
 def test_import_stays_light():
-    code = "import sys, ftragrec_jax; assert callable(ftragrec_jax.load); print(sorted(m for m in ('jax', 'flax', " \
-           "'orbax', 'matplotlib') if m in sys.modules))"
+    code = (
+        "import sys, ftragrec_jax; assert callable(ftragrec_jax.load); print(sorted(m for m in ('jax', 'flax', "
+        "'orbax', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -274,9 +287,22 @@ def test_trainer_saves_the_knowledge_base_with_ftragrec_models(dataset, duorec_d
     from ftragrec_jax.train.loop import Trainer
     from ftragrec_jax.train.run_dir import RunDir
 
-    cfg = load_config(None, [f"pretrained={duorec_dir}", "model=ftragrec", "hidden_size=8", "n_layers=1",
-                             "inner_size=16", "MAX_ITEM_LIST_LENGTH=6", "top_k=3", "retriever_inner_size=16",
-                             "retrieval_backend=exact", "train_batch_size=16", f"output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        [
+            f"pretrained={duorec_dir}",
+            "model=ftragrec",
+            "hidden_size=8",
+            "n_layers=1",
+            "inner_size=16",
+            "MAX_ITEM_LIST_LENGTH=6",
+            "top_k=3",
+            "retriever_inner_size=16",
+            "retrieval_backend=exact",
+            "train_batch_size=16",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     task = FTragrecTask(cfg, dataset)
     trainer = Trainer(cfg, task, dataset, RunDir(cfg.output_dir), logging.getLogger("test"))
     params, _ = task.init()
@@ -332,10 +358,20 @@ def test_config_reference_is_up_to_date():
         assert {k: getattr(cfg, k) for k in SEED_DEFAULTS} == SEED_DEFAULTS, name
 
 
-ENTRY_POINTS = ["experiments.train", "experiments.evaluate", "experiments.plot", "experiments.recommend",
-                "experiments.config_reference", "experiments.bench", "experiments.ablate", "experiments.memory",
-                "experiments.scaling", "experiments.compare", "converters.duorec_to_flax",
-                "converters.flax_to_duorec"]
+ENTRY_POINTS = [
+    "experiments.train",
+    "experiments.evaluate",
+    "experiments.plot",
+    "experiments.recommend",
+    "experiments.config_reference",
+    "experiments.bench",
+    "experiments.ablate",
+    "experiments.memory",
+    "experiments.scaling",
+    "experiments.compare",
+    "converters.duorec_to_flax",
+    "converters.flax_to_duorec",
+]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -377,8 +413,14 @@ def test_ftragrec_task_warns_and_scores_its_frozen_backbone(dataset, duorec_dir)
     own = int(np.bincount(np.asarray(dataset.train.user)).max())
 
     def task(**over):
-        sets = ["model=ftragrec", f"pretrained={duorec_dir}", "hidden_size=8", "retriever_inner_size=16",
-                "retrieval_backend=exact", *[f"{k}={v}" for k, v in over.items()]]
+        sets = [
+            "model=ftragrec",
+            f"pretrained={duorec_dir}",
+            "hidden_size=8",
+            "retriever_inner_size=16",
+            "retrieval_backend=exact",
+            *[f"{k}={v}" for k, v in over.items()],
+        ]
         return FTragrecTask(load_config(None, sets), dataset)
 
     assert task(top_k=3).warnings() == []

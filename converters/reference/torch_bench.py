@@ -72,8 +72,7 @@ def duorec_model(enc_cfg, state: dict, dev: torch.device, *, lmd_sem: float = 0.
     return model.to(dev)
 
 
-def duorec_step(model: TorchDuoRec, batches: list[dict], dev: torch.device, *, lr: float = 1e-3,
-                compile: bool = False):
+def duorec_step(model: TorchDuoRec, batches: list[dict], dev: torch.device, *, lr: float = 1e-3, compile: bool = False):
     """One DuoRec us_x step per call (3 forward passes, CE + InfoNCE, backward, Adam), cycling over batches.
 
     compile=True wraps the loss in torch.compile (forward and backward are compiled by AOTAutograd); the
@@ -86,8 +85,7 @@ def duorec_step(model: TorchDuoRec, batches: list[dict], dev: torch.device, *, l
 
     def step():
         b = next(feed)
-        loss, _ = loss_fn(b["item_seq"], b["item_seq_len"], b["target"], b["sem_aug"], b["sem_aug_lengths"],
-                          b["mask"])
+        loss, _ = loss_fn(b["item_seq"], b["item_seq_len"], b["target"], b["sem_aug"], b["sem_aug_lengths"], b["mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,8 +98,19 @@ def duorec_step(model: TorchDuoRec, batches: list[dict], dev: torch.device, *, l
 def ftragrec_model(enc_cfg, state: dict, dev: torch.device, **hp):
     from converters.reference.torch_ftragrec import TorchFTragrec
 
-    kw = {k: getattr(enc_cfg, k) for k in ("max_seq_length", "hidden_size", "n_layers", "n_heads", "inner_size",
-                                            "hidden_dropout_prob", "attn_dropout_prob", "initializer_range")}
+    kw = {
+        k: getattr(enc_cfg, k)
+        for k in (
+            "max_seq_length",
+            "hidden_size",
+            "n_layers",
+            "n_heads",
+            "inner_size",
+            "hidden_dropout_prob",
+            "attn_dropout_prob",
+            "initializer_range",
+        )
+    }
     model = TorchFTragrec(enc_cfg.n_items, **kw, **hp)
     _load(model, state)
     return model.to(dev)
@@ -112,8 +121,9 @@ def build_knowledge(model, samples: dict, dev: torch.device, *, batch_size: int 
     t = to_device({k: samples[k] for k in ("item_seq", "item_seq_len", "target", "user", "prefix_len")}, dev)
 
     def build():
-        model.build_knowledge(t["item_seq"], t["item_seq_len"], t["target"], t["user"].cpu(), t["prefix_len"].cpu(),
-                              batch_size=batch_size)
+        model.build_knowledge(
+            t["item_seq"], t["item_seq_len"], t["target"], t["user"].cpu(), t["prefix_len"].cpu(), batch_size=batch_size
+        )
         sync(dev)
 
     return build
@@ -125,8 +135,9 @@ def ftragrec_trainer(model, dev: torch.device, *, lr: float = 1e-3):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
     def step(b):
-        loss, _ = model.calculate_loss(b["item_seq"], b["item_seq_len"], b["target"], b["user"], b["prefix_len"],
-                                       mask=b["mask"])
+        loss, _ = model.calculate_loss(
+            b["item_seq"], b["item_seq_len"], b["target"], b["user"], b["prefix_len"], mask=b["mask"]
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -167,22 +178,26 @@ def full_sort_eval(model, samples: dict, dev: torch.device, *, ks=(5, 10, 20, 50
     """Full-sort evaluation as RecBole does it in torch: scores over all items (padding column -inf), top-K,
     hit/MRR/NDCG of the single target, averaged over users. Returns a callable giving {name@k: value}."""
     n = len(samples["target"])
-    chunks = [to_device({k: samples[k][s:s + batch_size] for k in ("item_seq", "item_seq_len", "target")}, dev)
-              for s in range(0, n, batch_size)]
+    chunks = [
+        to_device({k: samples[k][s : s + batch_size] for k in ("item_seq", "item_seq_len", "target")}, dev)
+        for s in range(0, n, batch_size)
+    ]
     max_k = max(ks)
 
     @torch.no_grad()
     def evaluate():
         model.eval()
-        sums = {f"{m}@{k}": torch.zeros((), dtype=torch.float64, device=dev)
-                for m in ("hit", "mrr", "ndcg") for k in ks}
+        sums = {
+            f"{m}@{k}": torch.zeros((), dtype=torch.float64, device=dev) for m in ("hit", "mrr", "ndcg") for k in ks
+        }
         for c in chunks:
             scores = model.full_sort_predict(c["item_seq"], c["item_seq_len"])
             scores[:, 0] = -torch.inf
             top = torch.topk(scores, min(max_k, scores.shape[1]), dim=1).indices
             found = top == c["target"][:, None]
-            pos = torch.where(found.any(1), found.float().argmax(1) + 1,
-                              torch.full_like(c["target"], max_k + 1)).double()
+            pos = torch.where(
+                found.any(1), found.float().argmax(1) + 1, torch.full_like(c["target"], max_k + 1)
+            ).double()
             for k in ks:
                 hit = (pos <= k).double()
                 sums[f"hit@{k}"] += hit.sum()

@@ -26,8 +26,7 @@ class TorchRetriever(nn.Module):
 
     def __init__(self, hidden_size, inner_size=256, n_layers=1, initializer_range=0.02, layer_norm_eps=1e-12):
         super().__init__()
-        self.layer = nn.ModuleList([FeedForward(hidden_size, inner_size, 0.0, layer_norm_eps)
-                                    for _ in range(n_layers)])
+        self.layer = nn.ModuleList([FeedForward(hidden_size, inner_size, 0.0, layer_norm_eps) for _ in range(n_layers)])
         for block in self.layer:
             block.dense_1.weight.data.normal_(0.0, initializer_range)
             block.dense_1.bias.data.zero_()
@@ -49,9 +48,22 @@ def _masked_softmax(logits, valid):
     return torch.nan_to_num(p, nan=0.0) * valid  # rows with nothing valid: all zeros
 
 
-def ftragrec_terms(retriever: TorchRetriever, seq_output, ids, h, kb_target, item_table, target, mask, *,
-                   alpha=0.15, retriever_temperature=0.07, quality_threshold=0.6, enhanced_rec_weight=0.5,
-                   kl_small_weight=0.03):
+def ftragrec_terms(
+    retriever: TorchRetriever,
+    seq_output,
+    ids,
+    h,
+    kb_target,
+    item_table,
+    target,
+    mask,
+    *,
+    alpha=0.15,
+    retriever_temperature=0.07,
+    quality_threshold=0.6,
+    enhanced_rec_weight=0.5,
+    kl_small_weight=0.03,
+):
     """(total, terms) given retrieved ids [B, k] (-1 = none). seq_output, h and item_table are frozen."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
     mask = mask.to(seq_output.dtype)
@@ -77,8 +89,13 @@ def ftragrec_terms(retriever: TorchRetriever, seq_output, ids, h, kb_target, ite
     with_nb = mask * has.to(mask.dtype)
     kl = (kl_rows * with_nb).sum() / with_nb.sum().clamp(min=1.0)
     total = rec + enhanced_rec_weight * enh + kl_small_weight * kl
-    terms = {"loss": total, "rec_loss": rec, "enhanced_rec_loss": enh, "kl_loss": kl,
-             "fallback_fraction": 1.0 - with_nb.sum() / n_real}
+    terms = {
+        "loss": total,
+        "rec_loss": rec,
+        "enhanced_rec_loss": enh,
+        "kl_loss": kl,
+        "fallback_fraction": 1.0 - with_nb.sum() / n_real,
+    }
     return total, terms, enhanced
 
 
@@ -88,19 +105,36 @@ class TorchFTragrec(TorchDuoRec):
     Subclassing keeps DuoRec's state_dict keys at the top level, as a DuoRec checkpoint has them.
     """
 
-    def __init__(self, n_items, *, top_k=5, retriever_layers=1, retriever_inner_size=256,
-                 retriever_temperature=0.07, quality_threshold=0.6, alpha=0.15, enhanced_rec_weight=0.5,
-                 kl_small_weight=0.03, faiss_index="Flat", nprobe=16, overfetch=32, **duorec_kwargs):
+    def __init__(
+        self,
+        n_items,
+        *,
+        top_k=5,
+        retriever_layers=1,
+        retriever_inner_size=256,
+        retriever_temperature=0.07,
+        quality_threshold=0.6,
+        alpha=0.15,
+        enhanced_rec_weight=0.5,
+        kl_small_weight=0.03,
+        faiss_index="Flat",
+        nprobe=16,
+        overfetch=32,
+        **duorec_kwargs,
+    ):
         super().__init__(n_items, **duorec_kwargs)
         hidden = self.item_embedding.weight.shape[1]
-        self.retriever_encoder = TorchRetriever(hidden, retriever_inner_size, retriever_layers,
-                                                self.initializer_range)
+        self.retriever_encoder = TorchRetriever(hidden, retriever_inner_size, retriever_layers, self.initializer_range)
         for name, p in self.named_parameters():
             p.requires_grad_(name.startswith("retriever_encoder."))
         self.top_k, self.faiss_index, self.nprobe, self.overfetch = top_k, faiss_index, nprobe, overfetch
-        self.hp = dict(alpha=alpha, retriever_temperature=retriever_temperature,
-                       quality_threshold=quality_threshold, enhanced_rec_weight=enhanced_rec_weight,
-                       kl_small_weight=kl_small_weight)
+        self.hp = dict(
+            alpha=alpha,
+            retriever_temperature=retriever_temperature,
+            quality_threshold=quality_threshold,
+            enhanced_rec_weight=enhanced_rec_weight,
+            kl_small_weight=kl_small_weight,
+        )
         self.kb_h = self.kb_target = self.kb_user = self.kb_prefix = None
         self.index = None
 
@@ -115,8 +149,10 @@ class TorchFTragrec(TorchDuoRec):
 
     @torch.no_grad()
     def build_knowledge(self, item_seq, item_seq_len, target, user, prefix_len, batch_size=1024):
-        outs = [self.encode(item_seq[i:i + batch_size], item_seq_len[i:i + batch_size])
-                for i in range(0, len(item_seq), batch_size)]
+        outs = [
+            self.encode(item_seq[i : i + batch_size], item_seq_len[i : i + batch_size])
+            for i in range(0, len(item_seq), batch_size)
+        ]
         self.kb_h = torch.cat(outs)
         self.kb_target, self.kb_user, self.kb_prefix = target, user.numpy(), prefix_len.numpy()
         self.refresh_index()
@@ -145,13 +181,17 @@ class TorchFTragrec(TorchDuoRec):
         fetch = min(self.top_k + self.overfetch, self.index.ntotal)
         _, cand = self.index.search(q, fetch)
         for r in range(len(q)):
-            kept = [c for c in cand[r] if c >= 0
-                    and not (self.kb_user[c] == user[r] and self.kb_prefix[c] >= prefix_len[r])][:self.top_k]
+            kept = [
+                c for c in cand[r] if c >= 0 and not (self.kb_user[c] == user[r] and self.kb_prefix[c] >= prefix_len[r])
+            ][: self.top_k]
             if len(kept) < self.top_k and fetch < self.index.ntotal:  # rare: exhaustive fallback for this row
-                _, full = self.index.search(q[r:r + 1], self.index.ntotal)
-                kept = [c for c in full[0] if c >= 0
-                        and not (self.kb_user[c] == user[r] and self.kb_prefix[c] >= prefix_len[r])][:self.top_k]
-            out[r, :len(kept)] = kept
+                _, full = self.index.search(q[r : r + 1], self.index.ntotal)
+                kept = [
+                    c
+                    for c in full[0]
+                    if c >= 0 and not (self.kb_user[c] == user[r] and self.kb_prefix[c] >= prefix_len[r])
+                ][: self.top_k]
+            out[r, : len(kept)] = kept
         return torch.from_numpy(out)
 
     def calculate_loss(self, item_seq, item_seq_len, target, user, prefix_len, mask=None, ids=None):
@@ -160,16 +200,32 @@ class TorchFTragrec(TorchDuoRec):
             ids = self.search(seq_output, user, prefix_len)
         if mask is None:
             mask = torch.ones(len(target))
-        total, terms, _ = ftragrec_terms(self.retriever_encoder, seq_output, ids, self.kb_h, self.kb_target,
-                                         self.item_embedding.weight, target, mask, **self.hp)
+        total, terms, _ = ftragrec_terms(
+            self.retriever_encoder,
+            seq_output,
+            ids,
+            self.kb_h,
+            self.kb_target,
+            self.item_embedding.weight,
+            target,
+            mask,
+            **self.hp,
+        )
         return total, terms
 
     @torch.no_grad()
     def full_sort_predict(self, item_seq, item_seq_len, user, prefix_len):
         seq_output = self.encode(item_seq, item_seq_len)
         ids = self.search(seq_output, user, prefix_len)
-        _, _, enhanced = ftragrec_terms(self.retriever_encoder, seq_output, ids, self.kb_h, self.kb_target,
-                                        self.item_embedding.weight, torch.zeros(len(ids), dtype=torch.long),
-                                        torch.ones(len(ids)), **self.hp)
+        _, _, enhanced = ftragrec_terms(
+            self.retriever_encoder,
+            seq_output,
+            ids,
+            self.kb_h,
+            self.kb_target,
+            self.item_embedding.weight,
+            torch.zeros(len(ids), dtype=torch.long),
+            torch.ones(len(ids)),
+            **self.hp,
+        )
         return enhanced @ self.item_embedding.weight.T
-

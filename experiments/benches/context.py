@@ -15,9 +15,13 @@ BEAUTY = dict(users=22363, items=12102)  # sizes for the synthetic stand-ins
 ML1M = dict(users=6040, items=3417)
 POOL = 4  # distinct batches cycled through by the step benches (not always the same cached batch)
 # every backend cached and uncached, plus IVF (the fast approximate choice on CPU)
-FTRAGREC_VARIANTS = {"exact-cached": ("exact", True), "exact-uncached": ("exact", False),
-                     "faiss-cached": ("faiss", True), "faiss-uncached": ("faiss", False),
-                     "ivf-cached": ("ivf", True)}
+FTRAGREC_VARIANTS = {
+    "exact-cached": ("exact", True),
+    "exact-uncached": ("exact", False),
+    "faiss-cached": ("faiss", True),
+    "faiss-uncached": ("faiss", False),
+    "ivf-cached": ("ivf", True),
+}
 
 
 class SyntheticDataset:
@@ -39,15 +43,19 @@ class SyntheticDataset:
             hist = rng.integers(1, n_items, size=n)
             for t in range(1, n):
                 split = "test" if t == n - 1 else "valid" if t == n - 2 else "train"
-                splits[split].append((u, hist[max(0, t - max_len):t], hist[t], t))
+                splits[split].append((u, hist[max(0, t - max_len) : t], hist[t], t))
 
         def pack(rows):
             seq = np.zeros((len(rows), max_len), np.int32)
             for i, (_, prefix, _, _) in enumerate(rows):
-                seq[i, :len(prefix)] = prefix
-            return SequenceSamples(seq, np.array([len(r[1]) for r in rows], np.int32),
-                                   np.array([r[2] for r in rows], np.int32), np.array([r[0] for r in rows], np.int32),
-                                   np.array([r[3] for r in rows], np.int32))
+                seq[i, : len(prefix)] = prefix
+            return SequenceSamples(
+                seq,
+                np.array([len(r[1]) for r in rows], np.int32),
+                np.array([r[2] for r in rows], np.int32),
+                np.array([r[0] for r in rows], np.int32),
+                np.array([r[3] for r in rows], np.int32),
+            )
 
         self.name = name
         self.train, self.valid, self.test = (pack(splits[s]) for s in ("train", "valid", "test"))
@@ -75,7 +83,7 @@ class Context:
             self.torch_missing = None
 
     def dataset(self, which: str):
-        """"beauty" or "ml-1m": real (shared folder, embedded Beauty) or synthetic of the same size."""
+        """ "beauty" or "ml-1m": real (shared folder, embedded Beauty) or synthetic of the same size."""
         if which in self._datasets:
             return self._datasets[which]
         a = self.args
@@ -102,8 +110,7 @@ class Context:
         try:
             fn = make()
         except Exception as e:  # e.g. a reference model that cannot run on this device
-            return benchlib.Side(name, self.torch_device, lambda: None, skip=benchlib._reason(e), reference=True,
-                                 **kw)
+            return benchlib.Side(name, self.torch_device, lambda: None, skip=benchlib._reason(e), reference=True, **kw)
         return benchlib.Side(name, self.torch_device, fn, reference=True, **kw)
 
 

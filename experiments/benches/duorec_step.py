@@ -16,9 +16,13 @@ def bench_duorec_step(ctx: Context) -> list[dict]:
     random sequences with lengths uniform over 1..max_len over --items items (the worst case for bucketing)."""
     a = ctx.args
     uniform_users = max(4, -(-20000 // a.max_len)) if a.data == "real" else a.users
-    cases = [("beauty prefixes", ctx.dataset("beauty")),
-             ("uniform lengths", SyntheticDataset("random-uniform", uniform_users, a.items, a.max_len, a.seed,
-                                                  lengths="uniform"))]
+    cases = [
+        ("beauty prefixes", ctx.dataset("beauty")),
+        (
+            "uniform lengths",
+            SyntheticDataset("random-uniform", uniform_users, a.items, a.max_len, a.seed, lengths="uniform"),
+        ),
+    ]
     out = []
     for label, ds in cases:
         out += _duorec_step_case(ctx, label, ds)
@@ -33,22 +37,27 @@ def _duorec_step_case(ctx: Context, label: str, ds) -> list[dict]:
     from ftragrec_jax.train.duorec_task import DuoRecTask
 
     a = ctx.args
-    cfg = Config(train_batch_size=a.batch, MAX_ITEM_LIST_LENGTH=a.max_len, seed=a.seed,
-                 show_progress=False).validate()
+    cfg = Config(train_batch_size=a.batch, MAX_ITEM_LIST_LENGTH=a.max_len, seed=a.seed, show_progress=False).validate()
     task = DuoRecTask(cfg, ds)
     params, opt_state = task.init()
     params, opt_state = copy_tree(params), copy_tree(opt_state)  # the step donates them
     pool = batch_pool(ds.train, a.batch, a.seed)
 
     # the trainer's step: dropout/sampling key = fold_in(seed key, global step), params and opt_state donated
-    step = jax.jit(lambda p, o, b, i, k, d: task.train_step(p, o, b, jax.random.fold_in(k, i), d),
-                   donate_argnums=(0, 1))
+    step = jax.jit(
+        lambda p, o, b, i, k, d: task.train_step(p, o, b, jax.random.fold_in(k, i), d), donate_argnums=(0, 1)
+    )
     base_key = jax.random.key(a.seed, impl="unsafe_rbg")
     data = task.step_data()
     fed = [device_batch(b, task.batch_fields) for b in pool]
-    sides = [benchlib.Side("jax (jit, donated)", ctx.jax_device,
-                           donating_step(step, params, opt_state, fed, lambda i: (np.uint32(i), base_key, data)),
-                           compiled=True)]
+    sides = [
+        benchlib.Side(
+            "jax (jit, donated)",
+            ctx.jax_device,
+            donating_step(step, params, opt_state, fed, lambda i: (np.uint32(i), base_key, data)),
+            compiled=True,
+        )
+    ]
 
     torch_state, tbatches = None, []
     if ctx.torch is not None:
@@ -60,24 +69,38 @@ def _duorec_step_case(ctx: Context, label: str, ds) -> list[dict]:
         rng = np.random.default_rng(a.seed)
         for b in pool:
             ids = sample_same_target_np(index, b["index"], rng)
-            tbatches.append({"item_seq": b["item_seq"], "item_seq_len": b["item_seq_len"], "target": b["target"],
-                             "mask": b["mask"], "sem_aug": ds.train.item_seq[ids],
-                             "sem_aug_lengths": ds.train.item_seq_len[ids]})
+            tbatches.append(
+                {
+                    "item_seq": b["item_seq"],
+                    "item_seq_len": b["item_seq_len"],
+                    "target": b["target"],
+                    "mask": b["mask"],
+                    "sem_aug": ds.train.item_seq[ids],
+                    "sem_aug_lengths": ds.train.item_seq_len[ids],
+                }
+            )
 
     def torch_step(compile_):
-        return lambda: ctx.torch.duorec_step(ctx.torch.duorec_model(task.encoder_cfg, torch_state, ctx.torch_dev,
-                                                                    lmd_sem=cfg.lmd_sem, tau=cfg.tau),
-                                             tbatches, ctx.torch_dev, lr=cfg.learning_rate, compile=compile_)
+        return lambda: ctx.torch.duorec_step(
+            ctx.torch.duorec_model(task.encoder_cfg, torch_state, ctx.torch_dev, lmd_sem=cfg.lmd_sem, tau=cfg.tau),
+            tbatches,
+            ctx.torch_dev,
+            lr=cfg.learning_rate,
+            compile=compile_,
+        )
 
     sides.append(ctx.torch_side("torch eager", torch_step(False)))
     if a.no_torch_compile:
-        sides.append(benchlib.Side("torch.compile", ctx.torch_device, lambda: None,
-                                   skip="disabled by --no-torch-compile"))
+        sides.append(
+            benchlib.Side("torch.compile", ctx.torch_device, lambda: None, skip="disabled by --no-torch-compile")
+        )
     else:
         compiled = ctx.torch_side("torch.compile", torch_step(True), compiled=True)
         compiled.reference = False
         sides.append(compiled)
     lens = np.concatenate([b["item_seq_len"] for b in pool])
-    case = (f"{label} ({ds.name}): B={a.batch} L={a.max_len} items={ds.n_items}, "
-            f"mean len {lens.mean():.1f}, max {lens.max()}")
+    case = (
+        f"{label} ({ds.name}): B={a.batch} L={a.max_len} items={ds.n_items}, "
+        f"mean len {lens.mean():.1f}, max {lens.max()}"
+    )
     return benchlib.rows("duorec_step", case, benchlib.compare(sides, a.repeats), mean_len=float(lens.mean()))

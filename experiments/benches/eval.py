@@ -19,7 +19,7 @@ def bench_eval(ctx: Context) -> list[dict]:
     a = ctx.args
     ks = (5, 10, 20, 50)
     out = []
-    for which in (("beauty",) if a.data == "synthetic" else ("beauty", "ml-1m")):
+    for which in ("beauty",) if a.data == "synthetic" else ("beauty", "ml-1m"):
         ds = ctx.dataset(which)
         cfg = Config(MAX_ITEM_LIST_LENGTH=a.max_len, seed=a.seed, lmd_sem=0.0, show_progress=False).validate()
         task = DuoRecTask(cfg, ds)
@@ -29,19 +29,23 @@ def bench_eval(ctx: Context) -> list[dict]:
         result = {}
 
         def jax_eval(task=task, params=params, samples=samples, ds=ds):
-            result["jax"] = full_sort_evaluate(task.score_fn(params), samples, ds.n_items, ks=ks,
-                                               batch_size=cfg.eval_batch_size)
+            result["jax"] = full_sort_evaluate(
+                task.score_fn(params), samples, ds.n_items, ks=ks, batch_size=cfg.eval_batch_size
+            )
 
         sides = [benchlib.Side("jax (full_sort_evaluate)", ctx.jax_device, jax_eval, compiled=True, warmup=1)]
 
         def make_torch(task=task, params=params, samples=samples):
             from converters.mapping import encoder_to_torch_state
 
-            model = ctx.torch.duorec_model(task.encoder_cfg, encoder_to_torch_state(task.merge(params)),
-                                           ctx.torch_dev)
-            ev = ctx.torch.full_sort_eval(model, {k: getattr(samples, k) for k in ("item_seq", "item_seq_len",
-                                                                                   "target")},
-                                          ctx.torch_dev, ks=ks, batch_size=cfg.eval_batch_size)
+            model = ctx.torch.duorec_model(task.encoder_cfg, encoder_to_torch_state(task.merge(params)), ctx.torch_dev)
+            ev = ctx.torch.full_sort_eval(
+                model,
+                {k: getattr(samples, k) for k in ("item_seq", "item_seq_len", "target")},
+                ctx.torch_dev,
+                ks=ks,
+                batch_size=cfg.eval_batch_size,
+            )
 
             def run():
                 result["torch"] = ev()
@@ -54,8 +58,7 @@ def bench_eval(ctx: Context) -> list[dict]:
         for t in timings:
             if t.median_ms:
                 t.note = f"{n / (t.median_ms / 1e3):,.0f} users/s" + (f"; {agree}" if agree else "")
-        rows = benchlib.rows("eval", f"{ds.name}: {n} users x {ds.n_items} items", timings,
-                             users=n, items=ds.n_items)
+        rows = benchlib.rows("eval", f"{ds.name}: {n} users x {ds.n_items} items", timings, users=n, items=ds.n_items)
         for r in rows:
             r["users_per_s"] = n / (r["median_ms"] / 1e3) if r["median_ms"] else None
         out += rows

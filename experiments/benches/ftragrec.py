@@ -39,10 +39,16 @@ class FTragrecSetup:
 
         if backend not in self.kbs:  # "ivf": the FAISS backend with an IVF index (nprobe 16)
             factory = ivf_factory(len(self.ds.train)) if backend == "ivf" else "Flat"
-            self.kbs[backend] = KnowledgeBase.build(self.model.encoder, self.model.retriever, self.ds.train,
-                                                    backend="exact" if backend == "exact" else "faiss",
-                                                    faiss_index=factory, nprobe=16, top_k=self.hp.top_k,
-                                                    with_rec_ce=True)  # as the trainer builds it
+            self.kbs[backend] = KnowledgeBase.build(
+                self.model.encoder,
+                self.model.retriever,
+                self.ds.train,
+                backend="exact" if backend == "exact" else "faiss",
+                faiss_index=factory,
+                nprobe=16,
+                top_k=self.hp.top_k,
+                with_rec_ce=True,
+            )  # as the trainer builds it
         return self.kbs[backend]
 
     def jax_step(self, backend: str, cached: bool):
@@ -60,8 +66,10 @@ class FTragrecSetup:
         if (backend, cached) not in self.steps:
             hp = dataclasses.replace(self.hp, retrieval_backend="exact" if backend == "exact" else "faiss")
             opt = make_optimizer(self.lr)
-            self.steps[backend, cached] = (make_ftragrec_step(graphdef, hp, opt, rest=rest, searcher=kb.searcher,
-                                                           cached=cached), opt)
+            self.steps[backend, cached] = (
+                make_ftragrec_step(graphdef, hp, opt, rest=rest, searcher=kb.searcher, cached=cached),
+                opt,
+            )
         step, opt = self.steps[backend, cached]
         return step, params, opt.init(params), kb.memory
 
@@ -69,9 +77,21 @@ class FTragrecSetup:
         from converters.mapping import encoder_to_torch_state, retriever_to_torch_state
 
         state = {**encoder_to_torch_state(self.model.encoder), **retriever_to_torch_state(self.model.retriever)}
-        hp = {k: getattr(self.hp, k) for k in ("top_k", "retriever_layers", "retriever_inner_size",
-                                                 "retriever_temperature", "quality_threshold", "alpha",
-                                                 "enhanced_rec_weight", "kl_small_weight", "faiss_index", "nprobe")}
+        hp = {
+            k: getattr(self.hp, k)
+            for k in (
+                "top_k",
+                "retriever_layers",
+                "retriever_inner_size",
+                "retriever_temperature",
+                "quality_threshold",
+                "alpha",
+                "enhanced_rec_weight",
+                "kl_small_weight",
+                "faiss_index",
+                "nprobe",
+            )
+        }
         model = self.ctx.torch.ftragrec_model(self.enc_cfg, state, self.ctx.torch_dev, **hp)
         fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len")
         self.ctx.torch.build_knowledge(model, {k: getattr(self.ds.train, k) for k in fields}, self.ctx.torch_dev)()
@@ -81,8 +101,9 @@ class FTragrecSetup:
         return [FTRAGREC_VARIANTS[v] for v in self.ctx.args.ftragrec_variants]
 
     def label(self, backend: str, cached: bool) -> str:
-        name = {"exact": "exact", "faiss": "faiss Flat",
-                "ivf": f"faiss {ivf_factory(len(self.ds.train))} nprobe 16"}[backend]
+        name = {"exact": "exact", "faiss": "faiss Flat", "ivf": f"faiss {ivf_factory(len(self.ds.train))} nprobe 16"}[
+            backend
+        ]
         return f"jax {name} {'cached' if cached else 'uncached'}"
 
 
@@ -93,11 +114,20 @@ def bench_ftragrec_step(ctx: Context, setup: FTragrecSetup) -> list[dict]:
     sides = []
     for backend, cached in setup.variants():
         step, params, opt_state, memory = setup.jax_step(backend, cached)
-        sides.append(benchlib.Side(setup.label(backend, cached), ctx.jax_device,
-                                   donating_step(step, params, opt_state, fed, lambda i, m=memory: (m,)),
-                                   compiled=True))
-    sides.append(ctx.torch_side("torch (encoder every step, host FAISS Flat)",
-                                lambda: ctx.torch.ftragrec_step(setup.torch_model(), pool, ctx.torch_dev, lr=setup.lr)))
+        sides.append(
+            benchlib.Side(
+                setup.label(backend, cached),
+                ctx.jax_device,
+                donating_step(step, params, opt_state, fed, lambda i, m=memory: (m,)),
+                compiled=True,
+            )
+        )
+    sides.append(
+        ctx.torch_side(
+            "torch (encoder every step, host FAISS Flat)",
+            lambda: ctx.torch.ftragrec_step(setup.torch_model(), pool, ctx.torch_dev, lr=setup.lr),
+        )
+    )
     case = f"B={a.batch} kb={len(setup.ds.train)} items={setup.ds.n_items} top_k={a.top_k}"
     return benchlib.rows("ftragrec_step", case, benchlib.compare(sides, a.repeats))
 
@@ -132,14 +162,27 @@ def bench_ftragrec_epoch(ctx: Context, setup: FTragrecSetup) -> list[dict]:
     sides = []
     for backend, cached in setup.variants():
         step, params, opt_state, memory = setup.jax_step(backend, cached)
-        sides.append(benchlib.Side(setup.label(backend, cached), ctx.jax_device,
-                                   _jax_epoch(step, params, opt_state, memory, train, a.batch, a.seed),
-                                   compiled=True, warmup=1))
-    sides.append(ctx.torch_side(
-        "torch (encoder every step, host FAISS Flat)",
-        lambda: ctx.torch.ftragrec_epoch(setup.torch_model(),
-                                         lambda: iterate_batches(train, a.batch, seed=a.seed, epoch=0),
-                                         ctx.torch_dev, lr=setup.lr), warmup=1))
+        sides.append(
+            benchlib.Side(
+                setup.label(backend, cached),
+                ctx.jax_device,
+                _jax_epoch(step, params, opt_state, memory, train, a.batch, a.seed),
+                compiled=True,
+                warmup=1,
+            )
+        )
+    sides.append(
+        ctx.torch_side(
+            "torch (encoder every step, host FAISS Flat)",
+            lambda: ctx.torch.ftragrec_epoch(
+                setup.torch_model(),
+                lambda: iterate_batches(train, a.batch, seed=a.seed, epoch=0),
+                ctx.torch_dev,
+                lr=setup.lr,
+            ),
+            warmup=1,
+        )
+    )
     case = f"{setup.ds.name}: {len(train)} samples, {num_batches(len(train), a.batch)} steps of B={a.batch}"
     return benchlib.rows("ftragrec_epoch", case, benchlib.compare(sides, a.epoch_repeats))
 
@@ -152,13 +195,16 @@ def bench_kb_build(ctx: Context, setup: FTragrecSetup) -> list[dict]:
     ivf = ivf_factory(len(train))
 
     def jax_build(backend, factory="Flat"):
-        return lambda: KnowledgeBase.build(setup.model.encoder, setup.model.retriever, train, backend=backend,
-                                           faiss_index=factory, top_k=a.top_k)
+        return lambda: KnowledgeBase.build(
+            setup.model.encoder, setup.model.retriever, train, backend=backend, faiss_index=factory, top_k=a.top_k
+        )
 
     # no separate exact side: it is the Flat side minus the index build (under a second on Beauty), and each
     # side re-encodes the whole base, which dominates this bench's run time
-    sides = [benchlib.Side("jax faiss Flat", ctx.jax_device, jax_build("faiss"), compiled=True, warmup=1),
-             benchlib.Side(f"jax faiss {ivf}", ctx.jax_device, jax_build("faiss", ivf), compiled=True, warmup=1)]
+    sides = [
+        benchlib.Side("jax faiss Flat", ctx.jax_device, jax_build("faiss"), compiled=True, warmup=1),
+        benchlib.Side(f"jax faiss {ivf}", ctx.jax_device, jax_build("faiss", ivf), compiled=True, warmup=1),
+    ]
 
     def make_torch():
         model = setup.torch_model()

@@ -57,17 +57,34 @@ def bench_retrieval(ctx: Context) -> list[dict]:
         def timed(name, fn):
             def run():
                 ids[name] = jax.block_until_ready(fn())
+
             return run
 
         sides = [
-            benchlib.Side("host faiss Flat (direct call)", "cpu (faiss)",
-                          timed("host", lambda: flat.search_host(q, qu, qp)), reference=True),
-            benchlib.Side("jax exact (in-graph)", ctx.jax_device,
-                          timed("exact", lambda: exact(dq, dqu, dqp, dkeys, dusers, dprefix)), compiled=True),
-            benchlib.Side("jax faiss Flat (callback)", ctx.jax_device + " + host faiss",
-                          timed("flat", lambda: cb_flat(dq, dqu, dqp)), compiled=True),
-            benchlib.Side(f"jax faiss {ivf_name} nprobe 16 (callback)", ctx.jax_device + " + host faiss",
-                          timed("ivf", lambda: cb_ivf(dq, dqu, dqp)), compiled=True),
+            benchlib.Side(
+                "host faiss Flat (direct call)",
+                "cpu (faiss)",
+                timed("host", lambda: flat.search_host(q, qu, qp)),
+                reference=True,
+            ),
+            benchlib.Side(
+                "jax exact (in-graph)",
+                ctx.jax_device,
+                timed("exact", lambda: exact(dq, dqu, dqp, dkeys, dusers, dprefix)),
+                compiled=True,
+            ),
+            benchlib.Side(
+                "jax faiss Flat (callback)",
+                ctx.jax_device + " + host faiss",
+                timed("flat", lambda: cb_flat(dq, dqu, dqp)),
+                compiled=True,
+            ),
+            benchlib.Side(
+                f"jax faiss {ivf_name} nprobe 16 (callback)",
+                ctx.jax_device + " + host faiss",
+                timed("ivf", lambda: cb_ivf(dq, dqu, dqp)),
+                compiled=True,
+            ),
         ]
         timings = benchlib.compare(sides, a.repeats)
         ref = np.asarray(ids["exact"]) if "exact" in ids else None

@@ -23,15 +23,16 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.argsort(bits, kind="stable")
 
 
-def iterate_batches(samples: SequenceSamples, batch_size: int, *, seed: int | None = None, epoch: int = 0,
-                    drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def iterate_batches(
+    samples: SequenceSamples, batch_size: int, *, seed: int | None = None, epoch: int = 0, drop_last: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
     """Dicts of numpy arrays: the SequenceSamples fields, `index` (row in `samples`) and `mask`
     (float32, 1 = real row). A short last batch is padded with copies of its first row, mask 0."""
     n = len(samples)
     total = num_batches(n, batch_size, drop_last)
     order = np.arange(n) if seed is None else epoch_permutation(n, seed, epoch)
     for b in range(total):
-        index = order[b * batch_size:(b + 1) * batch_size]
+        index = order[b * batch_size : (b + 1) * batch_size]
         real = len(index)
         mask = np.ones(batch_size, dtype=np.float32)
         if real < batch_size:

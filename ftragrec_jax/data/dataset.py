@@ -63,7 +63,8 @@ class SequentialDataset:
                 raise DataError(
                     f"{self.source or self.name}: no {split} samples ({self.n_users} users, {self.n_interactions} "
                     f"interactions after filtering): a user needs at least {need[split]} interactions to have a "
-                    f"{split} sample (leave-one-out: last item test, second-to-last valid)")
+                    f"{split} sample (leave-one-out: last item test, second-to-last valid)"
+                )
 
 
 def default_dataset_path() -> Path:
@@ -97,10 +98,19 @@ def parse_intervals(text: str, key: str) -> tuple[Interval, ...]:
             lo, hi = (float(b) for b in bounds)
         except ValueError:
             lo = hi = None
-        if (len(bounds) != 2 or part[0] not in "([" or part[-1] not in ")]" or lo is None
-                or math.isnan(lo) or math.isnan(hi) or lo > hi):
-            raise DataError(f"{key}={text!r}: {part!r} is not an interval; expected e.g. '[5,inf)' or "
-                            f"'(0,10]', several joined by ';'")
+        if (
+            len(bounds) != 2
+            or part[0] not in "(["
+            or part[-1] not in ")]"
+            or lo is None
+            or math.isnan(lo)
+            or math.isnan(hi)
+            or lo > hi
+        ):
+            raise DataError(
+                f"{key}={text!r}: {part!r} is not an interval; expected e.g. '[5,inf)' or "
+                f"'(0,10]', several joined by ';'"
+            )
         out.append((part[0], lo, hi, part[-1]))
     return tuple(out)
 
@@ -124,10 +134,20 @@ def within(counts: np.ndarray, intervals: tuple[Interval, ...]) -> np.ndarray:
 
 DUPLICATE_RULES = ("", "first", "last")
 
-def load_dataset(path: str | os.PathLike, *, fmt: str = "auto", min_user_inter_num: int = 5,
-                 min_item_inter_num: int = 5, max_seq_length: int = 50, normalize_time: bool = False,
-                 user_inter_num_interval: str = "", item_inter_num_interval: str = "", rm_dup_inter: str = "",
-                 fields: tuple[str, str, str] = DEFAULT_FIELDS) -> SequentialDataset:
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    min_user_inter_num: int = 5,
+    min_item_inter_num: int = 5,
+    max_seq_length: int = 50,
+    normalize_time: bool = False,
+    user_inter_num_interval: str = "",
+    item_inter_num_interval: str = "",
+    rm_dup_inter: str = "",
+    fields: tuple[str, str, str] = DEFAULT_FIELDS,
+) -> SequentialDataset:
     """Read a dataset file and build RecBole's train/valid/test samples and vocabulary.
 
     min_user_inter_num / min_item_inter_num: RecBole 0.2's k-core (0 = off); a non-empty
@@ -151,11 +171,18 @@ def load_dataset(path: str | os.PathLike, *, fmt: str = "auto", min_user_inter_n
     if fmt == "auto":
         fmt = detect_format(path)
     inter = read_interactions(path, fmt, fields=tuple(fields))
-    settings = {"format": fmt, "normalize_time": normalize_time, "min_user_inter_num": int(min_user_inter_num),
-                "min_item_inter_num": int(min_item_inter_num), "user_inter_num_interval": user_inter_num_interval,
-                "item_inter_num_interval": item_inter_num_interval, "rm_dup_inter": rm_dup_inter,
-                "max_seq_length": int(max_seq_length), "split": "leave_one_out",
-                "order": "timestamp(float32), then user"}
+    settings = {
+        "format": fmt,
+        "normalize_time": normalize_time,
+        "min_user_inter_num": int(min_user_inter_num),
+        "min_item_inter_num": int(min_item_inter_num),
+        "user_inter_num_interval": user_inter_num_interval,
+        "item_inter_num_interval": item_inter_num_interval,
+        "rm_dup_inter": rm_dup_inter,
+        "max_seq_length": int(max_seq_length),
+        "split": "leave_one_out",
+        "order": "timestamp(float32), then user",
+    }
     if fmt == "atomic" and tuple(fields) != DEFAULT_FIELDS:
         settings["fields"] = list(fields)
     return build_dataset(inter, dataset_name(path), settings)
@@ -171,12 +198,17 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
         key = f"{who}_inter_num_interval"
         text = settings.get(key) or min_count_interval(settings[f"min_{who}_inter_num"])
         intervals.append(parse_intervals(text, key))
-        named.append(f"{key}={settings[key]!r}" if settings.get(key) else
-                     f"min_{who}_inter_num={settings[f'min_{who}_inter_num']}")
+        named.append(
+            f"{key}={settings[key]!r}"
+            if settings.get(key)
+            else f"min_{who}_inter_num={settings[f'min_{who}_inter_num']}"
+        )
     kept = kcore_filter(inter, *intervals)
     if not kept.any():
-        raise DataError(f"{inter.source}: empty after k-core filtering ({', '.join(named)}); expected users and "
-                        f"items with that many interactions")
+        raise DataError(
+            f"{inter.source}: empty after k-core filtering ({', '.join(named)}); expected users and "
+            f"items with that many interactions"
+        )
     inter = inter.take(np.flatnonzero(kept))
     uid, user_tokens = factorize(inter.user)
     iid, item_tokens = factorize(inter.item)
@@ -192,10 +224,18 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
     history = _history(uid, iid, len(user_tokens))
     samples, is_train, is_valid, is_test = augment_and_split(uid, iid, settings["max_seq_length"])
     return SequentialDataset(
-        name=name, vocab=vocab,
-        train=samples.take(is_train), valid=samples.take(is_valid), test=samples.take(is_test),
-        n_items=vocab.n_items, n_users=len(user_tokens), n_interactions=len(uid),
-        settings=dict(settings), history=history, source=str(inter.source))
+        name=name,
+        vocab=vocab,
+        train=samples.take(is_train),
+        valid=samples.take(is_valid),
+        test=samples.take(is_test),
+        n_items=vocab.n_items,
+        n_users=len(user_tokens),
+        n_interactions=len(uid),
+        settings=dict(settings),
+        history=history,
+        source=str(inter.source),
+    )
 
 
 def remove_duplicates(inter: Interactions, keep: str) -> Interactions:
@@ -210,7 +250,8 @@ def remove_duplicates(inter: Interactions, keep: str) -> Interactions:
             f"{inter.source}: rm_dup_inter={keep!r} with {len(inter) - n_distinct} interaction(s) sharing a "
             f"timestamp with an earlier one: RecBole sorts by time with an unstable sort before removing "
             f"duplicates, so which tied row it kept (and the item ids it assigned) cannot be reproduced; "
-            f"supported only with distinct timestamps")
+            f"supported only with distinct timestamps"
+        )
     inter = inter.take(np.argsort(inter.timestamp, kind="stable"))
     pair = np.char.add(np.char.add(inter.user.astype(str), "\x00"), inter.item.astype(str))
     if keep == "last":
@@ -225,8 +266,9 @@ def remove_duplicates(inter: Interactions, keep: str) -> Interactions:
     return inter.take(rows)
 
 
-def kcore_filter(inter: Interactions, user_intervals: tuple[Interval, ...] = (),
-                 item_intervals: tuple[Interval, ...] = ()) -> np.ndarray:
+def kcore_filter(
+    inter: Interactions, user_intervals: tuple[Interval, ...] = (), item_intervals: tuple[Interval, ...] = ()
+) -> np.ndarray:
     """Boolean mask of the interactions that survive RecBole's iterative k-core: every round bans the users
     and items whose current count lies outside their intervals (no intervals: never banned)."""
     ucode, _ = factorize(inter.user)
@@ -247,10 +289,17 @@ def kcore_filter(inter: Interactions, user_intervals: tuple[Interval, ...] = (),
         rounds += 1
     dropped = len(inter) - int(kept.sum())
     if dropped:
-        log.info("%s: k-core filtering (users %s, items %s) dropped %d of %d interactions (%d users, %d items) "
-                 "in %d rounds", inter.source, _describe(user_intervals), _describe(item_intervals), dropped,
-                 len(inter), len(np.unique(ucode)) - len(np.unique(ucode[kept])),
-                 len(np.unique(icode)) - len(np.unique(icode[kept])), rounds)
+        log.info(
+            "%s: k-core filtering (users %s, items %s) dropped %d of %d interactions (%d users, %d items) in %d rounds",
+            inter.source,
+            _describe(user_intervals),
+            _describe(item_intervals),
+            dropped,
+            len(inter),
+            len(np.unique(ucode)) - len(np.unique(ucode[kept])),
+            len(np.unique(icode)) - len(np.unique(icode[kept])),
+            rounds,
+        )
     return kept
 
 
@@ -301,9 +350,13 @@ def augment_and_split(uid: np.ndarray, iid: np.ndarray, max_len: int):
     item_seq = iid.astype(np.int32)[gather]
     item_seq[cols[None, :] >= seq_len.astype(idx_t)[:, None]] = 0
     del gather
-    samples = SequenceSamples(item_seq=item_seq, item_seq_len=seq_len.astype(np.int32),
-                              target=iid[tgt].astype(np.int32), user=uid[tgt].astype(np.int32),
-                              prefix_len=prefix_len.astype(np.int32))
+    samples = SequenceSamples(
+        item_seq=item_seq,
+        item_seq_len=seq_len.astype(np.int32),
+        target=iid[tgt].astype(np.int32),
+        user=uid[tgt].astype(np.int32),
+        prefix_len=prefix_len.astype(np.int32),
+    )
 
     # Per user: n_s samples; RecBole leaves min(2, n_s - 1) of them out, last one to test.
     m = len(tgt)

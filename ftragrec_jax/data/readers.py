@@ -43,8 +43,9 @@ class Interactions:
         return Interactions(self.source, self.user[idx], self.item[idx], self.timestamp[idx], self.line[idx])
 
 
-def read_interactions(path: str | os.PathLike, fmt: str = "auto",
-                      fields: tuple[str, str, str] = DEFAULT_FIELDS) -> Interactions:
+def read_interactions(
+    path: str | os.PathLike, fmt: str = "auto", fields: tuple[str, str, str] = DEFAULT_FIELDS
+) -> Interactions:
     """`fmt`: "atomic" (RecBole .inter), "lines" (`user item1 item2 ...`) or "auto" (by the file's extension).
     `fields`: the user, item and time column names of an atomic file (RecBole's USER_ID_FIELD, ITEM_ID_FIELD,
     TIME_FIELD)."""
@@ -115,8 +116,9 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
     required = dict(zip(fields, ROLE_TYPES))
     lines = _read_text_lines(path)
     if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: empty file, expected a header like 'user_id:token\\titem_id:token\\t"
-                        f"timestamp:float'")
+        raise DataError(
+            f"{path}:1: empty file, expected a header like 'user_id:token\\titem_id:token\\ttimestamp:float'"
+        )
     header = lines[0].split("\t")
     col_of: dict[str, int] = {}
     for j, cell in enumerate(header):
@@ -124,8 +126,9 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
         if not sep or not name:
             raise DataError(f"{path}:1: column {j + 1} header {cell!r}: expected 'name:type'")
         if ftype not in KNOWN_TYPES:
-            raise DataError(f"{path}:1: column {name!r} has unknown type {ftype!r} (expected one of "
-                            f"{', '.join(KNOWN_TYPES)})")
+            raise DataError(
+                f"{path}:1: column {name!r} has unknown type {ftype!r} (expected one of {', '.join(KNOWN_TYPES)})"
+            )
         if name in col_of:
             raise DataError(f"{path}:1: column {name!r} appears twice")
         col_of[name] = j
@@ -144,8 +147,7 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
             continue  # blank lines are not records (pandas skips them too)
         cells = text.split("\t")
         if len(cells) != n_cols:
-            raise DataError(f"{path}:{ln}: expected {n_cols} tab-separated fields (as in the header), "
-                            f"got {len(cells)}")
+            raise DataError(f"{path}:{ln}: expected {n_cols} tab-separated fields (as in the header), got {len(cells)}")
         if not cells[ju] or not cells[ji]:
             no_id.append(ln)
             continue
@@ -154,8 +156,14 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
         times.append(cells[jt].strip())
         line_nos.append(ln)
     if no_id:
-        log.warning("%s: dropped %d line(s) without a %s or %s (first: line %d), as RecBole does",
-                    path, len(no_id), fields[0], fields[1], no_id[0])
+        log.warning(
+            "%s: dropped %d line(s) without a %s or %s (first: line %d), as RecBole does",
+            path,
+            len(no_id),
+            fields[0],
+            fields[1],
+            no_id[0],
+        )
     line_arr = np.asarray(line_nos, dtype=np.int64)
     ts = _parse_floats(times, line_arr, path, fields[2]) if times else np.zeros(0, np.float64)
     return Interactions(str(path), _str_array(users), _str_array(items), ts, line_arr)
@@ -171,8 +179,9 @@ def read_lines(path: str | os.PathLike) -> Interactions:
         if not toks:
             continue
         if len(toks) < 2:
-            raise DataError(f"{path}:{ln}: expected 'user item1 item2 ...' (a user and at least one item), "
-                            f"got {text.strip()!r}")
+            raise DataError(
+                f"{path}:{ln}: expected 'user item1 item2 ...' (a user and at least one item), got {text.strip()!r}"
+            )
         u = toks[0]
         if u in seen:
             raise DataError(f"{path}:{ln}: user {u!r} already has a line ({seen[u]}); expected one line per user")
@@ -182,8 +191,13 @@ def read_lines(path: str | os.PathLike) -> Interactions:
         items.extend(toks[1:])
         pos.extend(range(n))
         line_nos.extend([ln] * n)
-    return Interactions(str(path), _str_array(users), _str_array(items), np.asarray(pos, dtype=np.float64),
-                        np.asarray(line_nos, dtype=np.int64))
+    return Interactions(
+        str(path),
+        _str_array(users),
+        _str_array(items),
+        np.asarray(pos, dtype=np.float64),
+        np.asarray(line_nos, dtype=np.int64),
+    )
 
 
 def _str_array(tokens: list[str]) -> np.ndarray:

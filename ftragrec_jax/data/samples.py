@@ -22,8 +22,10 @@ class SequenceSamples:
     def __post_init__(self):
         n = len(self.target)
         if self.item_seq.ndim != 2 or any(len(getattr(self, f)) != n for f in FIELDS):
-            raise DataError("SequenceSamples: fields must share their first dimension "
-                            f"({', '.join(f'{f}{getattr(self, f).shape}' for f in FIELDS)})")
+            raise DataError(
+                "SequenceSamples: fields must share their first dimension "
+                f"({', '.join(f'{f}{getattr(self, f).shape}' for f in FIELDS)})"
+            )
 
     def __len__(self) -> int:
         return len(self.target)

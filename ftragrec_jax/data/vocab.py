@@ -61,8 +61,9 @@ class Vocab:
                 raise DataError(f"{source}: missing key {key!r}")
             value = obj[key]
             # ints are tolerated (hand-written files), anything else would become a surprising token
-            if not isinstance(value, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
-                                                      for t in value):
+            if not isinstance(value, list) or not all(
+                isinstance(t, (str, int)) and not isinstance(t, bool) for t in value
+            ):
                 raise DataError(f"{source}: {key!r} must be a list of token strings")
             tokens = tuple(str(t) for t in value)
             if len(set(tokens)) != len(tokens):  # two ids for one token: lookups would silently pick one
@@ -86,4 +87,3 @@ class Vocab:
         except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
             raise DataError(f"{path}: cannot read vocabulary ({type(e).__name__}: {short_reason(e)})") from None
         return cls.from_json(obj, str(path))
-

@@ -41,8 +41,9 @@ def length_budgets(max_len: int, buckets=BUCKETS) -> tuple[int, ...]:
     return tuple(sorted({b for b in buckets if 0 < b < max_len} | {max_len}))
 
 
-def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk: int = CHUNK,
-                    buckets=BUCKETS, mesh=None):
+def encode_bucketed(
+    encoder, item_seq, item_seq_len, dropout_key=None, *, chunk: int = CHUNK, buckets=BUCKETS, mesh=None
+):
     """[B, L] sequences -> [B, H] outputs, equal to `encoder(item_seq, item_seq_len, dropout_key)`.
 
     With dropout the masks are drawn per chunk (fold_in of the chunk index): as random as the plain
@@ -67,6 +68,7 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
     def run(budget):
         def branch(state, seq, lens, key):
             return nnx.merge(graphdef, state)(seq[:, :budget], lens, key)
+
         return jax.checkpoint(branch)  # residuals = inputs only (module docstring)
 
     branches = [run(b) for b in budgets]  # a None key passes through lax.switch as an empty pytree
@@ -78,8 +80,11 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
         key_c = None if dropout_key is None else jax.random.fold_in(dropout_key, c)
         return state, jax.lax.switch(which, branches, state, seq_c, len_c, key_c)
 
-    xs = (jnp.arange(n_chunks, dtype=jnp.int32), seq_sorted.reshape(n_chunks, chunk, max_len),
-          len_sorted.reshape(n_chunks, chunk))
+    xs = (
+        jnp.arange(n_chunks, dtype=jnp.int32),
+        seq_sorted.reshape(n_chunks, chunk, max_len),
+        len_sorted.reshape(n_chunks, chunk),
+    )
     _, outs = jax.lax.scan(body, state, xs)
     sorted_out = outs.reshape(n_chunks * chunk, -1)[:n]
     return jnp.zeros_like(sorted_out).at[order].set(sorted_out)
@@ -87,8 +92,9 @@ def encode_bucketed(encoder, item_seq, item_seq_len, dropout_key=None, *, chunk:
 
 def _per_device(encoder, item_seq, item_seq_len, dropout_key, chunk, buckets, mesh):
     """encode_bucketed on each device's rows; the encoder's parameters enter replicated."""
-    (out,) = encode_passes_per_device(encoder, (item_seq,), (item_seq_len,), dropout_key, mesh,
-                                      chunk=chunk, buckets=buckets)
+    (out,) = encode_passes_per_device(
+        encoder, (item_seq,), (item_seq_len,), dropout_key, mesh, chunk=chunk, buckets=buckets
+    )
     return out
 
 
@@ -102,10 +108,13 @@ def encode_passes(encoder, seqs, lens, dropout_key=None, *, mesh=None, chunk: in
 
 def _joined(encoder, seqs, lens, dropout_key, chunk, buckets):
     rows, n = seqs[0].shape[0], len(seqs)
-    joined = (seqs[0], lens[0]) if n == 1 else (jnp.concatenate(seqs).astype(jnp.int32),
-                                                 jnp.concatenate(lens).astype(jnp.int32))
+    joined = (
+        (seqs[0], lens[0])
+        if n == 1
+        else (jnp.concatenate(seqs).astype(jnp.int32), jnp.concatenate(lens).astype(jnp.int32))
+    )
     outs = encode_bucketed(encoder, *joined, dropout_key, chunk=chunk, buckets=buckets)
-    return tuple(outs[i * rows:(i + 1) * rows] for i in range(n))
+    return tuple(outs[i * rows : (i + 1) * rows] for i in range(n))
 
 
 def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: int = CHUNK, buckets=BUCKETS):
@@ -128,4 +137,5 @@ def encode_passes_per_device(encoder, seqs, lens, dropout_key, mesh, *, chunk: i
 
     sharded = (P(DATA_AXIS),) * n
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), sharded, sharded, P()), out_specs=sharded)(
-        state, tuple(seqs), tuple(lens), dropout_key)
+        state, tuple(seqs), tuple(lens), dropout_key
+    )

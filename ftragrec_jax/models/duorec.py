@@ -85,9 +85,7 @@ def _draw_position(xp, index, sample_ids, r_of):
 def sample_same_target(index: SameTargetIndex, sample_ids, key):
     """Jittable: for each training sample id, another id with the same target (itself if none)."""
     sample_ids = jnp.asarray(sample_ids, jnp.int32)
-    pos = _draw_position(
-        jnp, index, sample_ids, lambda hi: jax.random.randint(key, sample_ids.shape, 0, hi, jnp.int32)
-    )
+    pos = _draw_position(jnp, index, sample_ids, lambda hi: jax.random.randint(key, sample_ids.shape, 0, hi, jnp.int32))
     return index.order[pos]
 
 
@@ -119,8 +117,17 @@ def info_nce(z_i, z_j, tau: float, weights):
     return jnp.sum(per_row * w) / jnp.sum(w)
 
 
-def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
-                same_target: SameTargetSampler | None = None, fuse_passes: bool = True, mesh=None):
+def duorec_loss(
+    encoder,
+    batch,
+    key,
+    *,
+    lmd_sem: float = 0.1,
+    tau: float = 1.0,
+    same_target: SameTargetSampler | None = None,
+    fuse_passes: bool = True,
+    mesh=None,
+):
     """DuoRec us_x loss. Returns (loss, {"loss", "ce", "sem_nce"}).
 
     batch: item_seq int32[B, L], item_seq_len int32[B], target int32[B], optional mask float32[B],
@@ -143,8 +150,11 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
     table = encoder.item_table()
 
     if lmd_sem == 0:
-        out = encode_bucketed(encoder, item_seq, item_seq_len, k_pass, mesh=mesh) if fuse_passes else encoder(
-            item_seq, item_seq_len, k_pass)
+        out = (
+            encode_bucketed(encoder, item_seq, item_seq_len, k_pass, mesh=mesh)
+            if fuse_passes
+            else encoder(item_seq, item_seq_len, k_pass)
+        )
         ce = masked_cross_entropy(out, table, target, weights)
         return ce, {"loss": ce, "ce": ce, "sem_nce": jnp.zeros_like(ce)}
 
@@ -158,7 +168,8 @@ def duorec_loss(encoder, batch, key, *, lmd_sem: float = 0.1, tau: float = 1.0,
 
     if fuse_passes:
         out, aug_out, sem_out = encode_passes(
-            encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh=mesh)
+            encoder, (item_seq, item_seq, sem_seq), (item_seq_len, item_seq_len, sem_len), k_pass, mesh=mesh
+        )
     else:
         out = encoder(item_seq, item_seq_len, k_pass)
         aug_out = encoder(item_seq, item_seq_len, k_aug)

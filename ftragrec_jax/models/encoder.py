@@ -190,9 +190,7 @@ class SequenceEncoder(nnx.Module):
         self.config = cfg
         std = cfg.initializer_range
         self.item_embedding = nnx.Embed(cfg.n_items, cfg.hidden_size, embedding_init=_normal(std), rngs=rngs)
-        self.position_embedding = nnx.Embed(
-            cfg.max_seq_length, cfg.hidden_size, embedding_init=_normal(std), rngs=rngs
-        )
+        self.position_embedding = nnx.Embed(cfg.max_seq_length, cfg.hidden_size, embedding_init=_normal(std), rngs=rngs)
         self.layer_norm = _layer_norm(cfg.hidden_size, rngs)
         self.layers = nnx.List([TransformerLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
 

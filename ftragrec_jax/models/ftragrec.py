@@ -92,8 +92,9 @@ class FTragrecHParams:
         return cls(**{n: getattr(source, n) for n in names if hasattr(source, n)})
 
 
-def validate_setup(hp: FTragrecHParams, *, n_base: int, hidden_size: int, encoder_cfg=None,
-                   n_items: int | None = None) -> None:
+def validate_setup(
+    hp: FTragrecHParams, *, n_base: int, hidden_size: int, encoder_cfg=None, n_items: int | None = None
+) -> None:
     """Checks that need the data or the pretrained model; run before training starts."""
     if hp.top_k > n_base:
         raise ConfigError(f"config key 'top_k': expected at most the knowledge-base size {n_base}, got {hp.top_k}")
@@ -101,11 +102,15 @@ def validate_setup(hp: FTragrecHParams, *, n_base: int, hidden_size: int, encode
         check_faiss_factory(hp.faiss_index, hidden_size)
     if encoder_cfg is not None:
         if n_items is not None and encoder_cfg.n_items != n_items:
-            raise ConfigError(f"config key 'pretrained': checkpoint has {encoder_cfg.n_items} item rows, "
-                              f"the dataset has {n_items} (same .inter file and k-core settings?)")
+            raise ConfigError(
+                f"config key 'pretrained': checkpoint has {encoder_cfg.n_items} item rows, "
+                f"the dataset has {n_items} (same .inter file and k-core settings?)"
+            )
         if encoder_cfg.hidden_size != hidden_size:
-            raise ConfigError(f"config key 'pretrained': checkpoint has hidden_size {encoder_cfg.hidden_size}, "
-                              f"config says {hidden_size}")
+            raise ConfigError(
+                f"config key 'pretrained': checkpoint has hidden_size {encoder_cfg.hidden_size}, "
+                f"config says {hidden_size}"
+            )
 
 
 class Fusion(nnx.Module):
@@ -124,8 +129,13 @@ class FTragrec(nnx.Module):
 
     def __init__(self, encoder, hp: FTragrecHParams, *, rngs: nnx.Rngs):
         self.encoder = encoder
-        self.retriever = Retriever(encoder.config.hidden_size, hp.retriever_inner_size, hp.retriever_layers,
-                                   encoder.config.initializer_range, rngs=rngs)
+        self.retriever = Retriever(
+            encoder.config.hidden_size,
+            hp.retriever_inner_size,
+            hp.retriever_layers,
+            encoder.config.initializer_range,
+            rngs=rngs,
+        )
         self.fusion = Fusion(hp.alpha) if hp.learnable_alpha else None
 
     def alpha(self, hp: FTragrecHParams):
@@ -159,8 +169,16 @@ def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTr
     knowledge = jnp.einsum("bk,bkh->bh", p_ret, target_emb)
     a = jnp.where(has, hp.alpha if alpha is None else alpha, 0.0)[:, None].astype(seq_output.dtype)
     enhanced = (1.0 - a) * seq_output + a * knowledge
-    return {"valid": valid, "cos": cos, "p_ret": p_ret, "has": has, "target_emb": target_emb,
-            "knowledge": knowledge, "enhanced": enhanced, "alpha": a}
+    return {
+        "valid": valid,
+        "cos": cos,
+        "p_ret": p_ret,
+        "has": has,
+        "target_emb": target_emb,
+        "knowledge": knowledge,
+        "enhanced": enhanced,
+        "alpha": a,
+    }
 
 
 def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
@@ -187,8 +205,9 @@ def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
     return -jnp.log((1.0 - a) * p_base + a * p_knn)
 
 
-def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams,
-                   alpha=None, rec_ce=None):
+def ftragrec_terms(
+    retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams, alpha=None, rec_ce=None
+):
     """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test.
     rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way."""
     seq_output = jax.lax.stop_gradient(seq_output)
@@ -198,8 +217,7 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     query = embed(retriever, seq_output)
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
-    rec_rows = (cross_entropy_rows(seq_output, item_table, target) if rec_ce is None
-                else jax.lax.stop_gradient(rec_ce))
+    rec_rows = cross_entropy_rows(seq_output, item_table, target) if rec_ce is None else jax.lax.stop_gradient(rec_ce)
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
@@ -213,7 +231,10 @@ def ftragrec_terms(retriever, seq_output, ids, h, kb_target, item_table, target,
     kl = (kl_rows * with_nb).sum() / jnp.maximum(with_nb.sum(), 1.0)
     total = rec + hp.enhanced_rec_weight * enhanced + hp.kl_small_weight * kl
     aux = {
-        "loss": total, "rec_loss": rec, "enhanced_rec_loss": enhanced, "kl_loss": kl,
+        "loss": total,
+        "rec_loss": rec,
+        "enhanced_rec_loss": enhanced,
+        "kl_loss": kl,
         "fallback_fraction": 1.0 - with_nb.sum() / n_real,
         "neighbours": (nb["valid"].sum(-1) * mask).sum() / n_real,
         # queries the search returned fewer than top_k ids for (threshold masking aside): a tiny base, a user
@@ -233,23 +254,57 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
     # the exclusion rule forbids same-user entries whose prefix is not shorter than the query's: a query prefix
     # of 0 makes that every same-user entry (all have prefix >= 1), with no change to the search backends
     q_prefix = jnp.zeros_like(batch["prefix_len"]) if hp.exclude_same_user else batch["prefix_len"]
-    ids = retrieve(query, batch["user"], q_prefix, memory, backend=hp.retrieval_backend,
-                   top_k=hp.top_k, chunk_size=hp.retrieval_chunk_size, searcher=searcher)
+    ids = retrieve(
+        query,
+        batch["user"],
+        q_prefix,
+        memory,
+        backend=hp.retrieval_backend,
+        top_k=hp.top_k,
+        chunk_size=hp.retrieval_chunk_size,
+        searcher=searcher,
+    )
     return seq_output, query, ids
 
 
-def ftragrec_loss(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams, seq_output=None,
-                  searcher: FaissSearcher | None = None, rec_ce=None):
+def ftragrec_loss(
+    model: FTragrec,
+    batch: dict,
+    memory: Memory,
+    *,
+    hp: FTragrecHParams,
+    seq_output=None,
+    searcher: FaissSearcher | None = None,
+    rec_ce=None,
+):
     """(total, aux) for one batch. `seq_output` [B, H]: the cached frozen encoder output of the batch rows
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
     seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
-    return ftragrec_terms(model.retriever, seq_output, ids, memory.h, memory.target,
-                          model.encoder.item_table(), batch["target"], mask, hp, model.alpha(hp), rec_ce)
+    return ftragrec_terms(
+        model.retriever,
+        seq_output,
+        ids,
+        memory.h,
+        memory.target,
+        model.encoder.item_table(),
+        batch["target"],
+        mask,
+        hp,
+        model.alpha(hp),
+        rec_ce,
+    )
 
 
-def ftragrec_scores(model: FTragrec, batch: dict, memory: Memory, *, hp: FTragrecHParams,
-                    searcher: FaissSearcher | None = None, mesh=None):
+def ftragrec_scores(
+    model: FTragrec,
+    batch: dict,
+    memory: Memory,
+    *,
+    hp: FTragrecHParams,
+    searcher: FaissSearcher | None = None,
+    mesh=None,
+):
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation); `mesh`: the batch is
     sharded along its data axis (each device encodes its own rows)."""
     seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh)

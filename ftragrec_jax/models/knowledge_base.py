@@ -55,14 +55,14 @@ def _chunked(fn, state, arrays, chunk_size):
     c = max(1, min(int(chunk_size), n))
     out = None  # written chunk by chunk: a list of chunks plus their concatenation would hold the result twice
     for start in range(0, n, c):
-        part = [a[start:start + c] for a in arrays]
+        part = [a[start : start + c] for a in arrays]
         m = len(part[0])
         if m < c:
             part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
         chunk = np.asarray(fn(state, *part))[:m]
         if out is None:
             out = np.empty((n, *chunk.shape[1:]), np.float32)
-        out[start:start + m] = chunk
+        out[start : start + m] = chunk
     return out
 
 
@@ -82,16 +82,31 @@ def compute_keys(retriever, h, *, chunk_size: int = 65536) -> np.ndarray:
 def backbone_ce(encoder, h, target, *, chunk_size: int = 4096) -> np.ndarray:
     """-log softmax(h·Eᵀ)[target] per row, float32 [N]: the frozen backbone's CE on each entry's target."""
     graphdef, state = nnx.split(encoder)
-    return _chunked(_apply_fn(graphdef, "rec_ce"), state,
-                    [np.asarray(h, np.float32), np.asarray(target, np.int32)], chunk_size)
+    return _chunked(
+        _apply_fn(graphdef, "rec_ce"), state, [np.asarray(h, np.float32), np.asarray(target, np.int32)], chunk_size
+    )
 
 
 class KnowledgeBase:
     """Host arrays of the base, their device copy (`memory`, a pytree for jitted steps), and the FAISS index."""
 
-    def __init__(self, h, target, user, prefix_len, keys, *, backend: str = "faiss", faiss_index: str = "Flat",
-                 nprobe: int = 16, top_k: int = 5, faiss_overfetch: int = 32, n_train: int | None = None,
-                 faiss_shards: int = 1, rec_ce=None):
+    def __init__(
+        self,
+        h,
+        target,
+        user,
+        prefix_len,
+        keys,
+        *,
+        backend: str = "faiss",
+        faiss_index: str = "Flat",
+        nprobe: int = 16,
+        top_k: int = 5,
+        faiss_overfetch: int = 32,
+        n_train: int | None = None,
+        faiss_shards: int = 1,
+        rec_ce=None,
+    ):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
         self.h = np.asarray(h, np.float32)
@@ -101,20 +116,35 @@ class KnowledgeBase:
         self.keys = np.asarray(keys, np.float32)
         self.rec_ce = None if rec_ce is None else np.asarray(rec_ce, np.float32)
         n = len(self.h)
-        if not all(len(a) == n for a in (self.target, self.user, self.prefix_len, self.keys)
-                   + (() if self.rec_ce is None else (self.rec_ce,))):
-            raise ConfigError("knowledge base: h, target, user, prefix_len, keys and rec_ce must have the same "
-                              "length")
+        if not all(
+            len(a) == n
+            for a in (self.target, self.user, self.prefix_len, self.keys)
+            + (() if self.rec_ce is None else (self.rec_ce,))
+        ):
+            raise ConfigError("knowledge base: h, target, user, prefix_len, keys and rec_ce must have the same length")
         self.n_train = n if n_train is None else int(n_train)
         self.backend = backend
-        self.searcher = (FaissSearcher(faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe,
-                                       overfetch=faiss_overfetch, shards=faiss_shards)
-                         if backend == "faiss" else None)
+        self.searcher = (
+            FaissSearcher(
+                faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe, overfetch=faiss_overfetch, shards=faiss_shards
+            )
+            if backend == "faiss"
+            else None
+        )
         self.index_seconds = self._sync()
 
     @classmethod
-    def build(cls, encoder, retriever, samples, *, encode_chunk_size: int = 2048, key_chunk_size: int = 65536,
-              with_rec_ce: bool = False, **options) -> "KnowledgeBase":
+    def build(
+        cls,
+        encoder,
+        retriever,
+        samples,
+        *,
+        encode_chunk_size: int = 2048,
+        key_chunk_size: int = 65536,
+        with_rec_ce: bool = False,
+        **options,
+    ) -> "KnowledgeBase":
         """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g.
         with_rec_ce: also store the backbone's CE per entry (for the cached training step)."""
         arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
@@ -128,9 +158,14 @@ class KnowledgeBase:
 
     def _sync(self) -> float:
         """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
-        self.memory = Memory(h=jnp.asarray(self.h), keys=jnp.asarray(self.keys), target=jnp.asarray(self.target),
-                             user=jnp.asarray(self.user), prefix_len=jnp.asarray(self.prefix_len),
-                             rec_ce=None if self.rec_ce is None else jnp.asarray(self.rec_ce))
+        self.memory = Memory(
+            h=jnp.asarray(self.h),
+            keys=jnp.asarray(self.keys),
+            target=jnp.asarray(self.target),
+            user=jnp.asarray(self.user),
+            prefix_len=jnp.asarray(self.prefix_len),
+            rec_ce=None if self.rec_ce is None else jnp.asarray(self.rec_ce),
+        )
         if self.searcher is None:
             return 0.0
         return self.searcher.build(self.keys, self.user, self.prefix_len)

@@ -24,11 +24,18 @@ NORM_EPS = 1e-12  # guards the L2 normalisation of an all-zero vector
 class Retriever(nnx.Module):
     """g: [..., hidden] -> [..., hidden]; param paths layers.{i}.{dense_1,dense_2,layer_norm}.*"""
 
-    def __init__(self, hidden_size: int, inner_size: int = 256, n_layers: int = 1,
-                 initializer_range: float = 0.02, *, rngs: nnx.Rngs):
-        self.layers = nnx.List([
-            FeedForward(hidden_size, inner_size, 0.0, initializer_range, rngs=rngs) for _ in range(n_layers)
-        ])
+    def __init__(
+        self,
+        hidden_size: int,
+        inner_size: int = 256,
+        n_layers: int = 1,
+        initializer_range: float = 0.02,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.layers = nnx.List(
+            [FeedForward(hidden_size, inner_size, 0.0, initializer_range, rngs=rngs) for _ in range(n_layers)]
+        )
         for layer in self.layers:
             layer.dense_2.kernel[...] = jnp.zeros_like(layer.dense_2.kernel[...])
 

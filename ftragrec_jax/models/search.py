@@ -57,8 +57,10 @@ class ShardedKeys:
 
 
 jax.tree_util.register_pytree_node(
-    ShardedKeys, lambda s: ((s.keys, s.user, s.prefix_len), (s.mesh, s.n)),
-    lambda aux, leaves: ShardedKeys(*leaves, *aux))
+    ShardedKeys,
+    lambda s: ((s.keys, s.user, s.prefix_len), (s.mesh, s.n)),
+    lambda aux, leaves: ShardedKeys(*leaves, *aux),
+)
 
 
 def _sharded_from_host(a: np.ndarray, mesh: Mesh, fill) -> jax.Array:
@@ -96,8 +98,13 @@ class Memory(NamedTuple):
         if mesh.size == 1:
             return rest._replace(keys=replicate(keys, mesh))
         host = [np.asarray(x) for x in (keys, self.user, self.prefix_len)]
-        sk = ShardedKeys(_sharded_from_host(host[0], mesh, 0.0), _sharded_from_host(host[1], mesh, -1),
-                         _sharded_from_host(host[2], mesh, 0), mesh, len(host[0]))
+        sk = ShardedKeys(
+            _sharded_from_host(host[0], mesh, 0.0),
+            _sharded_from_host(host[1], mesh, -1),
+            _sharded_from_host(host[2], mesh, 0),
+            mesh,
+            len(host[0]),
+        )
         return rest._replace(keys=sk)
 
 
@@ -159,16 +166,16 @@ def _merge(top_a, ids_a, top_b, ids_b, k):
     return top, jnp.take_along_axis(ids, pos, axis=1)
 
 
-def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536,
-                 limit=None):
+def exact_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: int, chunk_size: int = 65536, limit=None):
     """(ids int32 [B, top_k], scores float32 [B, top_k]); ids -1 and score -inf where nothing is allowed.
     limit: entries at index >= limit are never returned (a traced scalar: the padding of a shard).
     The matmul picks top_k + RERANK_MARGIN candidates, `rerank` orders them (module docstring)."""
     if isinstance(keys, ShardedKeys):
         return sharded_exact_search(query, q_user, q_prefix, keys, top_k=top_k, chunk_size=chunk_size)
     width = min(top_k + RERANK_MARGIN, keys.shape[0])
-    cand, _ = _matmul_search(query, q_user, q_prefix, keys, e_user, e_prefix, top_k=width, chunk_size=chunk_size,
-                             limit=limit)
+    cand, _ = _matmul_search(
+        query, q_user, q_prefix, keys, e_user, e_prefix, top_k=width, chunk_size=chunk_size, limit=limit
+    )
     return rerank(query, cand, keys, top_k)
 
 
@@ -207,12 +214,20 @@ def _matmul_search(query, q_user, q_prefix, keys, e_user, e_prefix, *, top_k: in
     ids = jnp.full((b, top_k), -1, jnp.int32)
 
     if n_full:
+
         def body(carry, i):
             start = i * c
-            blk = _block_top_k(query, jax.lax.dynamic_slice_in_dim(keys, start, c),
-                               jax.lax.dynamic_slice_in_dim(e_user, start, c),
-                               jax.lax.dynamic_slice_in_dim(e_prefix, start, c), q_user, q_prefix, start, top_k,
-                               limit)
+            blk = _block_top_k(
+                query,
+                jax.lax.dynamic_slice_in_dim(keys, start, c),
+                jax.lax.dynamic_slice_in_dim(e_user, start, c),
+                jax.lax.dynamic_slice_in_dim(e_prefix, start, c),
+                q_user,
+                q_prefix,
+                start,
+                top_k,
+                limit,
+            )
             return _merge(*carry, *blk, top_k), None
 
         # the first chunk outside the scan: the carry then derives from the keys, so inside shard_map it has
@@ -238,21 +253,23 @@ def sharded_exact_search(query, q_user, q_prefix, sk: ShardedKeys, *, top_k: int
 
     def local(q, qu, qp, keys, e_user, e_prefix):
         offset = jax.lax.axis_index(DATA_AXIS) * per
-        ids, top = exact_search(q, qu, qp, keys, e_user, e_prefix, top_k=top_k, chunk_size=chunk_size,
-                                limit=sk.n - offset)
+        ids, top = exact_search(
+            q, qu, qp, keys, e_user, e_prefix, top_k=top_k, chunk_size=chunk_size, limit=sk.n - offset
+        )
         return jnp.where(ids >= 0, ids + offset, -1), top
 
     # out_specs split the candidate columns by device, so no output claims replication (no check to disable)
     rows = P(None, DATA_AXIS)
-    ids, top = jax.shard_map(local, mesh=sk.mesh, in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS),
-                                                            P(DATA_AXIS)), out_specs=(rows, rows))(
-        jax.lax.stop_gradient(query), q_user, q_prefix, jax.lax.stop_gradient(sk.keys), sk.user, sk.prefix_len)
+    ids, top = jax.shard_map(
+        local, mesh=sk.mesh, in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(rows, rows)
+    )(jax.lax.stop_gradient(query), q_user, q_prefix, jax.lax.stop_gradient(sk.keys), sk.user, sk.prefix_len)
     top, pos = jax.lax.top_k(top, top_k)
     ids = jnp.take_along_axis(ids, pos, axis=1)
     return jnp.where(jnp.isfinite(top), ids, -1), top
 
 
 # --- FAISS on the host ----------------------------------------------------------------------------------
+
 
 def _faiss():
     try:
@@ -316,13 +333,14 @@ def build_faiss_index(factory: str, keys: np.ndarray, *, shards: int = 1, nprobe
         except Exception as e:
             raise ConfigError(
                 f"config key 'faiss_index': cannot train {factory!r} on {n} keys "
-                f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
+                f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
+            ) from None
     bounds = np.linspace(0, n, shards + 1).astype(int)
     resources = [faiss.StandardGpuResources() for _ in range(min(gpus, shards))]
     parts = []
     for i in range(shards):
         part = template if shards == 1 else faiss.clone_index(template)
-        part.add(keys[bounds[i]:bounds[i + 1]])
+        part.add(keys[bounds[i] : bounds[i + 1]])
         if resources:
             part = faiss.index_cpu_to_gpu(resources[i % len(resources)], i % gpus, part)
         _set_nprobe(part, nprobe, gpus > 0)
@@ -344,8 +362,18 @@ class FaissSearcher:
     fall-back to CPU for factory strings FAISS cannot put on a GPU (`device` says which was used).
     """
 
-    def __init__(self, factory: str, dim: int, *, top_k: int, nprobe: int = 16, overfetch: int = 32,
-                 shards: int = 1, use_gpu: bool | None = None, max_fetch: int = MAX_FETCH):
+    def __init__(
+        self,
+        factory: str,
+        dim: int,
+        *,
+        top_k: int,
+        nprobe: int = 16,
+        overfetch: int = 32,
+        shards: int = 1,
+        use_gpu: bool | None = None,
+        max_fetch: int = MAX_FETCH,
+    ):
         make_faiss_index(factory, dim)  # fail early on a bad string
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigError(f"config key 'faiss_shards': expected an integer >= 1, got {shards!r}")
@@ -415,8 +443,7 @@ class FaissSearcher:
             safe = np.where(found, cand, 0)
             ok = found & ~((self.user[safe] == qu[rows, None]) & (self.prefix_len[safe] >= qp[rows, None]))
             # allowed candidates first, by score descending, then id ascending
-            order = np.lexsort((np.where(ok, cand, np.iinfo(np.int64).max),
-                                np.where(ok, -dist, np.inf)), axis=1)
+            order = np.lexsort((np.where(ok, cand, np.iinfo(np.int64).max), np.where(ok, -dist, np.inf)), axis=1)
             cand_s = np.take_along_axis(cand, order, axis=1)
             dist_s = np.take_along_axis(dist, order, axis=1)
             n_ok = ok.sum(axis=1)
@@ -438,7 +465,10 @@ class FaissSearcher:
                             f"still lacked {k} allowed candidates, or had ties at the boundary, after fetching "
                             f"{cap} of {most} entries; they keep what was found (-1 for the rest). Most of "
                             f"their best entries are excluded by the same-user rule; raise max_fetch, or use "
-                            f"retrieval_backend=exact.", RuntimeWarning, stacklevel=2)
+                            f"retrieval_backend=exact.",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
             rows = rows[~done]
             fetch = min(fetch * 4, cap)
         self.short += int((out < 0).any(axis=1).sum())
@@ -459,8 +489,9 @@ def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix, keys=None):
     k = searcher.top_k
     width = k if keys is None else k + RERANK_MARGIN
     shape = jax.ShapeDtypeStruct((query.shape[0], width), jnp.int32)
-    cand = jax.pure_callback(functools.partial(searcher.search_host, k=width), shape, query, q_user, q_prefix,
-                             vmap_method="sequential")
+    cand = jax.pure_callback(
+        functools.partial(searcher.search_host, k=width), shape, query, q_user, q_prefix, vmap_method="sequential"
+    )
     if keys is None:
         return cand
     if isinstance(keys, ShardedKeys):  # ids index the unpadded base, which the sharded array starts with
@@ -468,12 +499,22 @@ def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix, keys=None):
     return rerank(query, cand, keys, k)[0]
 
 
-def retrieve(query, q_user, q_prefix, memory: Memory, *, backend: str, top_k: int, chunk_size: int = 65536,
-             searcher: FaissSearcher | None = None):
+def retrieve(
+    query,
+    q_user,
+    q_prefix,
+    memory: Memory,
+    *,
+    backend: str,
+    top_k: int,
+    chunk_size: int = 65536,
+    searcher: FaissSearcher | None = None,
+):
     """The retrieval used by training and evaluation: ids int32 [B, top_k], -1 = no neighbour."""
     if backend == "exact":
-        return exact_search(query, q_user, q_prefix, memory.keys, memory.user, memory.prefix_len,
-                            top_k=top_k, chunk_size=chunk_size)[0]
+        return exact_search(
+            query, q_user, q_prefix, memory.keys, memory.user, memory.prefix_len, top_k=top_k, chunk_size=chunk_size
+        )[0]
     if backend == "faiss":
         if searcher is None:
             raise ConfigError("retrieval_backend='faiss' needs a built FaissSearcher (see KnowledgeBase)")

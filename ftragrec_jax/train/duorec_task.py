@@ -51,9 +51,13 @@ class DuoRecTask(Task):
         return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)
 
     def model_meta(self) -> dict:
-        return {"model": "duorec", "encoder": dataclasses.asdict(self.encoder_cfg),
-                "dataset": self.dataset_settings, "ftragrec": None,
-                "source": {"objective": {"lmd_sem": self.cfg.lmd_sem, "tau": self.cfg.tau}}}
+        return {
+            "model": "duorec",
+            "encoder": dataclasses.asdict(self.encoder_cfg),
+            "dataset": self.dataset_settings,
+            "ftragrec": None,
+            "source": {"objective": {"lmd_sem": self.cfg.lmd_sem, "tau": self.cfg.tau}},
+        }
 
     def export_params(self, params) -> dict:
         return nnx.to_pure_dict(jax.device_get(params))

@@ -37,8 +37,11 @@ def epoch_line(record: dict, *, epochs: int, valid_metric: str, patience: int, s
     """One line for one epoch's metrics.jsonl record (after validation, when it ran)."""
     width = len(str(max(epochs - 1, 0)))  # 0-based like metrics.jsonl and results.json's best_epoch
     parts = [f"epoch {record['epoch']:>{width}}"]
-    terms = [k for k in record if k not in NOT_TERMS and _is_scalar(record[k])
-             and k not in ("epoch", "step") and not k.endswith("_s")]
+    terms = [
+        k
+        for k in record
+        if k not in NOT_TERMS and _is_scalar(record[k]) and k not in ("epoch", "step") and not k.endswith("_s")
+    ]
     terms.sort(key=lambda k: TERM_ORDER.index(k) if k in TERM_ORDER else len(TERM_ORDER))
     loss = f"loss {record['loss']:.4f}"
     if terms:
@@ -80,11 +83,15 @@ def setting_warnings(cfg) -> list[str]:
     """Model-independent suspicious settings (the task adds its own, e.g. FTragrec's knowledge base)."""
     out = []
     if cfg.mask_history:
-        out.append("mask_history is on: each user's earlier items are hidden when ranking; metrics are not "
-                   "comparable with RecBole/DuoRec numbers (RecBole's protocol keeps them)")
+        out.append(
+            "mask_history is on: each user's earlier items are hidden when ranking; metrics are not "
+            "comparable with RecBole/DuoRec numbers (RecBole's protocol keeps them)"
+        )
     if cfg.eval_step > cfg.epochs:
-        out.append(f"eval_step={cfg.eval_step} > epochs={cfg.epochs}: validation never runs, so there is no "
-                   f"early stopping and the last epoch is the model evaluated")
+        out.append(
+            f"eval_step={cfg.eval_step} > epochs={cfg.epochs}: validation never runs, so there is no "
+            f"early stopping and the last epoch is the model evaluated"
+        )
     return out
 
 
@@ -92,9 +99,11 @@ def fallback_warning(record: dict, quality_threshold: float) -> str | None:
     share = record.get("fallback_fraction")
     if share is None or share < HIGH_FALLBACK:
         return None
-    return (f"{100 * share:.0f}% of training samples had no neighbour with cosine >= quality_threshold="
-            f"{quality_threshold} in epoch {record['epoch']}: for them FTragrec is its backbone alone "
-            f"(lower quality_threshold?)")
+    return (
+        f"{100 * share:.0f}% of training samples had no neighbour with cosine >= quality_threshold="
+        f"{quality_threshold} in epoch {record['epoch']}: for them FTragrec is its backbone alone "
+        f"(lower quality_threshold?)"
+    )
 
 
 def _is_scalar(value) -> bool:

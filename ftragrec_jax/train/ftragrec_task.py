@@ -27,10 +27,19 @@ from ftragrec_jax.trees import assign_params
 
 
 def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
-    return KnowledgeBase.build(encoder, retriever, samples, backend=hp.retrieval_backend,
-                               faiss_index=hp.faiss_index, nprobe=hp.nprobe, top_k=hp.top_k,
-                               faiss_overfetch=hp.faiss_overfetch, key_chunk_size=hp.retrieval_chunk_size,
-                               faiss_shards=faiss_shards, with_rec_ce=with_rec_ce)
+    return KnowledgeBase.build(
+        encoder,
+        retriever,
+        samples,
+        backend=hp.retrieval_backend,
+        faiss_index=hp.faiss_index,
+        nprobe=hp.nprobe,
+        top_k=hp.top_k,
+        faiss_overfetch=hp.faiss_overfetch,
+        key_chunk_size=hp.retrieval_chunk_size,
+        faiss_shards=faiss_shards,
+        with_rec_ce=with_rec_ce,
+    )
 
 
 def load_pretrained_encoder(path: str, dataset):
@@ -46,8 +55,10 @@ def load_pretrained_encoder(path: str, dataset):
     except CheckpointError as e:
         raise ConfigError(f"config key 'pretrained': {e}") from None
     if vocab is not None and vocab.item_tokens != dataset.vocab.item_tokens:
-        raise ConfigError(f"config key 'pretrained': {path} was trained on a different item vocabulary "
-                          f"(same count, different items) than the dataset")
+        raise ConfigError(
+            f"config key 'pretrained': {path} was trained on a different item vocabulary "
+            f"(same count, different items) than the dataset"
+        )
     return encoder, meta
 
 
@@ -61,24 +72,36 @@ class FTragrecTask(Task):
         self.mesh = parallel.make_mesh(cfg.mesh)
         self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
-        validate_setup(self.hp, n_base=len(dataset.train), hidden_size=cfg.hidden_size,
-                       encoder_cfg=encoder.config, n_items=dataset.n_items)
+        validate_setup(
+            self.hp,
+            n_base=len(dataset.train),
+            hidden_size=cfg.hidden_size,
+            encoder_cfg=encoder.config,
+            n_items=dataset.n_items,
+        )
         self.encoder_cfg = encoder.config
         model = build_ftragrec(encoder, self.hp, seed=cfg.seed)
         self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
         t0 = time.perf_counter()
         # the cached step also reads the backbone's CE per training sample, a constant of the frozen model
-        self.kb = _knowledge_base(model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards,
-                                  with_rec_ce=cfg.cache_seq_output)
-        where = (f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)" if self.kb.searcher else
-                 f"exact on {self.mesh.size} device(s)")
-        logging.getLogger(LOGGER_NAME).info("knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where,
-                                            time.perf_counter() - t0)
-        self._step = make_ftragrec_step(self.graphdef, self.hp, self.tx, rest=self.rest,
-                                        searcher=self.kb.searcher, cached=cfg.cache_seq_output)
-        self._scorer = scoring.ftragrec_scorer(self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher,
-                                               mesh=self.mesh)
+        self.kb = _knowledge_base(
+            model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards, with_rec_ce=cfg.cache_seq_output
+        )
+        where = (
+            f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)"
+            if self.kb.searcher
+            else f"exact on {self.mesh.size} device(s)"
+        )
+        logging.getLogger(LOGGER_NAME).info(
+            "knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where, time.perf_counter() - t0
+        )
+        self._step = make_ftragrec_step(
+            self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher, cached=cfg.cache_seq_output
+        )
+        self._scorer = scoring.ftragrec_scorer(
+            self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher, mesh=self.mesh
+        )
 
     def merge(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
@@ -152,8 +175,12 @@ class FTragrecTask(Task):
 
     def knowledge_base_arrays(self) -> dict:
         n = self.kb.n_train  # the training-split base, never the valid extension made before testing
-        return {"h": self.kb.h[:n], "target": self.kb.target[:n], "user": self.kb.user[:n],
-                "prefix_len": self.kb.prefix_len[:n]}
+        return {
+            "h": self.kb.h[:n],
+            "target": self.kb.target[:n],
+            "user": self.kb.user[:n],
+            "prefix_len": self.kb.prefix_len[:n],
+        }
 
     def baseline_score_fn(self):
         """The frozen DuoRec alone (alpha 0): what fine-tuning has to beat."""
@@ -165,8 +192,10 @@ class FTragrecTask(Task):
         # a query never sees its own user's samples: the largest user shrinks the base it searches the most
         own = int(np.bincount(np.asarray(self.dataset.train.user)).max()) if n_base else 0
         if n_base - own < hp.top_k:
-            out.append(f"top_k={hp.top_k} but the knowledge base has {n_base} entries, {own} of them one user's "
-                       f"that this user's queries may not retrieve: some queries get fewer than top_k neighbours")
+            out.append(
+                f"top_k={hp.top_k} but the knowledge base has {n_base} entries, {own} of them one user's "
+                f"that this user's queries may not retrieve: some queries get fewer than top_k neighbours"
+            )
         if hp.alpha == 0 and not hp.learnable_alpha:
             out.append("alpha=0: the retrieved knowledge is never mixed in, FTragrec scores equal the backbone's")
         return out
@@ -174,10 +203,17 @@ class FTragrecTask(Task):
     def model_meta(self) -> dict:
         ftr = dataclasses.asdict(self.hp)
         ftr["extend_memory_with_valid"] = self.cfg.extend_memory_with_valid
-        return {"model": "ftragrec", "encoder": dataclasses.asdict(self.encoder_cfg), "ftragrec": ftr,
-                "dataset": self.cfg.dataset_settings(),
-                "source": {"pretrained": self.cfg.pretrained if self.cfg.pretrained.startswith(BUILTIN)
-                           else str(Path(self.cfg.pretrained).absolute())}}
+        return {
+            "model": "ftragrec",
+            "encoder": dataclasses.asdict(self.encoder_cfg),
+            "ftragrec": ftr,
+            "dataset": self.cfg.dataset_settings(),
+            "source": {
+                "pretrained": self.cfg.pretrained
+                if self.cfg.pretrained.startswith(BUILTIN)
+                else str(Path(self.cfg.pretrained).absolute())
+            },
+        }
 
     def export_params(self, params) -> dict:
         return nnx.to_pure_dict(jax.device_get(params))

@@ -100,13 +100,23 @@ class Trainer:
         score_fn = self.task.baseline_score_fn()
         if score_fn is None:
             return {}
-        backbone = {split: evaluate_split(score_fn, self.dataset, split, self.cfg, mesh=self.mesh)
-                    for split in ("valid", "test")}
+        backbone = {
+            split: evaluate_split(score_fn, self.dataset, split, self.cfg, mesh=self.mesh)
+            for split in ("valid", "test")
+        }
         return {"backbone": backbone, "relative_change_test": relative_change(backbone["test"], test)}
 
     def _restore(self, ckpts: TrainCheckpoints, params, opt_state):
-        loop = {"epochs_done": 0, "step": 0, "best_score": None, "best_epoch": None, "patience": 0,
-                "history": [], "stopped": None, "train_time_s": 0.0}
+        loop = {
+            "epochs_done": 0,
+            "step": 0,
+            "best_score": None,
+            "best_epoch": None,
+            "patience": 0,
+            "history": [],
+            "stopped": None,
+            "train_time_s": 0.0,
+        }
         latest = ckpts.latest()
         if latest is None:
             if self.main and self.run.metrics_jsonl.exists():  # a run killed before its first checkpoint
@@ -123,9 +133,15 @@ class Trainer:
         if self.main:
             self.run.rewrite_metrics(loop["history"])
         self._ensure_latest_model(arrays["params"], latest - 1, loop)
-        self.log.info("resuming from %s: %d epochs done, global step %d, best %s=%s (epoch %s)",
-                      ckpts.directory / str(latest), latest, loop["step"], self.cfg.valid_metric,
-                      loop["best_score"], loop["best_epoch"])
+        self.log.info(
+            "resuming from %s: %d epochs done, global step %d, best %s=%s (epoch %s)",
+            ckpts.directory / str(latest),
+            latest,
+            loop["step"],
+            self.cfg.valid_metric,
+            loop["best_score"],
+            loop["best_epoch"],
+        )
         return arrays["params"], arrays["opt_state"], loop
 
     def _ensure_latest_model(self, params, epoch: int, loop: dict) -> None:
@@ -152,8 +168,9 @@ class Trainer:
         data = parallel.place_step_data(data, self.mesh)  # FTragrec's base: keys sharded on >1 device
         with _progress(n_batches, f"Train {epoch:>3}", cfg.show_progress) as bar:
             for i, batch in enumerate(iterate_batches(train, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)):
-                fed = parallel.put_batch({k: parallel.int32_host(batch[k][local]) for k in task.batch_fields},
-                                         self.mesh)
+                fed = parallel.put_batch(
+                    {k: parallel.int32_host(batch[k][local]) for k in task.batch_fields}, self.mesh
+                )
                 args = (params, opt_state, fed, np.uint32(step0 + i), self.base_key, data)
                 if self._compiled is None:  # compile once, ahead of time, so epoch times exclude it
                     tc = time.perf_counter()
@@ -178,8 +195,15 @@ class Trainer:
         record.update(task.end_epoch(params, epoch) or {})
         if (epoch + 1) % cfg.eval_step == 0:
             self._validate(epoch, params, loop, record)
-        log.info(epoch_log.epoch_line(record, epochs=cfg.epochs, valid_metric=cfg.valid_metric,
-                                      patience=loop["patience"], stopping_step=cfg.stopping_step))
+        log.info(
+            epoch_log.epoch_line(
+                record,
+                epochs=cfg.epochs,
+                valid_metric=cfg.valid_metric,
+                patience=loop["patience"],
+                stopping_step=cfg.stopping_step,
+            )
+        )
         warning = epoch_log.fallback_warning(record, cfg.quality_threshold)
         if warning and not self._fallback_warned:  # once per run, at the first epoch it happens
             self._fallback_warned = True
@@ -192,8 +216,7 @@ class Trainer:
         if self.main:
             self.run.append_metrics(record)
         if loop["stopped"]:
-            log.info("stopped (%s); best %s in epoch %s", loop["stopped"], cfg.valid_metric,
-                     loop["best_epoch"])
+            log.info("stopped (%s); best %s in epoch %s", loop["stopped"], cfg.valid_metric, loop["best_epoch"])
         return params, opt_state
 
     def _validate(self, epoch: int, params, loop: dict, record: dict) -> None:
@@ -226,10 +249,15 @@ class Trainer:
         name, i, value = first
         what = "the gradient norm" if name == "grad_norm" else f"loss term {name!r}"
         done = loop["epochs_done"]
-        kept = (f"the last good checkpoint ({self.run.checkpoints / str(done)}, after epoch {done - 1}) is intact"
-                if done else "no checkpoint was written (it failed in the first epoch)")
-        msg = (f"non-finite training value: {what} is {value} at epoch {epoch}, step {step0 + i} "
-               f"(batch {i} of the epoch); training stopped and {kept}; lower learning_rate or check the data")
+        kept = (
+            f"the last good checkpoint ({self.run.checkpoints / str(done)}, after epoch {done - 1}) is intact"
+            if done
+            else "no checkpoint was written (it failed in the first epoch)"
+        )
+        msg = (
+            f"non-finite training value: {what} is {value} at epoch {epoch}, step {step0 + i} "
+            f"(batch {i} of the epoch); training stopped and {kept}; lower learning_rate or check the data"
+        )
         self.log.error("error: %s", msg)
         err = NonFiniteError(msg)
         err.logged = True
@@ -241,11 +269,23 @@ class Trainer:
             return
         meta = self.task.model_meta()
         source = dict(meta.get("source") or {})
-        source.update({"trainer": "ftragrec-jax", "run": str(self.run.path), "epoch": epoch,
-                       "seed": self.cfg.seed, "valid": valid})
+        source.update(
+            {
+                "trainer": "ftragrec-jax",
+                "run": str(self.run.path),
+                "epoch": epoch,
+                "seed": self.cfg.seed,
+                "valid": valid,
+            }
+        )
         meta["source"] = source
-        save_model(path, self.task.export_params(params), meta, vocab=self.dataset.vocab,
-                   knowledge_base=self.task.knowledge_base_arrays())
+        save_model(
+            path,
+            self.task.export_params(params),
+            meta,
+            vocab=self.dataset.vocab,
+            knowledge_base=self.task.knowledge_base_arrays(),
+        )
 
     # --- the end ------------------------------------------------------------------------------
     def _final(self, params, loop: dict) -> dict:
@@ -267,11 +307,19 @@ class Trainer:
         self.task.before_test(params)
         test = evaluate_split(self.task.score_fn(params), self.dataset, "test", cfg, mesh=self.mesh)
         results = {
-            "valid": valid, "test": test, **self._backbone_results(test),
-            "model": self.task.model, "checkpoint": str(self.run.best_model),
-            "selected": which, "best_epoch": loop["best_epoch"], "epochs_run": loop["epochs_done"],
-            "steps": loop["step"], "stopped": loop["stopped"], "train_time_s": round(loop["train_time_s"], 2),
-            "eval_time_s": round(time.perf_counter() - t0, 2), "seed": cfg.seed,
+            "valid": valid,
+            "test": test,
+            **self._backbone_results(test),
+            "model": self.task.model,
+            "checkpoint": str(self.run.best_model),
+            "selected": which,
+            "best_epoch": loop["best_epoch"],
+            "epochs_run": loop["epochs_done"],
+            "steps": loop["step"],
+            "stopped": loop["stopped"],
+            "train_time_s": round(loop["train_time_s"], 2),
+            "eval_time_s": round(time.perf_counter() - t0, 2),
+            "seed": cfg.seed,
             "protocol": protocol_info(self.dataset, cfg),
         }
         if self.main:
@@ -282,5 +330,3 @@ class Trainer:
         log.info("test: %s", format_metrics(epoch_log.headline(test, cfg.valid_metric)))
         log.info("results: %s", self.run.results_json)
         return results
-
-

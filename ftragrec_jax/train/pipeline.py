@@ -47,9 +47,16 @@ def train_stage(cfg: Config, dataset=None) -> dict:
         log.info("%s %s run in %s", "resuming" if resumed else "new", cfg.model, run_dir.path)
         if dataset is None:
             dataset = dataset_from_config(cfg)
-        log.info("dataset %s: %d users, %d items (padding included), %d interactions; samples train %d, "
-                 "valid %d, test %d", dataset.name, dataset.n_users, dataset.n_items, dataset.n_interactions,
-                 len(dataset.train), len(dataset.valid), len(dataset.test))
+        log.info(
+            "dataset %s: %d users, %d items (padding included), %d interactions; samples train %d, valid %d, test %d",
+            dataset.name,
+            dataset.n_users,
+            dataset.n_items,
+            dataset.n_interactions,
+            len(dataset.train),
+            len(dataset.valid),
+            len(dataset.test),
+        )
         task = make_task(cfg, dataset)
         return Trainer(cfg, task, dataset, run_dir, log).fit()
     except FtragrecError as e:
@@ -76,17 +83,16 @@ def train_pipeline(cfg: Config) -> dict:
     check_devices(cfg)
     root = RunDir.for_config(cfg).path
     dataset = dataset_from_config(cfg)
-    backbone_cfg = dataclasses.replace(cfg, model="duorec", epochs=cfg.pretrain_epochs,
-                                       output_dir=str(root / "duorec"))
+    backbone_cfg = dataclasses.replace(cfg, model="duorec", epochs=cfg.pretrain_epochs, output_dir=str(root / "duorec"))
     backbone = train_stage(backbone_cfg, dataset)
-    ft_cfg = dataclasses.replace(cfg, pretrained=str(root / "duorec" / "best_model"),
-                                 output_dir=str(root / "ftragrec"))
+    ft_cfg = dataclasses.replace(cfg, pretrained=str(root / "duorec" / "best_model"), output_dir=str(root / "ftragrec"))
     tuned = train_stage(ft_cfg, dataset)
-    combined = {"backbone": {"valid": backbone["valid"], "test": backbone["test"],
-                             "run": str(root / "duorec")},
-                "ftragrec": {"valid": tuned["valid"], "test": tuned["test"], "run": str(root / "ftragrec")},
-                "relative_change_test": relative_change(backbone["test"], tuned["test"]),
-                "protocol": tuned["protocol"]}
+    combined = {
+        "backbone": {"valid": backbone["valid"], "test": backbone["test"], "run": str(root / "duorec")},
+        "ftragrec": {"valid": tuned["valid"], "test": tuned["test"], "run": str(root / "ftragrec")},
+        "relative_change_test": relative_change(backbone["test"], tuned["test"]),
+        "protocol": tuned["protocol"],
+    }
     # written last: each stage folder guards its own config (a conflicting rerun is refused there)
     write_text_atomic(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json_atomic(root / "results.json", combined)

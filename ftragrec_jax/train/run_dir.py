@@ -1,12 +1,12 @@
 """The run folder: everything one training run writes, and the rules for resuming into it.
 
-    RUN/config.yaml      resolved config (all keys), written before any compute
-    RUN/train.log        the console log
-    RUN/metrics.jsonl    one JSON object per epoch: loss terms, valid metrics, times
-    RUN/checkpoints/N/   Orbax training state after N completed epochs (see state.py)
-    RUN/best_model/      model directory of the best valid epoch (checkpoint.save_model format)
-    RUN/latest_model/    model directory of the last completed epoch
-    RUN/results.json     valid and test metrics of the best model, with the protocol
+RUN/config.yaml      resolved config (all keys), written before any compute
+RUN/train.log        the console log
+RUN/metrics.jsonl    one JSON object per epoch: loss terms, valid metrics, times
+RUN/checkpoints/N/   Orbax training state after N completed epochs (see state.py)
+RUN/best_model/      model directory of the best valid epoch (checkpoint.save_model format)
+RUN/latest_model/    model directory of the last completed epoch
+RUN/results.json     valid and test metrics of the best model, with the protocol
 """
 
 from __future__ import annotations
@@ -24,17 +24,39 @@ from ftragrec_jax.config import Config
 from ftragrec_jax.errors import ConfigError
 
 # Keys a resumed run may change: they extend or display the run without changing what was computed so far.
-RESUMABLE_CHANGES = ("epochs", "stopping_step", "show_progress", "eval_batch_size", "output_dir", "mesh",
-                     "faiss_shards")  # placement only: IndexShards return the unsharded index's ids
+RESUMABLE_CHANGES = (
+    "epochs",
+    "stopping_step",
+    "show_progress",
+    "eval_batch_size",
+    "output_dir",
+    "mesh",
+    "faiss_shards",
+)  # placement only: IndexShards return the unsharded index's ids
 
 # Keys that cannot change what a DuoRec run computes; a rerun may differ in them (a key not listed here counts).
-FTRAGREC_ONLY = ("pretrained", "pretrain_epochs", "retrieval_backend", "faiss_index", "nprobe", "faiss_overfetch",
-                 "top_k", "retriever_layers", "retriever_inner_size", "retriever_temperature", "quality_threshold",
-                 "alpha", "enhanced_rec_weight", "kl_small_weight", "retriever_update_interval",
-                 "extend_memory_with_valid", "cache_seq_output", "retrieval_chunk_size")
+FTRAGREC_ONLY = (
+    "pretrained",
+    "pretrain_epochs",
+    "retrieval_backend",
+    "faiss_index",
+    "nprobe",
+    "faiss_overfetch",
+    "top_k",
+    "retriever_layers",
+    "retriever_inner_size",
+    "retriever_temperature",
+    "quality_threshold",
+    "alpha",
+    "enhanced_rec_weight",
+    "kl_small_weight",
+    "retriever_update_interval",
+    "extend_memory_with_valid",
+    "cache_seq_output",
+    "retrieval_chunk_size",
+)
 
 LOGGER_NAME = "ftragrec_jax.train"
-
 
 
 def default_run_name(cfg: Config) -> str:
@@ -83,7 +105,8 @@ class RunDir:
                 detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in changed[:5])
                 raise ConfigError(
                     f"{self.config_yaml}: this folder holds a run with a different config ({detail}); "
-                    f"choose another output_dir, or delete the folder to start over")
+                    f"choose another output_dir, or delete the folder to start over"
+                )
         write_text_atomic(self.config_yaml, yaml.safe_dump(current, sort_keys=False))
         return self.has_checkpoint()
 

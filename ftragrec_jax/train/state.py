@@ -52,28 +52,34 @@ class TrainCheckpoints:
     def save(self, epochs_done: int, arrays: dict, loop: dict) -> None:
         ocp = _ocp()
         loop = {**loop, DIGEST_KEY: arrays_digest(arrays)}
-        self._mgr.save(epochs_done, args=ocp.args.Composite(
-            arrays=ocp.args.StandardSave(arrays), loop=ocp.args.JsonSave(loop)), force=True)
+        self._mgr.save(
+            epochs_done,
+            args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), loop=ocp.args.JsonSave(loop)),
+            force=True,
+        )
         self._mgr.wait_until_finished()
 
     def restore(self, epochs_done: int, like: dict) -> tuple[dict, dict]:
         """(arrays shaped and placed like `like`, loop record) of a checkpoint."""
         ocp = _ocp()
         try:
-            out = self._mgr.restore(epochs_done, args=ocp.args.Composite(
-                arrays=ocp.args.StandardRestore(like), loop=ocp.args.JsonRestore()))
+            out = self._mgr.restore(
+                epochs_done, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(like), loop=ocp.args.JsonRestore())
+            )
         except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
             raise CheckpointError(
                 f"{self.directory / str(epochs_done)}: cannot restore the training state "
                 f"({type(e).__name__}: {short_reason(e)}); "
-                f"delete that folder to fall back to an older checkpoint") from None
+                f"delete that folder to fall back to an older checkpoint"
+            ) from None
         loop = dict(out["loop"])
         stored = loop.pop(DIGEST_KEY, None)  # absent in checkpoints written before it existed
         if stored is not None and stored != arrays_digest(out["arrays"]):
             raise CheckpointError(
                 f"{self.directory / str(epochs_done)}: cannot restore the training state (the arrays read back "
                 f"differ from the ones saved: checksum mismatch, the files were damaged after the save); "
-                f"delete that folder to fall back to an older checkpoint")
+                f"delete that folder to fall back to an older checkpoint"
+            )
         return out["arrays"], loop
 
     def close(self) -> None:

@@ -35,8 +35,15 @@ def make_duorec_step(merge, optimizer: optax.GradientTransformation, *, lmd_sem:
     return step
 
 
-def make_ftragrec_step(graphdef, hp: FTragrecHParams, optimizer: optax.GradientTransformation, *, rest=None,
-                       searcher: FaissSearcher | None = None, cached: bool = True):
+def make_ftragrec_step(
+    graphdef,
+    hp: FTragrecHParams,
+    optimizer: optax.GradientTransformation,
+    *,
+    rest=None,
+    searcher: FaissSearcher | None = None,
+    cached: bool = True,
+):
     """jitted pure step(params, opt_state, batch, memory) -> (params, opt_state, aux); params and opt_state are
     donated. cached=True reads seq_output from memory.h[batch["index"]] (the base built from the training
     split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch."""

@@ -128,8 +128,13 @@ def hook_model_save(epoch: int) -> None:
     model_dir.save_model, model_dir._save_params = save_model, _save_params
 
 
-HOOKS = {"step": hook_step, "ckpt_partial": hook_ckpt_partial, "ckpt_commit": hook_ckpt_commit,
-         "refresh": hook_refresh, "model_save": hook_model_save}
+HOOKS = {
+    "step": hook_step,
+    "ckpt_partial": hook_ckpt_partial,
+    "ckpt_commit": hook_ckpt_commit,
+    "refresh": hook_refresh,
+    "model_save": hook_model_save,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ Multi-process:   FTRAGREC_COORDINATOR=127.0.0.1:PORT FTRAGREC_NUM_PROCESSES=2 FT
                  python tests/scripts/multiprocess_steps.py OUT_DIR
 Each process loads only its rows of every global batch (parallel.process_slice), as the trainer does.
 """
+
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def ce_steps(mesh):
             logits = model.scores(model(batch["item_seq"], batch["item_seq_len"]))
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target"])
             return (ce * batch["mask"]).sum() / batch["mask"].sum()
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -62,8 +64,12 @@ def ce_steps(mesh):
     for _ in range(STEPS):
         lens = rng.integers(1, 7, GLOBAL_BATCH).astype(np.int32)
         seq = (rng.integers(1, 40, (GLOBAL_BATCH, 6)) * (np.arange(6)[None] < lens[:, None])).astype(np.int32)
-        batch = {"item_seq": seq, "item_seq_len": lens, "target": rng.integers(1, 40, GLOBAL_BATCH).astype(np.int32),
-                 "mask": (np.arange(GLOBAL_BATCH) < GLOBAL_BATCH - 3).astype(np.float32)}
+        batch = {
+            "item_seq": seq,
+            "item_seq_len": lens,
+            "target": rng.integers(1, 40, GLOBAL_BATCH).astype(np.int32),
+            "mask": (np.arange(GLOBAL_BATCH) < GLOBAL_BATCH - 3).astype(np.float32),
+        }
         params, opt_state, loss = step(params, opt_state, parallel.put_batch(local_rows(batch), mesh))
         losses.append(float(fetch(loss)))
     return losses, nnx.to_pure_dict(fetch(params))
@@ -80,22 +86,30 @@ def ftragrec_steps(mesh):
     params, opt_state = parallel.replicate((params, tx.init(params)), mesh)
     # evaluation first, on the initial parameters: identical inputs, so the ranks must be identical too
     scorer = ftragrec_scorer(graphdef, hp, rest=rest, mesh=mesh)
-    ranks = sample_ranks(bind(scorer, params, memory), SequenceSamples(**samples), 40,
-                         batch_size=GLOBAL_BATCH, mesh=mesh)
+    ranks = sample_ranks(
+        bind(scorer, params, memory), SequenceSamples(**samples), 40, batch_size=GLOBAL_BATCH, mesh=mesh
+    )
     step = make_ftragrec_step(graphdef, hp, tx, rest=rest)
     order = np.random.default_rng(1).permutation(len(samples["target"]))
     losses = []
     for i in range(STEPS):
-        batch = batch_of(samples, order[i * GLOBAL_BATCH:(i + 1) * GLOBAL_BATCH - 2], GLOBAL_BATCH)
+        batch = batch_of(samples, order[i * GLOBAL_BATCH : (i + 1) * GLOBAL_BATCH - 2], GLOBAL_BATCH)
         params, opt_state, aux = step(params, opt_state, parallel.put_batch(local_rows(batch), mesh), memory)
         losses.append(float(fetch(aux["loss"])))
-    return (losses, nnx.to_pure_dict(fetch(params))["retriever"], len(samples["target"]), type(memory.keys).__name__,
-            ranks)
+    return (
+        losses,
+        nnx.to_pure_dict(fetch(params))["retriever"],
+        len(samples["target"]),
+        type(memory.keys).__name__,
+        ranks,
+    )
 
 
 def flatten(prefix: str, tree) -> dict:
-    return {prefix + "/".join(str(k.key) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        prefix + "/".join(str(k.key) for k in path): np.asarray(v)
+        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def run(n_devices: int | None = None) -> dict:
@@ -103,9 +117,17 @@ def run(n_devices: int | None = None) -> dict:
     mesh = parallel.make_mesh(n_devices)
     ce_losses, ce_params = ce_steps(mesh)
     ft_losses, ft_params, n_base, keys_type, ft_ranks = ftragrec_steps(mesh)
-    return {"ce_losses": ce_losses, "ft_losses": ft_losses, "ft_ranks": ft_ranks, "processes": jax.process_count(),
-            "devices": mesh.size,
-            "n_base": n_base, "keys_type": keys_type, **flatten("ce/", ce_params), **flatten("ft/", ft_params)}
+    return {
+        "ce_losses": ce_losses,
+        "ft_losses": ft_losses,
+        "ft_ranks": ft_ranks,
+        "processes": jax.process_count(),
+        "devices": mesh.size,
+        "n_base": n_base,
+        "keys_type": keys_type,
+        **flatten("ce/", ce_params),
+        **flatten("ft/", ft_params),
+    }
 
 
 if __name__ == "__main__":

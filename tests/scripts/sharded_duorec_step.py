@@ -5,6 +5,7 @@ line. Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_sc
 
     python tests/scripts/sharded_duorec_step.py WORKDIR
 """
+
 import json
 import re
 import sys
@@ -28,8 +29,15 @@ BATCH, STEPS = 256, 2
 work = Path(sys.argv[1])
 data = write_lines_dataset(work / "tiny.txt", n_users=120)  # ~650 training samples: 2 full batches
 # length 20 > the smallest buckets: the bucketed encoder has budgets to choose from
-common = [*TINY, "MAX_ITEM_LIST_LENGTH=20", f"data={data}", f"train_batch_size={BATCH}", "hidden_dropout_prob=0",
-          "attn_dropout_prob=0", "lmd_sem=0.1"]
+common = [
+    *TINY,
+    "MAX_ITEM_LIST_LENGTH=20",
+    f"data={data}",
+    f"train_batch_size={BATCH}",
+    "hidden_dropout_prob=0",
+    "attn_dropout_prob=0",
+    "lmd_sem=0.1",
+]
 dataset = dataset_from_config(load_config(None, [*common, "mesh=1"]))
 assert len(dataset.train) >= BATCH * STEPS, len(dataset.train)
 
@@ -60,17 +68,26 @@ def run(n_devices: int) -> dict:
     metrics, hlo = [], None
     batches = iterate_batches(dataset.train, BATCH, seed=cfg.seed, epoch=0)
     for i, batch in zip(range(STEPS), batches):
-        fed = parallel.put_batch({k: batch[k].astype(np.int32) if batch[k].dtype == np.int64 else batch[k]
-                                  for k in task.batch_fields}, mesh)
+        fed = parallel.put_batch(
+            {k: batch[k].astype(np.int32) if batch[k].dtype == np.int64 else batch[k] for k in task.batch_fields}, mesh
+        )
         key = jax.random.fold_in(base_key, i)
         if hlo is None:
             hlo = step.lower(params, opt_state, fed, key, sampler).compile().as_text()
         params, opt_state, m = step(params, opt_state, fed, key, sampler)
         metrics.append({k: float(v) for k, v in m.items()})
-    flat = {"/".join(map(str, p)): np.asarray(v) for p, v in
-            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.device_get(params)))[0]}
-    return {"mesh": mesh.size, "metrics": metrics, "params": flat, "all_gathers": all_gathers(hlo),
-            "conditionals": hlo.count(" conditional("), "chunk_loops": chunk_loops(hlo)}
+    flat = {
+        "/".join(map(str, p)): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.device_get(params)))[0]
+    }
+    return {
+        "mesh": mesh.size,
+        "metrics": metrics,
+        "params": flat,
+        "all_gathers": all_gathers(hlo),
+        "conditionals": hlo.count(" conditional("),
+        "chunk_loops": chunk_loops(hlo),
+    }
 
 
 one, four = run(1), run(4)

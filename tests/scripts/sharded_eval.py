@@ -6,6 +6,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests do).
 
     python tests/scripts/sharded_eval.py WORKDIR
 """
+
 import contextlib
 import io
 import json
@@ -38,16 +39,32 @@ dataset = dataset_from_config(cfg)
 
 def save(task, path: Path) -> Path:
     params = task.init()[0]
-    save_model(path, task.export_params(params), task.model_meta(), vocab=dataset.vocab,
-               knowledge_base=task.knowledge_base_arrays())
+    save_model(
+        path,
+        task.export_params(params),
+        task.model_meta(),
+        vocab=dataset.vocab,
+        knowledge_base=task.knowledge_base_arrays(),
+    )
     return path
 
 
 models = {"duorec": save(make_task(cfg, dataset), work / "duorec")}
 for backend in ("exact", "faiss"):
-    ft_cfg = load_config(None, [*common, "model=ftragrec", f"pretrained={models['duorec']}", "top_k=3",
-                                "retriever_inner_size=16", "quality_threshold=-1", "alpha=0.5",
-                                "extend_memory_with_valid=true", f"retrieval_backend={backend}"])
+    ft_cfg = load_config(
+        None,
+        [
+            *common,
+            "model=ftragrec",
+            f"pretrained={models['duorec']}",
+            "top_k=3",
+            "retriever_inner_size=16",
+            "quality_threshold=-1",
+            "alpha=0.5",
+            "extend_memory_with_valid=true",
+            f"retrieval_backend={backend}",
+        ],
+    )
     models[f"ftragrec_{backend}"] = save(make_task(ft_cfg, dataset), work / f"ftragrec_{backend}")
 
 
@@ -67,16 +84,17 @@ for name, path in models.items():
 
         def recorded(item_seq, item_seq_len, batch):
             scores = score(item_seq, item_seq_len, batch)
-            seen.update(input_rows=split_of(item_seq), user_rows=split_of(batch["user"]),
-                        score_rows=split_of(scores))
+            seen.update(input_rows=split_of(item_seq), user_rows=split_of(batch["user"]), score_rows=split_of(scores))
             return scores
 
         rec = {}
         for batch_size in (16, 512):  # 512: length-bucketed encoding (above 64 rows per device)
-            rec[f"valid_{batch_size}"] = sample_ranks(recorded, dataset.valid, dataset.n_items,
-                                                      batch_size=batch_size, mesh=mesh).tolist()
-        rec["valid_masked"] = sample_ranks(recorded, dataset.valid, dataset.n_items, batch_size=16,
-                                           history=dataset.history, mesh=mesh).tolist()
+            rec[f"valid_{batch_size}"] = sample_ranks(
+                recorded, dataset.valid, dataset.n_items, batch_size=batch_size, mesh=mesh
+            ).tolist()
+        rec["valid_masked"] = sample_ranks(
+            recorded, dataset.valid, dataset.n_items, batch_size=16, history=dataset.history, mesh=mesh
+        ).tolist()
         before_test()  # FTragrec: the base grows by the valid samples and is placed on the mesh again
         rec["test"] = sample_ranks(recorded, dataset.test, dataset.n_items, batch_size=16, mesh=mesh).tolist()
         rec["sharding"] = seen
@@ -99,19 +117,35 @@ def refusal(fn) -> str:
 
 calls = []
 errors = {
-    "sample_ranks": refusal(lambda: sample_ranks(lambda *a: calls.append(1), dataset.valid, dataset.n_items,
-                                                 batch_size=6, mesh=parallel.make_mesh(4))),
-    "evaluate_cli": refusal(lambda: evaluate_model_dir(models["duorec"], data, ["mesh=4", "eval_batch_size=6"],
-                                                       show_progress=False)),
+    "sample_ranks": refusal(
+        lambda: sample_ranks(
+            lambda *a: calls.append(1), dataset.valid, dataset.n_items, batch_size=6, mesh=parallel.make_mesh(4)
+        )
+    ),
+    "evaluate_cli": refusal(
+        lambda: evaluate_model_dir(models["duorec"], data, ["mesh=4", "eval_batch_size=6"], show_progress=False)
+    ),
     "train_cli": refusal(lambda: train_main(cli_args(data, work / "refused", "--mesh=4", "--eval_batch_size=6"))),
 }
 # the DuoRec scorer on 4 devices: each encodes and scores its own rows, nothing crosses devices
 task4 = make_task(load_config(None, [*common, "mesh=4"]), dataset)
-batch = parallel.put_batch({k: getattr(dataset.valid, k)[:8].repeat(64, axis=0) for k in ("item_seq", "item_seq_len")},
-                           task4.mesh)
+batch = parallel.put_batch(
+    {k: getattr(dataset.valid, k)[:8].repeat(64, axis=0) for k in ("item_seq", "item_seq_len")}, task4.mesh
+)
 hlo = task4._score.lower(task4.init()[0], batch["item_seq"], batch["item_seq_len"]).compile().as_text()
 collectives = sum(hlo.count(f"{op}(") for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"))
-print(json.dumps({"devices": jax.device_count(), "models": sorted(models), "runs": out, "errors": errors,
-                  "scored_before_refusal": len(calls), "refused_run_written": (work / "refused").exists(),
-                  "duorec_scorer_collectives": collectives, "duorec_scorer_conditionals": hlo.count("conditional("),
-                  "duorec_scorer_chunk_loops": [int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo)]}))
+print(
+    json.dumps(
+        {
+            "devices": jax.device_count(),
+            "models": sorted(models),
+            "runs": out,
+            "errors": errors,
+            "scored_before_refusal": len(calls),
+            "refused_run_written": (work / "refused").exists(),
+            "duorec_scorer_collectives": collectives,
+            "duorec_scorer_conditionals": hlo.count("conditional("),
+            "duorec_scorer_chunk_loops": [int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo)],
+        }
+    )
+)

@@ -32,8 +32,19 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 import numpy as np  # noqa: E402
 
 EVENTS = Path(__file__).resolve().parent.parent / "recbole1x" / "events.inter"
-SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 2, "n_heads": 2, "epochs": 30, "train_batch_size": 64,
-         "stopping_step": 30, "seed": 2020, "show_progress": False, "use_gpu": False, "gpu_id": ""}
+SMALL = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "epochs": 30,
+    "train_batch_size": 64,
+    "stopping_step": 30,
+    "seed": 2020,
+    "show_progress": False,
+    "use_gpu": False,
+    "gpu_id": "",
+}
 MODELS = ("DuoRec", "CL4SRec")  # the sequential models DuoRec vendors
 
 
@@ -62,14 +73,18 @@ def run(model: str, **config_args) -> dict:
 def main(scratch: Path, out: Path) -> None:
     np.float, np.bool, np.int = np.float64, np.bool_, np.int_  # names recbole 0.2.1 still uses
     seq = scratch / "recbole" / "data" / "dataset" / "sequential_dataset.py"
-    seq.write_text(seq.read_text().replace("np.array(same_target_index)",
-                                           "np.array(same_target_index, dtype=object)"))
+    seq.write_text(seq.read_text().replace("np.array(same_target_index)", "np.array(same_target_index, dtype=object)"))
     sys.path.insert(0, str(scratch))
     import torch
 
     torch.set_num_threads(1)
-    results = {"recbole": "0.2.1 (RuihongQiu/DuoRec)", "torch": torch.__version__, "numpy": np.__version__,
-               "model_settings": SMALL, "cases": {}}
+    results = {
+        "recbole": "0.2.1 (RuihongQiu/DuoRec)",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "model_settings": SMALL,
+        "cases": {},
+    }
     for model in MODELS:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "events").mkdir()
@@ -78,8 +93,10 @@ def main(scratch: Path, out: Path) -> None:
             res = run(model, config_file_list=[str(scratch / "seq.yaml")], config_dict=config)
             (saved,) = (Path(tmp) / "saved").glob("*.pth")  # model.pth
             shutil.copy(saved, out / f"{model.lower()}_events.pth")
-        results["cases"][model] = {"valid": {k: float(v) for k, v in res["best_valid_result"].items()},
-                                   "test": {k: float(v) for k, v in res["test_result"].items()}}
+        results["cases"][model] = {
+            "valid": {k: float(v) for k, v in res["best_valid_result"].items()},
+            "test": {k: float(v) for k, v in res["test_result"].items()},
+        }
     (out / "checkpoint_metrics.json").write_text(json.dumps(results, indent=1) + "\n")
 
 

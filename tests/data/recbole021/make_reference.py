@@ -44,8 +44,11 @@ CASES = {
 
 def digest(item_tokens, user_tokens, splits: dict, max_len: int) -> dict:
     """sha256 per part; splits[name] = (user, target, seq_len, item_seq[:, :max_len])."""
-    out = {"items": _h("\n".join(map(str, item_tokens)).encode()),
-           "users": _h("\n".join(map(str, user_tokens)).encode()), "sizes": {}}
+    out = {
+        "items": _h("\n".join(map(str, item_tokens)).encode()),
+        "users": _h("\n".join(map(str, user_tokens)).encode()),
+        "sizes": {},
+    }
     for name, (user, target, seq_len, seq) in splits.items():
         seq = np.asarray(seq)[:, :max_len]
         parts = [np.asarray(a, dtype="<i8").tobytes() for a in (user, target, seq_len, seq)]
@@ -60,16 +63,24 @@ def _h(b: bytes) -> str:
 
 def dump(dataset_splits, field2id_token) -> dict:
     """Run inside the RecBole venv: arrays from DuoRec's train/valid/test datasets."""
-    res = {"item_tokens": np.array(field2id_token["item_id"], dtype=str),
-           "user_tokens": np.array(field2id_token["user_id"], dtype=str)}
+    res = {
+        "item_tokens": np.array(field2id_token["item_id"], dtype=str),
+        "user_tokens": np.array(field2id_token["user_id"], dtype=str),
+    }
     for name, d in zip(("train", "valid", "test"), dataset_splits):
         items = d.inter_feat["item_id"].numpy()
         seqs = np.zeros((len(d.uid_list), 50), dtype=np.int64)
         for r, sl in enumerate(d.item_list_index):
             v = items[sl]
-            seqs[r, :len(v)] = v
-        res.update({f"{name}_user": d.uid_list, f"{name}_target": items[d.target_index],
-                    f"{name}_len": d.item_list_length, f"{name}_seq": seqs})
+            seqs[r, : len(v)] = v
+        res.update(
+            {
+                f"{name}_user": d.uid_list,
+                f"{name}_target": items[d.target_index],
+                f"{name}_len": d.item_list_length,
+                f"{name}_seq": seqs,
+            }
+        )
     return res
 
 
@@ -77,10 +88,13 @@ def main(dump_dir: str) -> None:
     ref = {}
     for name, case in CASES.items():
         z = np.load(Path(dump_dir) / f"{name}_ref.npz")
-        splits = {s: (z[f"{s}_user"], z[f"{s}_target"], z[f"{s}_len"], z[f"{s}_seq"])
-                  for s in ("train", "valid", "test")}
-        ref[name] = {"settings": case,
-                     **digest(z["item_tokens"], z["user_tokens"], splits, case["MAX_ITEM_LIST_LENGTH"])}
+        splits = {
+            s: (z[f"{s}_user"], z[f"{s}_target"], z[f"{s}_len"], z[f"{s}_seq"]) for s in ("train", "valid", "test")
+        }
+        ref[name] = {
+            "settings": case,
+            **digest(z["item_tokens"], z["user_tokens"], splits, case["MAX_ITEM_LIST_LENGTH"]),
+        }
     path = Path(__file__).with_name("reference.json")
     path.write_text(json.dumps(ref, indent=1) + "\n")
     print(f"wrote {path}")

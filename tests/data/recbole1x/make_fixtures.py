@@ -43,13 +43,28 @@ import numpy as np  # noqa: E402
 N_USERS, N_ITEMS = 100, 70
 # The model settings are small so the fixture stays a few KB; everything about the data, split and metrics
 # is RecBole's default for a sequential model (eval_args LS valid_and_test, TO, full ranking).
-MODEL = {"hidden_size": 16, "inner_size": 32, "n_layers": 2, "n_heads": 2, "epochs": 40,
-         "train_batch_size": 64, "eval_batch_size": 256, "train_neg_sample_args": None, "stopping_step": 40,
-         "topk": [5, 10, 20, 50], "seed": 2020, "show_progress": False, "use_gpu": False}
+MODEL = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "epochs": 40,
+    "train_batch_size": 64,
+    "eval_batch_size": 256,
+    "train_neg_sample_args": None,
+    "stopping_step": 40,
+    "topk": [5, 10, 20, 50],
+    "seed": 2020,
+    "show_progress": False,
+    "use_gpu": False,
+}
 CASES = {
-    "shop": {"load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-             "user_inter_num_interval": "[4,inf)", "item_inter_num_interval": "(2,inf)",
-             "MAX_ITEM_LIST_LENGTH": 6},
+    "shop": {
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": "[4,inf)",
+        "item_inter_num_interval": "(2,inf)",
+        "MAX_ITEM_LIST_LENGTH": 6,
+    },
     "norm": {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}, "normalize_all": True},
 }
 
@@ -89,9 +104,12 @@ def main(out: Path) -> None:
             res = run_recbole(model="SASRec", dataset=name, config_dict=config)
             (saved,) = (Path(tmp) / "saved").glob("*.pth")
             shutil.copy(saved, out / f"{name}.pth")
-        results["cases"][name] = {"config": extra, "model": MODEL,
-                                  "valid": {k: float(v) for k, v in res["best_valid_result"].items()},
-                                  "test": {k: float(v) for k, v in res["test_result"].items()}}
+        results["cases"][name] = {
+            "config": extra,
+            "model": MODEL,
+            "valid": {k: float(v) for k, v in res["best_valid_result"].items()},
+            "test": {k: float(v) for k, v in res["test_result"].items()},
+        }
     (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
