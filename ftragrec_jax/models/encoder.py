@@ -20,24 +20,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ftragrec_jax.config import Config
 from ftragrec_jax.errors import ConfigError
 
 # RecBole's additive attention mask value; -inf would change softmax on fully masked rows.
 MASK_VALUE = -10000.0
 LN_EPS = 1e-12
+_DEFAULTS = Config()  # EncoderConfig's defaults are the run config's (config.py), not restated here
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     n_items: int  # rows of the item table, padding row 0 included (RecBole's n_items)
-    max_seq_length: int = 50  # MAX_ITEM_LIST_LENGTH: number of position embeddings
-    hidden_size: int = 64  # embedding and Transformer width
-    n_layers: int = 2  # Transformer blocks
-    n_heads: int = 2  # attention heads; must divide hidden_size
-    inner_size: int = 256  # feed-forward width
-    hidden_dropout_prob: float = 0.5  # dropout on embeddings and block outputs
-    attn_dropout_prob: float = 0.5  # dropout on attention probabilities
-    initializer_range: float = 0.02  # std of RecBole's normal init
+    max_seq_length: int = _DEFAULTS.MAX_ITEM_LIST_LENGTH  # MAX_ITEM_LIST_LENGTH: number of position embeddings
+    hidden_size: int = _DEFAULTS.hidden_size  # embedding and Transformer width
+    n_layers: int = _DEFAULTS.n_layers  # Transformer blocks
+    n_heads: int = _DEFAULTS.n_heads  # attention heads; must divide hidden_size
+    inner_size: int = _DEFAULTS.inner_size  # feed-forward width
+    hidden_dropout_prob: float = _DEFAULTS.hidden_dropout_prob  # dropout on embeddings and block outputs
+    attn_dropout_prob: float = _DEFAULTS.attn_dropout_prob  # dropout on attention probabilities
+    initializer_range: float = _DEFAULTS.initializer_range  # std of RecBole's normal init
 
     def __post_init__(self):
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ftragrec_jax.config import Config
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.retriever import Retriever, embed
@@ -34,29 +35,35 @@ from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_fa
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
 KL_EPS = 1e-8
+_DEFAULTS = Config()  # the one home of every default (config.py); the dataclasses below take theirs from it
 FUSIONS = ("representation", "knn_lm")
 
 
 @dataclasses.dataclass(frozen=True)
 class FTragrecHParams:
-    """The FTragrec model hyperparameters (the design's names and defaults); `from_config` derives them."""
+    """The FTragrec model hyperparameters: Config's fields of the same names, with Config's defaults (the
+    design's); `from_config` derives them from a run config or a saved model's settings."""
 
-    top_k: int = 5
-    retriever_layers: int = 1
-    retriever_inner_size: int = 256
-    retriever_temperature: float = 0.07
-    quality_threshold: float = 0.6
-    alpha: float = 0.15
-    enhanced_rec_weight: float = 0.5
-    kl_small_weight: float = 0.03
-    retrieval_backend: str = "faiss"
-    faiss_index: str = "Flat"
-    nprobe: int = 16
-    faiss_overfetch: int = 32  # extra FAISS candidates fetched per query to survive the exclusion filter
-    retrieval_chunk_size: int = 65536
-    fusion: str = "representation"  # "representation" (mix vectors, the design) or "knn_lm" (mix distributions)
-    learnable_alpha: bool = False  # train alpha (as a logit) together with the retriever
-    exclude_same_user: bool = False  # never retrieve any sample of the query's own user (not only later ones)
+    top_k: int = _DEFAULTS.top_k
+    retriever_layers: int = _DEFAULTS.retriever_layers
+    retriever_inner_size: int = _DEFAULTS.retriever_inner_size
+    retriever_temperature: float = _DEFAULTS.retriever_temperature
+    quality_threshold: float = _DEFAULTS.quality_threshold
+    alpha: float = _DEFAULTS.alpha
+    enhanced_rec_weight: float = _DEFAULTS.enhanced_rec_weight
+    kl_small_weight: float = _DEFAULTS.kl_small_weight
+    retrieval_backend: str = _DEFAULTS.retrieval_backend
+    faiss_index: str = _DEFAULTS.faiss_index
+    nprobe: int = _DEFAULTS.nprobe
+    faiss_overfetch: int = (
+        _DEFAULTS.faiss_overfetch
+    )  # extra FAISS candidates fetched per query to survive the exclusion filter
+    retrieval_chunk_size: int = _DEFAULTS.retrieval_chunk_size
+    fusion: str = _DEFAULTS.fusion
+    learnable_alpha: bool = _DEFAULTS.learnable_alpha
+    exclude_same_user: bool = (
+        _DEFAULTS.exclude_same_user
+    )  # never retrieve any sample of the query's own user (not only later ones)
 
     def __post_init__(self):
         def need(key, ok, expected):
