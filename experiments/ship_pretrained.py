@@ -26,25 +26,25 @@ SLICE = 2000  # validation users the shipped model is re-scored on by the tests:
 
 
 def slice_metrics(model, n: int) -> dict:
-    """MRR@10, NDCG@10 and HR@10 of a model directory on the first n samples of its validation split, from the
-    target ranks (each user's rank does not depend on the batch it is scored in)."""
+    """MRR@10, NDCG@10 and HR@10 of a model directory on the first n samples of its validation split, unrounded
+    (the project's per-user metric formulas over the 1-based target ranks; each user's rank does not depend on
+    the batch it is scored in), so a test can compare them to 1e-6."""
     import dataclasses
 
     import numpy as np
 
     from ftragrec_jax.evaluation import split_ranks
+    from ftragrec_jax.metrics import single_target_metrics, summarize
     from ftragrec_jax.scoring import load_model_dir
 
     m = load_model_dir(model, show_progress=False)
     dataset = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(np.arange(min(n, len(m.dataset.valid)))))
     rank = np.asarray(split_ranks(m.scorer, dataset, "valid", m.cfg, mesh=m.mesh, show_progress=False))
-    top = rank < 10
+    means = summarize(single_target_metrics(rank, (10,)), (10,), columns=[0], decimals=15)
     return {
         "split": "valid",
         "first_samples": int(len(rank)),
-        "mrr@10": float(np.where(top, 1.0 / (rank + 1), 0.0).mean()),
-        "ndcg@10": float(np.where(top, 1.0 / np.log2(rank + 2.0), 0.0).mean()),
-        "hit@10": float(top.mean()),
+        **{key: means[key] for key in ("mrr@10", "ndcg@10", "hit@10")},
     }
 
 
@@ -57,6 +57,12 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True, help="the NAME of builtin:NAME")
     ap.add_argument("--command", required=True, help="the command that trained the run, for the record")
     ap.add_argument("--slice", type=int, default=SLICE, help="validation samples re-scored by the tests")
+    ap.add_argument(
+        "--trained-at",
+        default=None,
+        metavar="COMMIT",
+        help="the commit the run was trained at, when not the one shipping it",
+    )
     args = ap.parse_args(argv)
     run = Path(args.run)
     results = json.loads((run / "results.json").read_text())
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
     provenance = {
         "name": f"builtin:{args.name}",
         "command": args.command,
+        "trained_at_commit": args.trained_at or commit,
         "shipped_from_commit": commit,
         "shipped_on": datetime.date.today().isoformat(),
         "seed": results.get("seed"),

@@ -27,6 +27,41 @@ def test_shipped_model_loads_matches_its_checksum_and_recorded_metrics(name):
     assert provenance["command"].startswith("python -m experiments.train")
 
 
+def test_slice_metrics_are_the_evaluators(tmp_path):
+    """slice_metrics (what the shipped models record) computes the evaluator's metrics, unrounded: on a small
+    trained model they round to evaluate_split's figures on the same users (an off-by-one rank would not)."""
+    import dataclasses
+
+    import numpy as np
+
+    from ftragrec_jax.evaluation import evaluate_split
+    from ftragrec_jax.scoring import load_model_dir
+    from tests.test_train import train, write_lines_dataset
+
+    data = write_lines_dataset(tmp_path / "tiny.txt")
+    assert train(data, tmp_path / "run", "--epochs=2") == 0
+    path = tmp_path / "run" / "best_model"
+    got = slice_metrics(path, 40)
+    m = load_model_dir(path, show_progress=False)
+    sliced = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(np.arange(min(40, len(m.dataset.valid)))))
+    want = evaluate_split(m.scorer, sliced, "valid", m.cfg, mesh=m.mesh)
+    assert got["first_samples"] == len(sliced.valid)
+    for key in ("mrr@10", "ndcg@10", "hit@10"):
+        assert round(got[key], 4) == pytest.approx(want[key], abs=1e-12), key
+    assert got["hit@10"] > 0  # the check means something only if some targets rank in the top 10
+
+
+def test_the_beauty_backbone_is_shipped():
+    """The default run fine-tunes on builtin:beauty: it ships, trained on the embedded Beauty data (data ""),
+    and its recorded test figures are within 2% of the published DuoRec's (HR@10 0.0845, NDCG@10 0.0443)."""
+    assert "beauty" in model_dir.builtin_names()
+    folder = model_dir.resolve("builtin:beauty")
+    provenance = json.loads((folder / "PROVENANCE.json").read_text())
+    assert provenance["dataset"]["data"] == "" and provenance["dataset"]["MAX_ITEM_LIST_LENGTH"] == 50
+    assert provenance["test"]["hit@10"] >= round(0.98 * 0.0845, 4)
+    assert provenance["test"]["ndcg@10"] >= round(0.98 * 0.0443, 4)
+
+
 def test_unknown_builtin_names_list_what_ships(tmp_path, monkeypatch):
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "model.json").write_text("{}")
