@@ -1,6 +1,6 @@
 """Recommend the next items for one sequence from a saved model directory (DuoRec or FTragrec).
 
-    python -m experiments.recommend --checkpoint runs/quickstart/ftragrec/best_model --items "B0001 B0002 B0003"
+    python -m experiments.recommend --checkpoint runs/quickstart/best_model --items "B0001 B0002 B0003"
     python -m experiments.recommend --checkpoint DIR --items "1 2 3" --k 20 --exclude-seen --json
 
 Items are the dataset's original tokens, oldest first. Tokens the model does not know are reported (stderr, or
