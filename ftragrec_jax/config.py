@@ -75,7 +75,7 @@ class Config:
     faiss_index: str = "Flat"  # FAISS index factory string, e.g. "IVF1024,Flat"
     nprobe: int = 16  # IVF cells searched (IVF indexes only)
     top_k: int = 5  # neighbours retrieved per sequence
-    retriever_layers: int = 1  # feed-forward layers of the retriever encoder g
+    retriever_layers: int = 1  # feed-forward layers of the retriever encoder g; 0 = no g (cosine of the frozen vectors)
     retriever_inner_size: int = 256  # width inside each retriever layer
     retriever_temperature: float = 0.07  # softmax temperature over neighbour similarities
     quality_threshold: float = 0.6  # neighbours with cosine below this are masked out
@@ -83,6 +83,7 @@ class Config:
     fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
     learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
     exclude_same_user: bool = False  # ablation: retrieve no sample of the query's user (default: only its later ones)
+    freeze_retriever: bool = False  # ablation: keep g at its initialisation (LN(x)); nothing of g trains
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
@@ -129,7 +130,6 @@ class Config:
             "eval_step",
             "eval_batch_size",
             "top_k",
-            "retriever_layers",
             "retriever_inner_size",
             "retriever_update_interval",
             "nprobe",
@@ -138,6 +138,7 @@ class Config:
         ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
+        ck.require("retriever_layers", self._int("retriever_layers") >= 0, "an integer >= 0 (0 = no retriever)")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
         ck.require("stopping_step", self._int("stopping_step") >= 1, "an integer >= 1")
         ck.require("epochs", self.epochs <= 1000, "at most 1000")
@@ -184,6 +185,7 @@ class Config:
             "cache_seq_output",
             "learnable_alpha",
             "exclude_same_user",
+            "freeze_retriever",
         ):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self

@@ -18,20 +18,25 @@ TRAINABLE = ("retriever", "fusion")  # top-level modules of FTragrec whose param
 TRAIN, FROZEN = "train", "frozen"
 
 
-def is_trainable(path) -> bool:
+def trainable_modules(*, freeze_retriever: bool = False) -> tuple[str, ...]:
+    """TRAINABLE, less the retriever when the config freezes g at its initialisation (an ablation)."""
+    return tuple(m for m in TRAINABLE if not (freeze_retriever and m == "retriever"))
+
+
+def is_trainable(path, trainable: tuple[str, ...] = TRAINABLE) -> bool:
     names = key_names(path)
-    return bool(names) and names[0] in TRAINABLE
+    return bool(names) and names[0] in trainable
 
 
-def param_labels(params):
+def param_labels(params, trainable: tuple[str, ...] = TRAINABLE):
     """A tree shaped like `params` with "train" or "frozen" at every leaf."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: TRAIN if is_trainable(p) else FROZEN, params)
+    return jax.tree_util.tree_map_with_path(lambda p, _: TRAIN if is_trainable(p, trainable) else FROZEN, params)
 
 
-def label_counts(params) -> dict[str, int]:
+def label_counts(params, trainable: tuple[str, ...] = TRAINABLE) -> dict[str, int]:
     """Number of array leaves per label; every leaf gets exactly one label by construction."""
     counts = {TRAIN: 0, FROZEN: 0}
-    for label in jax.tree_util.tree_leaves(param_labels(params)):
+    for label in jax.tree_util.tree_leaves(param_labels(params, trainable)):
         counts[label] += 1
     return counts
 
@@ -45,11 +50,19 @@ def adam(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTrans
     return tx
 
 
-def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """FTragrec: `adam` on the retriever, zero updates elsewhere."""
-    return optax.multi_transform({TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()}, param_labels)
+def make_optimizer(
+    learning_rate: float, weight_decay: float = 0.0, trainable: tuple[str, ...] = TRAINABLE
+) -> optax.GradientTransformation:
+    """FTragrec: `adam` on the `trainable` modules (the retriever, and alpha when learnable), zero updates
+    elsewhere."""
+    return optax.multi_transform(
+        {TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()},
+        lambda params: param_labels(params, trainable),
+    )
 
 
-def keep_frozen(new_params, old_params):
+def keep_frozen(new_params, old_params, trainable: tuple[str, ...] = TRAINABLE):
     """new_params with every frozen leaf replaced by the corresponding old leaf (bit-identical, aliasable)."""
-    return jax.tree_util.tree_map_with_path(lambda p, new, old: new if is_trainable(p) else old, new_params, old_params)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, new, old: new if is_trainable(p, trainable) else old, new_params, old_params
+    )

@@ -65,3 +65,62 @@ def test_n_steps_change_only_the_retriever(backend):
             assert not np.array_equal(after[key], old), f"retriever leaf {key} did not change"
         else:
             assert after[key].tobytes() == old.tobytes(), f"frozen leaf {key} changed"
+
+
+@pytest.mark.parametrize("learnable_alpha", [False, True])
+def test_freeze_retriever_keeps_g_at_its_initialisation(learnable_alpha):
+    """The freeze_retriever ablation: g's leaves stay bit-identical through steps (only alpha may train), and
+    Adam keeps moments for nothing else."""
+    from ftragrec_jax.optim import trainable_modules
+
+    hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=3, learnable_alpha=learnable_alpha)
+    trainable = trainable_modules(freeze_retriever=True)
+    assert trainable == ("fusion",) and trainable_modules() == ("retriever", "fusion")
+    samples = make_samples(1, 30, 50, 8)
+    model = _model(hp)
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    before = _leaves(params)
+    assert label_counts(params, trainable)[TRAIN] == (1 if learnable_alpha else 0)
+    tx = make_optimizer(1e-2, trainable=trainable)
+    opt_state = tx.init(params)
+    moment_shapes = [x.shape for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0]
+    assert moment_shapes == []  # alpha_logit is a scalar; g has no moments
+    step = make_ftragrec_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True, trainable=trainable)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)
+        params, opt_state, aux = step(params, opt_state, batch, kb.memory)
+        assert np.isfinite(float(aux["loss"]))
+    after = _leaves(params)
+    for key, old in before.items():
+        if key[0] == "fusion":
+            assert not np.array_equal(after[key], old), "learnable alpha did not train"
+        else:
+            assert after[key].tobytes() == old.tobytes(), f"leaf {key} changed"
+
+
+def test_no_retriever_retrieves_by_the_raw_cosine():
+    """retriever_layers 0: no g parameters; queries and keys are h/|h|, so the neighbours are the naive top-k of
+    the frozen vectors' cosine (ties to the smaller id), within the exclusion rule."""
+    from ftragrec_jax.models.ftragrec import _query_side
+
+    hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=4, retriever_layers=0)
+    samples = make_samples(2, 40, 50, 8)
+    model = _model(hp)
+    assert not any(k[0] == "retriever" for k in _leaves(nnx.split(model, nnx.Param, ...)[1]))
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
+    h = np.asarray(kb.h, np.float64)
+    unit = h / np.linalg.norm(h, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(kb.keys), unit, rtol=1e-6, atol=1e-6)
+    rows = np.arange(0, len(samples["target"]), 3)
+    batch = batch_of(samples, rows, len(rows))
+    _, _, ids = _query_side(model, batch, kb.memory, hp, np.asarray(kb.h)[rows], None)
+    user, prefix = np.asarray(samples["user"]), np.asarray(samples["prefix_len"])
+    for r, got in zip(rows, np.asarray(ids)):
+        cos = unit @ unit[r]
+        allowed = (user != user[r]) | (prefix < prefix[r])
+        best = np.sort(cos[allowed])[::-1][: hp.top_k]
+        assert allowed[got].all(), r  # the exclusion rule holds
+        # the neighbours are the top-k by the raw cosine (values compared: float32 search vs float64 reference)
+        np.testing.assert_allclose(cos[got], best, atol=1e-5, err_msg=str(r))

@@ -73,7 +73,8 @@ class FTragrecHParams:
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
-        for key in ("top_k", "retriever_layers", "retriever_inner_size", "nprobe", "retrieval_chunk_size"):
+        need("retriever_layers", is_int(self.retriever_layers) and self.retriever_layers >= 0, "an integer >= 0")
+        for key in ("top_k", "retriever_inner_size", "nprobe", "retrieval_chunk_size"):
             need(key, is_int(getattr(self, key)) and getattr(self, key) >= 1, "an integer >= 1")
         need("faiss_overfetch", is_int(self.faiss_overfetch) and self.faiss_overfetch >= 0, "an integer >= 0")
         need("retriever_temperature", self.retriever_temperature > 0, "a number > 0")

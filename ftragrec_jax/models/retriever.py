@@ -1,5 +1,8 @@
 """The retriever encoder g of FTragrec: `retriever_layers` RecBole FeedForward blocks, LN(x + W2·gelu(W1·x)).
 
+With `retriever_layers` 0 there is no g: queries and keys are the frozen vectors h/|h| themselves (an ablation:
+retrieval by the raw cosine).
+
 Queries and knowledge-base keys are `g(h)/|g(h)|` of frozen encoder outputs h. g has no dropout: keys are
 recomputed in the train step from stored h and must agree with the keys the index was built from.
 

@@ -19,7 +19,7 @@ from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
 from ftragrec_jax.models.knowledge_base import KnowledgeBase
-from ftragrec_jax.optim import make_optimizer
+from ftragrec_jax.optim import make_optimizer, trainable_modules
 from ftragrec_jax.train.run_dir import LOGGER_NAME
 from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.train.task import Task
@@ -82,7 +82,8 @@ class FTragrecTask(Task):
         self.encoder_cfg = encoder.config
         model = build_ftragrec(encoder, self.hp, seed=cfg.seed)
         self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
+        self.trainable = trainable_modules(freeze_retriever=cfg.freeze_retriever)
+        self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay, self.trainable)
         t0 = time.perf_counter()
         # the cached step also reads the backbone's CE per training sample, a constant of the frozen model
         self.kb = _knowledge_base(
@@ -97,7 +98,13 @@ class FTragrecTask(Task):
             "knowledge base: %d entries (%s) built in %.1fs", len(self.kb), where, time.perf_counter() - t0
         )
         self._step = make_ftragrec_step(
-            self.graphdef, self.hp, self.tx, rest=self.rest, searcher=self.kb.searcher, cached=cfg.cache_seq_output
+            self.graphdef,
+            self.hp,
+            self.tx,
+            rest=self.rest,
+            searcher=self.kb.searcher,
+            cached=cfg.cache_seq_output,
+            trainable=self.trainable,
         )
         self._scorer = scoring.ftragrec_scorer(
             self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher, mesh=self.mesh
@@ -198,11 +205,21 @@ class FTragrecTask(Task):
             )
         if hp.alpha == 0 and not hp.learnable_alpha:
             out.append("alpha=0: the retrieved knowledge is never mixed in, FTragrec scores equal the backbone's")
+        if (
+            self.trainable == ()
+            or (self.trainable == ("fusion",) and not hp.learnable_alpha)
+            or (hp.retriever_layers == 0 and not hp.learnable_alpha)
+        ):
+            out.append(
+                "nothing trains (freeze_retriever or retriever_layers=0, alpha fixed): every epoch scores the "
+                "same model, the run evaluates FTragrec at its initialisation"
+            )
         return out
 
     def model_meta(self) -> dict:
         ftr = dataclasses.asdict(self.hp)
         ftr["extend_memory_with_valid"] = self.cfg.extend_memory_with_valid
+        ftr["freeze_retriever"] = self.cfg.freeze_retriever  # a record of how g was (not) trained
         return {
             "model": "ftragrec",
             "encoder": dataclasses.asdict(self.encoder_cfg),

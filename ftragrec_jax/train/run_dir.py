@@ -45,6 +45,7 @@ FTRAGREC_ONLY = (
     "top_k",
     "retriever_layers",
     "retriever_inner_size",
+    "freeze_retriever",
     "retriever_temperature",
     "quality_threshold",
     "alpha",

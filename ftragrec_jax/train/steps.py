@@ -15,7 +15,7 @@ from flax import nnx
 from ftragrec_jax.models.duorec import duorec_loss
 from ftragrec_jax.models.ftragrec import FTragrecHParams, ftragrec_loss
 from ftragrec_jax.models.search import FaissSearcher
-from ftragrec_jax.optim import keep_frozen
+from ftragrec_jax.optim import TRAINABLE, keep_frozen
 
 
 def make_duorec_step(merge, optimizer: optax.GradientTransformation, *, lmd_sem: float, tau: float, mesh=None):
@@ -43,10 +43,12 @@ def make_ftragrec_step(
     rest=None,
     searcher: FaissSearcher | None = None,
     cached: bool = True,
+    trainable: tuple[str, ...] = TRAINABLE,
 ):
     """jitted pure step(params, opt_state, batch, memory) -> (params, opt_state, aux); params and opt_state are
     donated. cached=True reads seq_output from memory.h[batch["index"]] (the base built from the training
-    split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch."""
+    split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch. `trainable`:
+    the modules the optimizer updates (optim.trainable_modules), kept in step with its freeze mask."""
 
     def merge(params):
         return nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
@@ -59,7 +61,7 @@ def make_ftragrec_step(
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        new_params = keep_frozen(optax.apply_updates(params, updates), params)
+        new_params = keep_frozen(optax.apply_updates(params, updates), params, trainable)
         # frozen leaves get exact zeros (stop_gradient), so this is the retriever's gradient norm; a NaN here
         # stops training with the step named (train/loop.py)
         return new_params, opt_state, {**aux, "grad_norm": optax.tree.norm(grads)}
