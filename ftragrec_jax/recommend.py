@@ -13,9 +13,14 @@ never removes a neighbour. Items already in the sequence stay rankable (RecBole'
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from ftragrec_jax import scoring
 from ftragrec_jax.config import DATASET_KEYS, load_config
@@ -42,7 +47,7 @@ class Recommendation:
 
 
 class Recommender:
-    """A loaded model: `recommend(tokens, k=10, exclude_seen=False)`."""
+    """A loaded model: `recommend(tokens, k=10, exclude_seen=False)` for one sequence, `recommend_many` for many."""
 
     def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int):
         self.path, self.meta, self.vocab = Path(path), meta, vocab
@@ -85,6 +90,81 @@ class Recommender:
             used=len(kept),
         )
 
+    def recommend_many(
+        self,
+        sequences: Iterable,
+        k: int = 10,
+        *,
+        exclude_seen: bool = False,
+        batch_size: int = 256,
+        progress: bool = False,
+        total: int | None = None,
+    ) -> Iterator[Recommendation]:
+        """One Recommendation per input sequence (a space-separated string or a list of tokens), in input order:
+        the items and order `recommend` gives, scored in jitted batches of `batch_size` rows (the last one
+        padded) with the top-k taken on the device, so only [batch, k] comes back to the host. A sequence with no
+        known item yields a Recommendation with no items and its tokens in `unknown` (a bulk run goes on);
+        with `exclude_seen`, a row with fewer than k unseen items gets all of them."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.vocab.n_items - 1:
+            raise ConfigError(f"recommend: k must be an integer in [1, {self.vocab.n_items - 1}], got {k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"recommend: batch_size must be an integer >= 1, got {batch_size!r}")
+        bar = tqdm(total=total, desc="Recommend", unit="seq", disable=not progress)
+        rows = []
+        for tokens in sequences:
+            tokens = tokens.split() if isinstance(tokens, str) else [str(t) for t in tokens]
+            ids, unknown = self.vocab.item_ids(tokens)
+            rows.append((ids, unknown))
+            if len(rows) == batch_size:
+                yield from self._batch(rows, int(k), exclude_seen, batch_size)
+                bar.update(len(rows))
+                rows = []
+        if rows:
+            yield from self._batch(rows, int(k), exclude_seen, batch_size)
+            bar.update(len(rows))
+        bar.close()
+
+    def _batch(self, rows, k: int, exclude_seen: bool, batch_size: int) -> Iterator[Recommendation]:
+        known = [i for i, (ids, _) in enumerate(rows) if ids]
+        top_ids = top_scores = None
+        if known:
+            item_seq = np.zeros((batch_size, self.max_len), np.int32)
+            seq_len = np.ones(batch_size, np.int32)  # padding rows: one padding item, scored and dropped
+            prefix = np.ones(batch_size, np.int32)
+            # the seen matrix has a power-of-two width, so a bulk run compiles for a few widths only
+            longest = max(len(rows[i][0]) for i in known) if exclude_seen else 1
+            seen = np.zeros((batch_size, 1 << (longest - 1).bit_length()), np.int32)
+            for row, i in enumerate(known):
+                ids = rows[i][0]
+                kept = ids[-self.max_len :]
+                item_seq[row, : len(kept)] = kept
+                seq_len[row], prefix[row] = len(kept), len(ids)
+                if exclude_seen:
+                    seen[row, : len(ids)] = ids
+            scores = self._scores(item_seq, seq_len, prefix)
+            top_scores, top_ids = (np.asarray(a) for a in _masked_top_k(scores, seen, k))
+        slot = {i: row for row, i in enumerate(known)}
+        for i, (ids, unknown) in enumerate(rows):
+            if i not in slot:
+                yield Recommendation(items=[], scores=[], unknown=unknown, used=0)
+                continue
+            ok = np.isfinite(top_scores[slot[i]])  # masked items (padding, seen) come last as -inf
+            yield Recommendation(
+                items=[self.vocab.item_tokens[j] for j in top_ids[slot[i]][ok]],
+                scores=[float(v) for v in top_scores[slot[i]][ok]],
+                unknown=unknown,
+                used=min(len(ids), self.max_len),
+            )
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _masked_top_k(scores, seen, k: int):
+    """(scores, ids) [B, k] of each row's best items, padding and `seen` ids (0 = none) masked to -inf; lax.top_k
+    returns equal scores lower index first, the evaluator's tie rule."""
+    scores = jnp.asarray(scores, jnp.float32).at[:, 0].set(-jnp.inf)
+    scores = scores.at[jnp.arange(scores.shape[0])[:, None], seen].set(-jnp.inf)
+    return jax.lax.top_k(scores, k)
+
 
 def load(path, *, data: str | None = None) -> Recommender:
     """A Recommender from a model directory (DuoRec or FTragrec, JAX-trained or converted, or builtin:NAME).
@@ -103,7 +183,7 @@ def load(path, *, data: str | None = None) -> Recommender:
                 f"{path}: has no {missing} (a converted or older model directory); "
                 f"pass the dataset file it was trained on (--data FILE)"
             )
-        dataset = _dataset(meta, data)
+        dataset = dataset_of(meta, data)
         if vocab is None:
             vocab = dataset.vocab
     n_rows = (meta.get("encoder") or {}).get("n_items")
@@ -124,6 +204,7 @@ def load(path, *, data: str | None = None) -> Recommender:
     return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"])
 
 
-def _dataset(meta: dict, data: str):
+def dataset_of(meta: dict, data: str | None = None):
+    """The dataset a model was trained on: its model.json's data settings, with `data` replacing the file."""
     stored = {k: v for k, v in (meta.get("dataset") or {}).items() if k in DATASET_KEYS}
-    return dataset_from_config(load_config(None, [f"data={data}"], base=stored))
+    return dataset_from_config(load_config(None, [f"data={data}"] if data is not None else [], base=stored))

@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 from tests.test_train import write_lines_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# the dataset settings the tiny models were "trained" with, as model.json records them
+TINY_SETTINGS = {"data": "tiny.txt", "min_user_inter_num": 3, "min_item_inter_num": 1, "MAX_ITEM_LIST_LENGTH": 6}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def duorec_dir(dataset, tmp_path_factory):
     from ftragrec_jax.model_dir import save_model
 
     enc = _encoder(dataset)
-    meta = {"model": "duorec", "encoder": dataclasses.asdict(enc.config), "dataset": {"data": "tiny.txt"}}
+    meta = {"model": "duorec", "encoder": dataclasses.asdict(enc.config), "dataset": TINY_SETTINGS}
     return save_model(tmp_path_factory.mktemp("m") / "duorec", _pure(enc), meta, vocab=dataset.vocab)
 
 
@@ -66,7 +68,7 @@ def ftragrec_dir(dataset, tmp_path_factory):
         "model": "ftragrec",
         "encoder": dataclasses.asdict(enc.config),
         "ftragrec": dataclasses.asdict(hp),
-        "dataset": {"data": "tiny.txt"},
+        "dataset": TINY_SETTINGS,
     }
     return save_model(
         tmp_path_factory.mktemp("m") / "ftragrec", _pure(model), meta, vocab=dataset.vocab, knowledge_base=arrays
@@ -151,6 +153,98 @@ def test_recommend_cli(ftragrec_dir, dataset, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--checkpoint", str(ftragrec_dir), "--items", "zzz yyy"])
     assert e.value.code == 2 and "none of the 2 items" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["duorec", "ftragrec"])
+def test_recommend_many_gives_the_one_sequence_ranking(which, duorec_dir, ftragrec_dir, dataset):
+    """The bulk path (jitted batches, top-k on the device, a padded last batch) returns, for every sequence, the
+    items and scores of `recommend` on it alone: with unknown tokens, longer than the model's length, with and
+    without exclude_seen, duplicated sequences (tied rows), and a row with no known item."""
+    import ftragrec_jax
+
+    rec = ftragrec_jax.load(duorec_dir if which == "duorec" else ftragrec_dir)
+    toks = list(dataset.vocab.item_tokens[1:])
+    t = dataset.test
+    seqs = [[toks[j - 1] for j in t.item_seq[i, : t.item_seq_len[i]]] for i in range(min(7, len(t)))]
+    seqs += [["zzz", *toks[2:5]], toks[:9], toks[3:4], toks[3:4], ["nope"]]
+    for exclude in (False, True):
+        got = list(rec.recommend_many(seqs, k=5, exclude_seen=exclude, batch_size=3))
+        assert len(got) == len(seqs)
+        for seq, out in zip(seqs, got):
+            if seq == ["nope"]:
+                assert out.items == [] and out.unknown == ["nope"]
+                continue
+            want = rec.recommend(seq, k=5, exclude_seen=exclude)
+            assert out.items == want.items and out.unknown == want.unknown and out.used == want.used
+            np.testing.assert_allclose(out.scores, want.scores, rtol=1e-6, atol=1e-6)
+    few = list(rec.recommend_many([toks], k=dataset.n_items - 1, exclude_seen=True))[0]
+    assert few.items == []  # every item seen: nothing left to recommend
+
+
+def test_recommend_cli_bulk_input_and_all_users(ftragrec_dir, dataset, tmp_path, capsys):
+    """--input (ids before a tab, or line numbers) to JSONL and CSV, --all-users to JSONL: one row per sequence,
+    the same items as the one-sequence path, rows with no known item reported."""
+    import csv
+
+    import ftragrec_jax
+    from experiments.recommend import main
+
+    rec = ftragrec_jax.load(ftragrec_dir)
+    toks = list(dataset.vocab.item_tokens[1:])
+    src = tmp_path / "seqs.txt"
+    src.write_text(f"u1\t{' '.join(toks[:3])}\n{' '.join(toks[4:8])} zzz\nqqq\n")
+    out = tmp_path / "recs.jsonl"
+    assert (
+        main(["--checkpoint", str(ftragrec_dir), "--input", str(src), "--out", str(out), "--k", "4", "--no-progress"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "wrote 3 rows" in err and "1 sequence(s) had no item" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user"] for r in rows] == ["u1", "2", "3"]
+    assert rows[0]["items"] == rec.recommend(toks[:3], k=4).items
+    assert rows[1]["unknown"] == ["zzz"] and rows[1]["items"] == rec.recommend(toks[4:8], k=4).items
+    assert rows[2]["items"] == [] and "error" in rows[2]
+    as_csv = tmp_path / "recs.csv"
+    assert (
+        main(
+            ["--checkpoint", str(ftragrec_dir), "--input", str(src), "--out", str(as_csv), "--k", "4", "--no-progress"]
+        )
+        == 0
+    )
+    table = list(csv.reader(as_csv.open()))
+    assert table[0] == ["user", "rank", "item", "score"] and len(table) == 1 + 2 * 4
+    assert [r[2] for r in table[1:5]] == rows[0]["items"] and [r[1] for r in table[1:5]] == ["1", "2", "3", "4"]
+    users = tmp_path / "users.jsonl"
+    data = dataset.source
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ftragrec_dir),
+                "--all-users",
+                "--data",
+                data,
+                "--out",
+                str(users),
+                "--k",
+                "3",
+                "--exclude-seen",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    rows = [json.loads(line) for line in users.read_text().splitlines()]
+    assert [r["user"] for r in rows] == list(dataset.vocab.user_tokens[1:])
+    h = dataset.history
+    for u in (1, len(rows) // 2, len(rows)):
+        history = [dataset.vocab.item_tokens[i] for i in h.items[h.indptr[u] : h.indptr[u + 1]]]
+        assert rows[u - 1]["items"] == rec.recommend(history, k=3, exclude_seen=True).items
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ftragrec_dir), "--all-users"])  # bulk needs --out
+    assert "--out" in capsys.readouterr().err
 
 
 def test_recommend_without_vocab_needs_the_data_file(dataset, tmp_path, capsys):
