@@ -62,6 +62,7 @@ class Config:
     stopping_step: int = 10  # early-stopping patience in evaluations without a better valid_metric
     valid_metric: str = "mrr@10"  # model selection metric on the validation split
     eval_step: int = 1  # evaluate on validation every N epochs
+    item_chunk_size: int = 0  # DuoRec training CE over item chunks when the catalogue is larger; 0 = all at once
     eval_batch_size: int = 1024  # users per chunk in full-sort evaluation (bounds memory); a multiple of the devices
     topk: tuple = (5, 10, 20, 50)  # cut-offs K for every metric
     mask_history: bool = False  # S3-Rec/ICLRec protocol: hide each user's past items when ranking (off = RecBole)
@@ -138,6 +139,7 @@ class Config:
         ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
+        ck.require("item_chunk_size", self._int("item_chunk_size") >= 0, "an integer >= 0 (0 = whole catalogue)")
         ck.require("retriever_layers", self._int("retriever_layers") >= 0, "an integer >= 0 (0 = no retriever)")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
         ck.require("stopping_step", self._int("stopping_step") >= 1, "an integer >= 1")

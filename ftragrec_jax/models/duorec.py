@@ -127,6 +127,7 @@ def duorec_loss(
     same_target: SameTargetSampler | None = None,
     fuse_passes: bool = True,
     mesh=None,
+    item_chunk_size: int = 0,
 ):
     """DuoRec us_x loss. Returns (loss, {"loss", "ce", "sem_nce"}).
 
@@ -141,6 +142,7 @@ def duorec_loss(
     its own rows of the three passes; the [B, H] outputs stay sharded and CE / InfoNCE see all rows.
     Dropout masks then depend on the device count (the key is folded with the device index), as in
     PyTorch DDP; without dropout the result is the 1-device one up to float32 rounding.
+    item_chunk_size: the softmax CE over item chunks when the catalogue is larger (models/softmax_ce.py).
     """
     item_seq, item_seq_len = batch["item_seq"], batch["item_seq_len"]
     target = batch["target"].astype(jnp.int32)
@@ -155,7 +157,7 @@ def duorec_loss(
             if fuse_passes
             else encoder(item_seq, item_seq_len, k_pass)
         )
-        ce = masked_cross_entropy(out, table, target, weights)
+        ce = masked_cross_entropy(out, table, target, weights, item_chunk_size)
         return ce, {"loss": ce, "ce": ce, "sem_nce": jnp.zeros_like(ce)}
 
     if "sem_aug" in batch:
@@ -174,7 +176,7 @@ def duorec_loss(
         out = encoder(item_seq, item_seq_len, k_pass)
         aug_out = encoder(item_seq, item_seq_len, k_aug)
         sem_out = encoder(sem_seq, sem_len, k_sem)
-    ce = masked_cross_entropy(out, table, target, weights)
+    ce = masked_cross_entropy(out, table, target, weights, item_chunk_size)
     nce = info_nce(aug_out, sem_out, tau, weights)
     loss = ce + lmd_sem * nce
     return loss, {"loss": loss, "ce": ce, "sem_nce": nce}

@@ -31,7 +31,9 @@ class DuoRecTask(Task):
         # the training sequences live on the device once; the step gathers same-target positives from them
         self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
         self.mesh = parallel.make_mesh(cfg.mesh)  # the trainer's mesh: train and eval batches are sharded on it
-        self._step = make_duorec_step(self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh)
+        self._step = make_duorec_step(
+            self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh, item_chunk_size=cfg.item_chunk_size
+        )
         self._score = scoring.encoder_scores(self.graphdef, rest=self.rest, mesh=self.mesh)
 
     def merge(self, params):

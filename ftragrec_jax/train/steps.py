@@ -18,14 +18,25 @@ from ftragrec_jax.models.search import FaissSearcher
 from ftragrec_jax.optim import TRAINABLE, keep_frozen
 
 
-def make_duorec_step(merge, optimizer: optax.GradientTransformation, *, lmd_sem: float, tau: float, mesh=None):
+def make_duorec_step(
+    merge, optimizer: optax.GradientTransformation, *, lmd_sem: float, tau: float, mesh=None, item_chunk_size: int = 0
+):
     """step(params, opt_state, batch, key, same_target=None) -> (params, opt_state, metrics) for DuoRec's us_x
     objective (SASRec with lmd_sem 0). merge: params -> encoder module; mesh with more than one device: each
     device encodes its own rows."""
 
     def step(params, opt_state, batch, key, same_target=None):
         def loss_fn(p):
-            return duorec_loss(merge(p), batch, key, lmd_sem=lmd_sem, tau=tau, same_target=same_target, mesh=mesh)
+            return duorec_loss(
+                merge(p),
+                batch,
+                key,
+                lmd_sem=lmd_sem,
+                tau=tau,
+                same_target=same_target,
+                mesh=mesh,
+                item_chunk_size=item_chunk_size,
+            )
 
         (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
