@@ -119,7 +119,7 @@ def _orbax():
 def _checkpointer():
     """Orbax for a model directory, which one process writes or reads on its own: by default Orbax would wait
     at a barrier for every process of a multi-host run, and the trainer writes model directories from
-    process 0 only (training checkpoints are the collective ones, in train/state.py)."""
+    process 0 only (training checkpoints are the collective ones, in train/checkpoints.py)."""
 
     ocp = _orbax()
     me = jax.process_index()

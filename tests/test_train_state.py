@@ -12,8 +12,8 @@ from flax import nnx
 from ftragrec_jax.config import load_config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
+from ftragrec_jax.train.checkpoints import TrainCheckpoints, arrays_like
 from ftragrec_jax.train.run_dir import RunDir
-from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
 
 
 def tiny_state(seed):

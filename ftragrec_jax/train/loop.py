@@ -26,8 +26,8 @@ from ftragrec_jax.errors import CheckpointError, FtragrecError
 from ftragrec_jax.evaluation import evaluate_split, format_metrics, protocol_info, relative_change
 from ftragrec_jax.model_dir import load_model, read_meta, save_model
 from ftragrec_jax.train import epoch_log
+from ftragrec_jax.train.checkpoints import TrainCheckpoints, arrays_like
 from ftragrec_jax.train.run_dir import RunDir
-from ftragrec_jax.train.state import TrainCheckpoints, arrays_like
 from ftragrec_jax.train.task import Task
 
 # Steps allowed in flight before the host waits: keeps the progress bar honest and memory bounded,
