@@ -34,7 +34,8 @@ from ftragrec_jax.data.batches import iterate_batches
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.errors import FtragrecError
 from ftragrec_jax.metrics import single_target_metrics, summarize
-from ftragrec_jax.scoring import load_model_dir
+from ftragrec_jax.models.softmax_ce import item_chunks
+from ftragrec_jax.scoring import LinearScoreFn, load_model_dir
 
 PROTOCOL = "full_sort"  # RecBole's: rank among all items, history not masked
 PROTOCOL_MASKED = "full_sort_mask_history"  # S3-Rec/ICLRec-style: the user's earlier items are not ranked
@@ -84,11 +85,61 @@ def _target_ranks(scores, target, history, *, mask_history: bool):
 target_ranks = jax.jit(_target_ranks, static_argnames=("mask_history",))
 
 
+def _chunked_target_ranks(rep, table, target, history, *, chunk: int, mask_history: bool):
+    """_target_ranks of scores = rep @ table.T, over item chunks of `chunk` rows: no [B, n_items] array. Pass 1
+    reads each row's target score from its chunk, pass 2 counts the rivals above it chunk by chunk; both passes
+    compute a chunk's scores with the same operation, so the target's score is compared with itself."""
+    parts, real = item_chunks(table, chunk)
+    starts = jnp.arange(parts.shape[0], dtype=jnp.int32) * chunk
+    target = target.astype(jnp.int32)
+    rows = jnp.arange(rep.shape[0])[:, None]
+
+    def target_score(s_t, xs):
+        start, t = xs
+        col = target - start
+        inside = (col >= 0) & (col < chunk)
+        s = jnp.take_along_axis(rep @ t.T, jnp.clip(col, 0, chunk - 1)[:, None], axis=1)[:, 0]
+        return jnp.where(inside, s, s_t), None
+
+    s_t, _ = jax.lax.scan(target_score, jnp.zeros(rep.shape[:1], rep.dtype), (starts, parts))
+
+    def count(carry, xs):
+        above, bad = carry
+        start, t, ok = xs
+        scores = rep @ t.T
+        ids = start + jnp.arange(chunk, dtype=jnp.int32)[None, :]
+        rival = ok[None, :] & (ids != 0) & (ids != target[:, None])
+        if mask_history:
+            col = history - start
+            inside = (history > 0) & (col >= 0) & (col < chunk)
+            hidden = jnp.zeros(scores.shape, bool).at[rows, jnp.where(inside, col, chunk)].set(True, mode="drop")
+            rival &= ~hidden
+        beats = (scores > s_t[:, None]) | ((scores == s_t[:, None]) & (ids < target[:, None]))
+        above = above + jnp.sum(rival & beats, axis=1, dtype=jnp.int32)
+        bad = bad | jnp.any(jnp.isnan(scores) & (rival | (ids == target[:, None])), axis=1)
+        return (above, bad), None
+
+    init = (jnp.zeros(rep.shape[:1], jnp.int32), jnp.zeros(rep.shape[:1], bool))
+    (above, bad), _ = jax.lax.scan(count, init, (starts, parts, real))
+    return 1 + above, bad
+
+
+chunked_target_ranks = jax.jit(_chunked_target_ranks, static_argnames=("chunk", "mask_history"))
+
+
 @functools.lru_cache(maxsize=8)
 def _gathered_ranks(mesh):
     """target_ranks whose [B] outputs come back replicated: every process holds all ranks of the chunk
     (an all-gather of B ints; the [B, n_items] scores never leave their devices)."""
     return jax.jit(_target_ranks, static_argnames=("mask_history",), out_shardings=parallel.replicated(mesh))
+
+
+@functools.lru_cache(maxsize=8)
+def _gathered_chunked_ranks(mesh):
+    """chunked_target_ranks with replicated [B] outputs (see _gathered_ranks)."""
+    return jax.jit(
+        _chunked_target_ranks, static_argnames=("chunk", "mask_history"), out_shardings=parallel.replicated(mesh)
+    )
 
 
 def full_sort_evaluate(
@@ -100,6 +151,7 @@ def full_sort_evaluate(
     batch_size: int = 1024,
     history: UserHistory | None = None,
     mesh=None,
+    item_chunk_size: int = 0,
 ) -> EvalResult:
     """RecBole metrics at every K in ks over `samples`.
 
@@ -108,7 +160,9 @@ def full_sort_evaluate(
     history: a UserHistory (dataset.history) to hide each sample's earlier items from the ranking.
     mesh: shard each batch over this device mesh (see the module docstring); None = numpy batches as given.
     """
-    ranks = sample_ranks(score_fn, samples, n_items, batch_size=batch_size, history=history, mesh=mesh)
+    ranks = sample_ranks(
+        score_fn, samples, n_items, batch_size=batch_size, history=history, mesh=mesh, item_chunk_size=item_chunk_size
+    )
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise FtragrecError(f"ks={ks}: expected positive cut-offs")
@@ -124,8 +178,13 @@ def sample_ranks(
     batch_size: int = 1024,
     history: UserHistory | None = None,
     mesh=None,
+    item_chunk_size: int = 0,
 ) -> np.ndarray:
     """int64 [N]: every sample's target rank (1 = top) among the real items.
+
+    item_chunk_size > 0 and < n_items, with a score_fn whose scores are a vector times the item table
+    (scoring.LinearScoreFn: DuoRec, SASRec): the rank is counted over item chunks and no [B, n_items] scores
+    exist. Other score_fns (FTragrec) are scored whole, as without it.
 
     With `mesh`, score_fn receives the chunk's fields as device arrays sharded along the data axis (the batch
     dict holds item_seq, item_seq_len, target, user, prefix_len, mask, index, each [B]-leading)."""
@@ -146,6 +205,12 @@ def sample_ranks(
         width = 32 * math.ceil(width / 32)  # few distinct shapes across splits, so few compilations
     out = np.empty(len(samples), dtype=np.int64)
     ranker = target_ranks if mesh is None else _gathered_ranks(mesh)
+    chunked = 0 < item_chunk_size < n_items and isinstance(score_fn, LinearScoreFn)
+    if chunked:
+        ranker = chunked_target_ranks if mesh is None else _gathered_chunked_ranks(mesh)
+        table = score_fn.item_table
+        if tuple(table.shape[:1]) != (n_items,):
+            raise FtragrecError(f"score_fn's item table has {table.shape[0]} rows, expected {n_items}")
     # multi-process: every process walks the same chunks (no shuffle) and feeds its own rows of each
     local = parallel.process_slice(batch_size) if mesh is not None and jax.process_count() > 1 else slice(None)
     pending = None  # one chunk in flight: the next chunk is dispatched before this one's ranks are fetched
@@ -161,10 +226,18 @@ def sample_ranks(
                 {k: parallel.int32_host(v[local]) for k, v in {**batch, "history": hist}.items()}, mesh
             )
             hist = fed.pop("history")
-        scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
-        if tuple(scores.shape) != (batch_size, n_items):
-            raise FtragrecError(f"score_fn returned shape {tuple(scores.shape)}, expected ({batch_size}, {n_items})")
-        result = ranker(scores, fed["target"], hist, mask_history=history is not None)
+        if chunked:
+            rep = score_fn.represent(fed["item_seq"], fed["item_seq_len"])
+            result = ranker(
+                rep, table, fed["target"], hist, chunk=int(item_chunk_size), mask_history=history is not None
+            )
+        else:
+            scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
+            if tuple(scores.shape) != (batch_size, n_items):
+                raise FtragrecError(
+                    f"score_fn returned shape {tuple(scores.shape)}, expected ({batch_size}, {n_items})"
+                )
+            result = ranker(scores, fed["target"], hist, mask_history=history is not None)
         if pending is not None:
             _collect(out, *pending)
         pending = (batch, result)
@@ -216,18 +289,30 @@ def _over_split(run, score_fn, dataset, split: str, cfg: Config, show_progress: 
         total=total, desc=f"Evaluate {split}", disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr
     ) as bar:
 
-        def counted(item_seq, item_seq_len, batch):
-            out = score_fn(item_seq, item_seq_len, batch)
-            bar.update(1)
-            return out
+        def counted(fn):
+            def call(*args):
+                out = fn(*args)
+                bar.update(1)
+                return out
 
+            return call
+
+        if isinstance(score_fn, LinearScoreFn):  # keep it linear, so item chunking stays possible
+            fn = LinearScoreFn(
+                counted(lambda item_seq, item_seq_len: score_fn(item_seq, item_seq_len)),
+                counted(score_fn.represent),
+                score_fn.item_table,
+            )
+        else:
+            fn = counted(score_fn)
         return run(
-            counted,
+            fn,
             samples,
             dataset.n_items,
             batch_size=cfg.eval_batch_size,
             history=history_for(dataset, split, cfg),
             mesh=mesh,
+            item_chunk_size=cfg.item_chunk_size,
             **kw,
         )
 

@@ -69,13 +69,42 @@ def encoder_scores(graphdef, *, rest=None, mesh=None):
     return scores
 
 
-def encoder_score_fn(encoder, *, mesh=None) -> ScoreFn:
+def encoder_represent(graphdef, *, rest=None, mesh=None):
+    """jitted `(params, item_seq, item_seq_len) -> seq_output [B, H]`: the vector `encoder_scores` multiplies
+    with the item table."""
+
+    @jax.jit
+    def represent(params, item_seq, item_seq_len):
+        encoder = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
+        return encode_bucketed(encoder, item_seq, item_seq_len, mesh=mesh)
+
+    return represent
+
+
+class LinearScoreFn:
+    """A ScoreFn whose scores are `represent(item_seq, item_seq_len) @ item_table.T` (encoder models): the
+    evaluator may then rank the target over item chunks (config key item_chunk_size) without ever holding
+    [B, n_items] scores."""
+
+    def __init__(self, scores, represent, item_table):
+        self._scores, self.represent, self.item_table = scores, represent, item_table
+
+    def __call__(self, item_seq, item_seq_len, batch=None):
+        return self._scores(item_seq, item_seq_len)
+
+
+def encoder_score_fn(encoder, *, mesh=None) -> LinearScoreFn:
     """The ScoreFn of a filled encoder module (a DuoRec/SASRec model, or FTragrec's frozen backbone)."""
     graphdef, state = nnx.split(encoder)
     if mesh is not None:
         state = parallel.replicate(state, mesh)
-    scores = encoder_scores(graphdef, mesh=mesh)
-    return lambda item_seq, item_seq_len, batch=None: scores(state, item_seq, item_seq_len)
+    scores, represent = encoder_scores(graphdef, mesh=mesh), encoder_represent(graphdef, mesh=mesh)
+    table = nnx.merge(graphdef, state).item_table()
+    return LinearScoreFn(
+        lambda item_seq, item_seq_len: scores(state, item_seq, item_seq_len),
+        lambda item_seq, item_seq_len: represent(state, item_seq, item_seq_len),
+        table,
+    )
 
 
 def ftragrec_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None):

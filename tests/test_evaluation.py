@@ -187,3 +187,66 @@ def test_mesh_evaluation_equals_numpy_batches_and_checks_divisibility():
     four = SimpleNamespace(size=4)  # check_batch_divides only reads the device count
     with pytest.raises(ConfigError, match="config key 'eval_batch_size': 6 is not divisible by the 4 devices"):
         full_sort_evaluate(lambda *a: pytest.fail("scored before the check"), samples, 19, batch_size=6, mesh=four)
+
+
+def _linear_case(seed=0, n=23, n_items=57, h=6, ties=True):
+    """Sample vectors, an item table (with duplicated rows and a duplicated sample: exact ties), targets, users
+    with histories."""
+    rng = np.random.default_rng(seed)
+    rep = rng.standard_normal((n, h)).astype(np.float32)
+    table = rng.standard_normal((n_items, h)).astype(np.float32)
+    if ties:
+        table[[10, 30, 50]] = table[20]  # items 10, 20, 30, 50 tie for every sample
+        rep[5] = rep[4]
+    target = rng.integers(1, n_items, n).astype(np.int32)
+    target[:4] = [20, 30, 10, 50]  # targets among the tied items
+    user = np.arange(1, n + 1, dtype=np.int32)
+    lens = rng.integers(1, 9, n)
+    items = np.concatenate([rng.integers(1, n_items, k) for k in lens]).astype(np.int32)
+    history = UserHistory(np.concatenate([[0, 0], np.cumsum(lens)]).astype(np.int64), items)
+    samples = make_samples(target, user=user, prefix_len=lens.astype(np.int32))
+    return rep, table, samples, history
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 19, 56])
+@pytest.mark.parametrize("masked", [False, True])
+def test_item_chunked_ranks_equal_the_whole_catalogue(chunk, masked):
+    """item_chunk_size with a LinearScoreFn: the ranks counted over item chunks are the ranks of the full
+    scores, exact ties (to the lower id) and history masking included, on one device and through a mesh."""
+    from ftragrec_jax import parallel
+    from ftragrec_jax.scoring import LinearScoreFn
+
+    rep, table, samples, history = _linear_case()
+    n_items = table.shape[0]
+    full = table_scorer(rep @ table.T)
+    hist = history if masked else None
+    want = sample_ranks(full, samples, n_items, batch_size=8, history=hist)
+
+    # a LinearScoreFn whose rows follow the batch order: sample_ranks walks the samples in order, 8 at a time
+    order = iter(range(0, len(samples), 8))
+
+    def represent_in_order(item_seq, item_seq_len):
+        start = next(order)
+        block = np.zeros((8, rep.shape[1]), np.float32)
+        part = rep[start : start + 8]
+        block[: len(part)] = part
+        block[len(part) :] = rep[start]  # padding rows copy the first, as iterate_batches does
+        return jnp.asarray(block)
+
+    linear = LinearScoreFn(lambda s, ln: None, represent_in_order, jnp.asarray(table))
+    got = sample_ranks(linear, samples, n_items, batch_size=8, history=hist, item_chunk_size=chunk)
+    np.testing.assert_array_equal(got, want)
+    assert (want[:4] != want[0]).any() or masked  # the tied targets get different ranks by the lower-id rule
+
+    order = iter(range(0, len(samples), 8))
+    mesh = parallel.make_mesh(1)
+    got = sample_ranks(linear, samples, n_items, batch_size=8, history=hist, item_chunk_size=chunk, mesh=mesh)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_item_chunking_leaves_other_score_fns_whole():
+    """A plain score_fn (FTragrec's) is scored whole whatever item_chunk_size says: the same ranks."""
+    rep, table, samples, _ = _linear_case(ties=False)
+    full = table_scorer(rep @ table.T)
+    want = sample_ranks(full, samples, table.shape[0], batch_size=8)
+    np.testing.assert_array_equal(sample_ranks(full, samples, table.shape[0], batch_size=8, item_chunk_size=5), want)

@@ -453,6 +453,16 @@ def test_ftragrec_sigkill_then_restart_is_identical(ft_run, full_run, data_file,
     assert_same_run(ft_run, out)
 
 
+def test_evaluation_in_item_chunks_gives_the_run_metrics(full_run, data_file):
+    """item_chunk_size at evaluation: a DuoRec model directory ranked over item chunks gives exactly the metrics
+    its run printed (valid and test, every K)."""
+    from ftragrec_jax.evaluation import evaluate_model_dir
+
+    res = json.loads((full_run / "results.json").read_text())
+    got = evaluate_model_dir(full_run / "best_model", str(data_file), ["item_chunk_size=7"], show_progress=False)
+    assert got["valid"] == res["valid"] and got["test"] == res["test"]
+
+
 def test_ftragrec_evaluate_cli_matches_results(ft_run, data_file, tmp_path):
     from experiments.evaluate import main
 

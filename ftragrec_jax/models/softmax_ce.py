@@ -36,7 +36,7 @@ def masked_cross_entropy(x, table, target, weights, item_chunk_size: int = 0):
     return jnp.sum(cross_entropy_rows(x, table, target, item_chunk_size) * weights) / jnp.sum(weights)
 
 
-def _chunks(table, chunk: int):
+def item_chunks(table, chunk: int):
     """table [N, H] -> [C, chunk, H] zero-padded, and the [C, chunk] mask of real rows."""
     n = table.shape[0]
     c = -(-n // chunk)
@@ -53,7 +53,7 @@ def chunked_logsumexp(x, table, chunk: int):
 
 
 def _chunked_lse(x, table, chunk: int):
-    parts, real = _chunks(table, chunk)
+    parts, real = item_chunks(table, chunk)
 
     def body(carry, part):
         m, s = carry
@@ -75,7 +75,7 @@ def _lse_fwd(x, table, chunk):
 
 def _lse_bwd(chunk, residuals, g):
     x, table, lse = residuals
-    parts, real = _chunks(table, chunk)
+    parts, real = item_chunks(table, chunk)
 
     def body(gx, part):
         t, ok = part

@@ -35,6 +35,7 @@ class DuoRecTask(Task):
             self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh, item_chunk_size=cfg.item_chunk_size
         )
         self._score = scoring.encoder_scores(self.graphdef, rest=self.rest, mesh=self.mesh)
+        self._represent = scoring.encoder_represent(self.graphdef, rest=self.rest, mesh=self.mesh)
 
     def merge(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
@@ -50,7 +51,11 @@ class DuoRecTask(Task):
         return self._step(params, opt_state, batch, key, sampler)
 
     def score_fn(self, params):
-        return lambda item_seq, item_seq_len, batch: self._score(params, item_seq, item_seq_len)
+        return scoring.LinearScoreFn(
+            lambda item_seq, item_seq_len: self._score(params, item_seq, item_seq_len),
+            lambda item_seq, item_seq_len: self._represent(params, item_seq, item_seq_len),
+            self.merge(params).item_table(),
+        )
 
     def model_meta(self) -> dict:
         return {
