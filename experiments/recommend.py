@@ -43,6 +43,12 @@ def parse_args(argv):
     parser.add_argument("--out", metavar="FILE", help="bulk output: .jsonl (default) or .csv (required in bulk)")
     parser.add_argument("--batch-size", type=int, default=256, help="sequences per jitted scoring call (bulk)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (bulk)")
+    parser.add_argument(
+        "--item-chunk-size",
+        type=int,
+        default=0,
+        help="bulk, encoder models: merge the top-k over chunks of this many items (0 = whole catalogue)",
+    )
     parser.add_argument("--k", type=int, default=10, help="number of items to recommend")
     parser.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the sequence")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
                 batch_size=args.batch_size,
                 progress=not args.no_progress,
                 total=len(keyed),
+                item_chunk_size=args.item_chunk_size,
             )
             written, empty = write_bulk(args.out, keyed, recs)
         except OSError as e:

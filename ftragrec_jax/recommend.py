@@ -27,6 +27,7 @@ from ftragrec_jax.config import DATASET_KEYS, load_config
 from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
 from ftragrec_jax.model_dir import load_knowledge_base, load_model, resolve
+from ftragrec_jax.models.softmax_ce import item_chunks
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
 
@@ -49,9 +50,10 @@ class Recommendation:
 class Recommender:
     """A loaded model: `recommend(tokens, k=10, exclude_seen=False)` for one sequence, `recommend_many` for many."""
 
-    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int):
+    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int, linear=None):
         self.path, self.meta, self.vocab = Path(path), meta, vocab
         self._scores, self.max_len = scores_fn, max_len
+        self._linear = linear  # scoring.LinearScoreFn of an encoder model: bulk top-k may run over item chunks
 
     @property
     def model(self) -> str:
@@ -99,16 +101,22 @@ class Recommender:
         batch_size: int = 256,
         progress: bool = False,
         total: int | None = None,
+        item_chunk_size: int = 0,
     ) -> Iterator[Recommendation]:
         """One Recommendation per input sequence (a space-separated string or a list of tokens), in input order:
         the items and order `recommend` gives, scored in jitted batches of `batch_size` rows (the last one
         padded) with the top-k taken on the device, so only [batch, k] comes back to the host. A sequence with no
         known item yields a Recommendation with no items and its tokens in `unknown` (a bulk run goes on);
-        with `exclude_seen`, a row with fewer than k unseen items gets all of them."""
+        with `exclude_seen`, a row with fewer than k unseen items gets all of them. item_chunk_size > 0 (encoder
+        models, catalogue larger than it): the top-k is merged over item chunks, never [batch, n_items] scores;
+        FTragrec models are scored whole."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.vocab.n_items - 1:
             raise ConfigError(f"recommend: k must be an integer in [1, {self.vocab.n_items - 1}], got {k!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"recommend: batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(item_chunk_size, bool) or not isinstance(item_chunk_size, int) or item_chunk_size < 0:
+            raise ConfigError(f"recommend: item_chunk_size must be an integer >= 0, got {item_chunk_size!r}")
+        chunk = item_chunk_size if self._linear is not None and 0 < item_chunk_size < self.vocab.n_items else 0
         bar = tqdm(total=total, desc="Recommend", unit="seq", disable=not progress)
         rows = []
         for tokens in sequences:
@@ -116,15 +124,15 @@ class Recommender:
             ids, unknown = self.vocab.item_ids(tokens)
             rows.append((ids, unknown))
             if len(rows) == batch_size:
-                yield from self._batch(rows, int(k), exclude_seen, batch_size)
+                yield from self._batch(rows, int(k), exclude_seen, batch_size, chunk)
                 bar.update(len(rows))
                 rows = []
         if rows:
-            yield from self._batch(rows, int(k), exclude_seen, batch_size)
+            yield from self._batch(rows, int(k), exclude_seen, batch_size, chunk)
             bar.update(len(rows))
         bar.close()
 
-    def _batch(self, rows, k: int, exclude_seen: bool, batch_size: int) -> Iterator[Recommendation]:
+    def _batch(self, rows, k: int, exclude_seen: bool, batch_size: int, chunk: int) -> Iterator[Recommendation]:
         known = [i for i, (ids, _) in enumerate(rows) if ids]
         top_ids = top_scores = None
         if known:
@@ -141,8 +149,12 @@ class Recommender:
                 seq_len[row], prefix[row] = len(kept), len(ids)
                 if exclude_seen:
                     seen[row, : len(ids)] = ids
-            scores = self._scores(item_seq, seq_len, prefix)
-            top_scores, top_ids = (np.asarray(a) for a in _masked_top_k(scores, seen, k))
+            if chunk:
+                rep = self._linear.represent(item_seq, seq_len)
+                top = _chunked_masked_top_k(rep, self._linear.item_table, seen, k, chunk)
+            else:
+                top = _masked_top_k(self._scores(item_seq, seq_len, prefix), seen, k)
+            top_scores, top_ids = (np.asarray(a) for a in top)
         slot = {i: row for row, i in enumerate(known)}
         for i, (ids, unknown) in enumerate(rows):
             if i not in slot:
@@ -164,6 +176,32 @@ def _masked_top_k(scores, seen, k: int):
     scores = jnp.asarray(scores, jnp.float32).at[:, 0].set(-jnp.inf)
     scores = scores.at[jnp.arange(scores.shape[0])[:, None], seen].set(-jnp.inf)
     return jax.lax.top_k(scores, k)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk"))
+def _chunked_masked_top_k(rep, table, seen, k: int, chunk: int):
+    """_masked_top_k of rep @ table.T, merged over item chunks: each chunk's best k join the running best k
+    (running first, so equal scores keep the lower id, which came in an earlier chunk)."""
+    parts, real = item_chunks(table, chunk)
+    starts = jnp.arange(parts.shape[0], dtype=jnp.int32) * chunk
+    rows = jnp.arange(rep.shape[0])[:, None]
+
+    def merge(best, xs):
+        start, t, ok = xs
+        ids = start + jnp.arange(chunk, dtype=jnp.int32)
+        scores = jnp.where(ok[None, :] & (ids != 0)[None, :], rep @ t.T, -jnp.inf)
+        col = seen - start
+        inside = (seen > 0) & (col >= 0) & (col < chunk)
+        scores = scores.at[rows, jnp.where(inside, col, chunk)].set(-jnp.inf, mode="drop")
+        vals, idx = jax.lax.top_k(scores, min(k, chunk))
+        both_vals = jnp.concatenate([best[0], vals], axis=1)
+        both_ids = jnp.concatenate([best[1], start + idx.astype(jnp.int32)], axis=1)
+        keep_vals, keep = jax.lax.top_k(both_vals, k)
+        return (keep_vals, jnp.take_along_axis(both_ids, keep, axis=1)), None
+
+    init = (jnp.full((rep.shape[0], k), -jnp.inf, rep.dtype), jnp.zeros((rep.shape[0], k), jnp.int32))
+    best, _ = jax.lax.scan(merge, init, (starts, parts, real))
+    return best
 
 
 def load(path, *, data: str | None = None) -> Recommender:
@@ -201,7 +239,8 @@ def load(path, *, data: str | None = None) -> Recommender:
             item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32), "prefix_len": prefix_len}
         )
 
-    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"])
+    linear = scorer.score if isinstance(scorer.score, scoring.LinearScoreFn) else None
+    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"], linear)
 
 
 def dataset_of(meta: dict, data: str | None = None):
