@@ -87,6 +87,10 @@ class Config:
     freeze_retriever: bool = False  # ablation: keep g at its initialisation (LN(x)); nothing of g trains
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
+    retriever_objective: str = "design"  # extra training signal for g: "design" (none), "contrastive", "usefulness"
+    retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
+    retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
+    usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
     cache_seq_output: bool = True  # encode training samples once (the encoder is frozen) instead of every step
@@ -136,6 +140,7 @@ class Config:
             "nprobe",
             "retrieval_chunk_size",
             "faiss_shards",
+            "retriever_pool",
         ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
@@ -147,15 +152,16 @@ class Config:
         ck.require("n_heads", self.hidden_size % self.n_heads == 0, f"a divisor of hidden_size={self.hidden_size}")
         for key in ("hidden_dropout_prob", "attn_dropout_prob"):
             ck.require(key, 0.0 <= self._float(key) < 1.0, "a number in [0, 1)")
-        for key in ("learning_rate", "tau", "retriever_temperature", "initializer_range"):
+        for key in ("learning_rate", "tau", "retriever_temperature", "initializer_range", "usefulness_temperature"):
             ck.require(key, self._float(key) > 0.0, "a number > 0")
-        for key in ("weight_decay", "lmd_sem", "enhanced_rec_weight", "kl_small_weight"):
+        for key in ("weight_decay", "lmd_sem", "enhanced_rec_weight", "kl_small_weight", "retriever_loss_weight"):
             ck.require(key, self._float(key) >= 0.0, "a number >= 0")
         ck.require("alpha", 0.0 <= self._float("alpha") <= 1.0, "a number in [0, 1]")
         ck.require("quality_threshold", -1.0 <= self._float("quality_threshold") <= 1.0, "a cosine in [-1, 1]")
         ck.choice("model", MODELS)
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
+        ck.choice("retriever_objective", ("design", "contrastive", "usefulness"))
         if self.fusion == "knn_lm" or self.learnable_alpha is True:
             ck.require(
                 "alpha", 0.0 < self._float("alpha") < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha"

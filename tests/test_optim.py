@@ -38,12 +38,16 @@ def test_every_parameter_has_a_label_and_only_the_retriever_trains():
     assert not is_trainable((jax.tree_util.DictKey("new_head"), jax.tree_util.DictKey("kernel")))
 
 
-@pytest.mark.parametrize("backend", ["exact", "faiss"])
-def test_n_steps_change_only_the_retriever(backend):
-    hp = FTragrecHParams(retrieval_backend=backend, quality_threshold=0.0, top_k=3)
+@pytest.mark.parametrize(
+    "backend,objective", [("exact", "design"), ("faiss", "design"), ("exact", "contrastive"), ("faiss", "usefulness")]
+)
+def test_n_steps_change_only_the_retriever(backend, objective):
+    hp = FTragrecHParams(
+        retrieval_backend=backend, quality_threshold=0.0, top_k=3, retriever_objective=objective, retriever_pool=20
+    )
     samples = make_samples(1, 30, 50, 8)
     model = _model(hp)
-    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend=backend, top_k=hp.top_k)
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend=backend, top_k=hp.search_k)
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     before = _leaves(params)
     tx = make_optimizer(1e-2)
@@ -58,6 +62,7 @@ def test_n_steps_change_only_the_retriever(backend):
         batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)
         params, opt_state, aux = step(params, opt_state, batch, kb.memory)
         assert np.isfinite(float(aux["loss"]))
+        assert ("objective_loss" in aux) == (objective != "design")
     after = _leaves(params)
     assert before.keys() == after.keys()
     for key, old in before.items():

@@ -99,6 +99,56 @@ def ftragrec_terms(
     return total, terms, enhanced
 
 
+def retriever_objective_term(
+    retriever: TorchRetriever,
+    seq_output,
+    pool_ids,
+    h,
+    kb_target,
+    item_table,
+    target,
+    mask,
+    *,
+    objective,
+    retriever_temperature=0.07,
+    usefulness_temperature=1.0,
+):
+    """(term, counted share) of a retriever objective over a search pool [B, P] (-1 = none), from the spec in
+    ftragrec_jax/models/ftragrec.py: R = softmax(cos/temperature) over the pool's valid entries;
+    "contrastive": -log of R's mass on entries whose target is the row's target (rows with none count nowhere);
+    "usefulness": KL(Q || R), Q = softmax(u/usefulness_temperature), u_j = (E[y] - softmax(s E^T) E) . E[t_j].
+    The term is the mean over real rows (mask = 1) it counts."""
+    seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
+    mask = mask.to(seq_output.dtype)
+    valid = pool_ids >= 0
+    safe = pool_ids.clamp(min=0).long()
+    q = retriever.embed(seq_output)
+    keys = retriever.embed(h[safe])
+    logits = torch.einsum("bh,bph->bp", q, keys) / retriever_temperature
+    # rows with nothing valid (or no positive) keep finite values there, so no NaN reaches a gradient
+    some = valid.any(dim=-1, keepdim=True)
+    log_r = torch.log_softmax(logits.masked_fill(~valid & some, float("-inf")), dim=-1)
+    pool_target = kb_target[safe].long()
+    if objective == "contrastive":
+        positive = valid & (pool_target == target[:, None].long())
+        counted = positive.any(dim=-1)
+        mass = torch.logsumexp(log_r.masked_fill(~positive & counted[:, None], float("-inf")), dim=-1)
+        rows = torch.where(counted, -mass, torch.zeros_like(mass))
+    elif objective == "usefulness":
+        probs = torch.softmax(seq_output @ item_table.T, dim=-1)
+        direction = item_table[target.long()] - probs @ item_table
+        u = torch.einsum("bh,bph->bp", direction, item_table[pool_target]) / usefulness_temperature
+        log_q = torch.log_softmax(u.masked_fill(~valid & some, float("-inf")), dim=-1)
+        each = torch.exp(log_q) * (log_q - log_r)
+        rows = torch.where(valid, each, torch.zeros_like(each)).sum(-1)
+        counted = valid.any(dim=-1)
+        rows = torch.where(counted, rows, torch.zeros_like(rows))
+    else:
+        raise ValueError(f"unknown objective {objective!r}")
+    w = mask * counted.to(mask.dtype)
+    return (rows * w).sum() / w.sum().clamp(min=1.0), w.sum() / mask.sum().clamp(min=1.0)
+
+
 class TorchFTragrec(TorchDuoRec):
     """A TorchDuoRec (frozen) plus `retriever_encoder`; host FAISS over keys g(h_j)/|g(h_j)| of training samples.
 

@@ -15,6 +15,18 @@ Ablation options (defaults = the design above):
   fusion="knn_lm": mix distributions instead of vectors, p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j)
     (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target).
   learnable_alpha: a = sigmoid(fusion.alpha_logit), a trainable scalar starting at `alpha`.
+Retriever objectives (retriever_objective; "design" = none of them, the default): the design's terms only see
+  the k neighbours already retrieved, so g never learns which other entries it should have retrieved. These
+  search a wider pool of P = max(top_k, retriever_pool) entries with the same backend and exclusion rule (the
+  first top_k of the pool are the fused neighbours, exactly the top_k search's), recompute the pool's keys with
+  the current g, take the retrieval distribution R = softmax(cos/temperature) over the pool and add
+  retriever_loss_weight · (mean over real rows it counts) of
+  - "contrastive": -log Σ_{j: t_j = y} R_j, the pool's mass on entries whose target is the query's own target y
+    (rows with no such entry in the pool count nowhere);
+  - "usefulness": KL(Q || R) with Q = softmax(u/usefulness_temperature) over the pool,
+    u_j = ∇_s log softmax(s·Eᵀ)[y] · E[t_j] = (E[y] − Σ_i softmax(s·Eᵀ)_i E[i]) · E[t_j]: how much moving the
+    frozen representation towards entry j's target raises the log-likelihood of the true target, to first
+    order (an LM-supervised retrieval target in the spirit of REPLUG, cheap enough for every step).
 CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
 E (the item table) and s are frozen: both are cut from the autodiff graph, so backward only touches g.
 """
@@ -37,6 +49,7 @@ from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 KL_EPS = 1e-8
 _DEFAULTS = Config()  # the one home of every default (config.py); the dataclasses below take theirs from it
 FUSIONS = ("representation", "knn_lm")
+OBJECTIVES = ("design", "contrastive", "usefulness")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +77,10 @@ class FTragrecHParams:
     exclude_same_user: bool = (
         _DEFAULTS.exclude_same_user
     )  # never retrieve any sample of the query's own user (not only later ones)
+    retriever_objective: str = _DEFAULTS.retriever_objective
+    retriever_pool: int = _DEFAULTS.retriever_pool
+    retriever_loss_weight: float = _DEFAULTS.retriever_loss_weight
+    usefulness_temperature: float = _DEFAULTS.usefulness_temperature
 
     def __post_init__(self):
         def need(key, ok, expected):
@@ -74,20 +91,28 @@ class FTragrecHParams:
             return isinstance(v, int) and not isinstance(v, bool)
 
         need("retriever_layers", is_int(self.retriever_layers) and self.retriever_layers >= 0, "an integer >= 0")
-        for key in ("top_k", "retriever_inner_size", "nprobe", "retrieval_chunk_size"):
+        for key in ("top_k", "retriever_inner_size", "nprobe", "retrieval_chunk_size", "retriever_pool"):
             need(key, is_int(getattr(self, key)) and getattr(self, key) >= 1, "an integer >= 1")
         need("faiss_overfetch", is_int(self.faiss_overfetch) and self.faiss_overfetch >= 0, "an integer >= 0")
         need("retriever_temperature", self.retriever_temperature > 0, "a number > 0")
         need("alpha", 0.0 <= self.alpha <= 1.0, "a number in [0, 1]")
         need("quality_threshold", -1.0 <= self.quality_threshold <= 1.0, "a cosine in [-1, 1]")
-        for key in ("enhanced_rec_weight", "kl_small_weight"):
+        for key in ("enhanced_rec_weight", "kl_small_weight", "retriever_loss_weight"):
             need(key, getattr(self, key) >= 0, "a number >= 0")
+        need("usefulness_temperature", self.usefulness_temperature > 0, "a number > 0")
+        need("retriever_objective", self.retriever_objective in OBJECTIVES, f"one of {list(OBJECTIVES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
         for key in ("learnable_alpha", "exclude_same_user"):
             need(key, isinstance(getattr(self, key), bool), "true or false")
         if self.fusion == "knn_lm" or self.learnable_alpha:  # log(1-a) / logit(a) must be finite
             need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
+
+    @property
+    def search_k(self) -> int:
+        """Entries searched per training query: top_k, or the objective's wider pool (its first top_k are the
+        fused neighbours)."""
+        return self.top_k if self.retriever_objective == "design" else max(self.top_k, self.retriever_pool)
 
     @classmethod
     def from_config(cls, source) -> "FTragrecHParams":
@@ -106,6 +131,10 @@ def validate_setup(
     """Checks that need the data or the pretrained model; run before training starts."""
     if hp.top_k > n_base:
         raise ConfigError(f"config key 'top_k': expected at most the knowledge-base size {n_base}, got {hp.top_k}")
+    if hp.search_k > n_base:
+        raise ConfigError(
+            f"config key 'retriever_pool': expected at most the knowledge-base size {n_base}, got {hp.retriever_pool}"
+        )
     if hp.retrieval_backend == "faiss":
         check_faiss_factory(hp.faiss_index, hidden_size)
     if encoder_cfg is not None:
@@ -163,6 +192,40 @@ def _masked_softmax(logits, valid):
     return e / jnp.where(total > 0, total, 1.0)
 
 
+def _masked_logsumexp(logits, valid):
+    """log Σ exp over valid entries of the last axis; 0 where nothing is valid (finite values and gradients)."""
+    m = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    total = jnp.where(valid, jnp.exp(jnp.where(valid, logits, 0.0) - m[:, None]), 0.0).sum(-1)
+    return jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)) + m, 0.0)
+
+
+def objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp: FTragrecHParams):
+    """(loss [B], counted [B] bool) of hp.retriever_objective over the search pool pool_ids [B, P] (-1 = none);
+    the formulas are in the module docstring. Everything but g is frozen here."""
+    valid = pool_ids >= 0
+    safe = jnp.where(valid, pool_ids, 0)
+    keys = embed(retriever, h[safe])  # [B, P, H]: the pool's keys from the current g
+    logits = jnp.einsum("bh,bph->bp", query, keys) / hp.retriever_temperature
+    log_z = _masked_logsumexp(logits, valid)
+    pool_target = kb_target[safe]
+    if hp.retriever_objective == "contrastive":
+        positive = valid & (pool_target == target[:, None])
+        counted = positive.any(-1)
+        rows = log_z - _masked_logsumexp(logits, positive)
+    elif hp.retriever_objective == "usefulness":
+        probs = jax.nn.softmax(seq_output @ item_table.T, axis=-1)
+        direction = item_table[target] - probs @ item_table  # ∇_s log softmax(s·Eᵀ)[target]
+        u = jnp.einsum("bh,bph->bp", direction, item_table[pool_target]) / hp.usefulness_temperature
+        log_q = u - _masked_logsumexp(u, valid)[:, None]
+        q = jnp.where(valid, jnp.exp(jnp.where(valid, log_q, 0.0)), 0.0)
+        counted = valid.any(-1)
+        rows = jnp.where(valid, q * (log_q - (logits - log_z[:, None])), 0.0).sum(-1)
+    else:
+        raise ConfigError(f"config key 'retriever_objective': no pool term for {hp.retriever_objective!r}")
+    return jnp.where(counted, rows, 0.0), counted
+
+
 def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams, alpha=None) -> dict:
     """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none.
     alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha."""
@@ -216,13 +279,15 @@ def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
 def ftragrec_terms(
     retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams, alpha=None, rec_ce=None
 ):
-    """(total, aux) given retrieved ids: the part of the loss shared with the PyTorch reference's parity test.
+    """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
+    them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
     rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way."""
     seq_output = jax.lax.stop_gradient(seq_output)
     item_table = jax.lax.stop_gradient(item_table)
     h = jax.lax.stop_gradient(h)
     mask = jnp.asarray(mask, seq_output.dtype)
     query = embed(retriever, seq_output)
+    pool_ids, ids = ids, ids[:, : hp.top_k]
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
     rec_rows = cross_entropy_rows(seq_output, item_table, target) if rec_ce is None else jax.lax.stop_gradient(rec_ce)
@@ -238,6 +303,14 @@ def ftragrec_terms(
     with_nb = mask * nb["has"].astype(mask.dtype)
     kl = (kl_rows * with_nb).sum() / jnp.maximum(with_nb.sum(), 1.0)
     total = rec + hp.enhanced_rec_weight * enhanced + hp.kl_small_weight * kl
+    objective = {}
+    if hp.retriever_objective != "design":
+        rows, counted = objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp)
+        counted = mask * counted.astype(mask.dtype)
+        term = (rows * counted).sum() / jnp.maximum(counted.sum(), 1.0)
+        total = total + hp.retriever_loss_weight * term
+        # the share of real rows the term counts (contrastive: those with their own target in the pool)
+        objective = {"objective_loss": term, "objective_rows": counted.sum() / n_real}
     aux = {
         "loss": total,
         "rec_loss": rec,
@@ -248,13 +321,16 @@ def ftragrec_terms(
         # queries the search returned fewer than top_k ids for (threshold masking aside): a tiny base, a user
         # whose own samples are most of it, or an approximate index that ran out (search.py)
         "short_fraction": ((ids < 0).any(-1).astype(mask.dtype) * mask).sum() / n_real,
+        **objective,
     }
     if hp.learnable_alpha:
         aux["alpha"] = jnp.asarray(alpha, jnp.float32)
     return total, aux
 
 
-def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=None):
+def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=None, width=None):
+    """(seq_output, query, ids [B, width]); width None = hp.search_k (training). A FAISS searcher always
+    answers its own top_k (KnowledgeBase built it for search_k), of which the caller keeps what it needs."""
     if seq_output is None:  # uncached: the frozen encoder, dropout off (length-bucketed: same outputs, faster)
         seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"], mesh=mesh)
     seq_output = jax.lax.stop_gradient(seq_output)
@@ -262,13 +338,16 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
     # the exclusion rule forbids same-user entries whose prefix is not shorter than the query's: a query prefix
     # of 0 makes that every same-user entry (all have prefix >= 1), with no change to the search backends
     q_prefix = jnp.zeros_like(batch["prefix_len"]) if hp.exclude_same_user else batch["prefix_len"]
+    width = hp.search_k if width is None else width
+    if hp.retrieval_backend == "faiss" and searcher is not None:
+        width = searcher.top_k
     ids = retrieve(
         query,
         batch["user"],
         q_prefix,
         memory,
         backend=hp.retrieval_backend,
-        top_k=hp.top_k,
+        top_k=width,
         chunk_size=hp.retrieval_chunk_size,
         searcher=searcher,
     )
@@ -315,7 +394,8 @@ def ftragrec_scores(
 ):
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation); `mesh`: the batch is
     sharded along its data axis (each device encodes its own rows)."""
-    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh)
+    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
+    ids = ids[:, : hp.top_k]
     table = model.encoder.item_table()
     nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
     if hp.fusion == "knn_lm":
