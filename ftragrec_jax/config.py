@@ -96,6 +96,7 @@ class Config:
     cache_seq_output: bool = True  # encode training samples once (the encoder is frozen) instead of every step
     retrieval_chunk_size: int = 65536  # exact backend: keys scored per chunk (bounds memory)
     faiss_overfetch: int = 32  # faiss backend: extra candidates per query, so the exclusion filter keeps top_k
+    faiss_rerank: int = 0  # faiss backend: candidates re-scored exactly per query; 0 = top_k + 16 (raise for PQ/SQ)
 
     # --- scale-out -----------------------------------------------------------------------------
     mesh: Any = None  # devices on the data axis: None = all local devices, or an int
@@ -147,6 +148,7 @@ class Config:
         ck.require("item_chunk_size", self._int("item_chunk_size") >= 0, "an integer >= 0 (0 = whole catalogue)")
         ck.require("retriever_layers", self._int("retriever_layers") >= 0, "an integer >= 0 (0 = no retriever)")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
+        ck.require("faiss_rerank", self._int("faiss_rerank") >= 0, "an integer >= 0 (0 = top_k + 16)")
         ck.require("stopping_step", self._int("stopping_step") >= 1, "an integer >= 1")
         ck.require("epochs", self.epochs <= 1000, "at most 1000")
         ck.require("n_heads", self.hidden_size % self.n_heads == 0, f"a divisor of hidden_size={self.hidden_size}")

@@ -72,6 +72,7 @@ class FTragrecHParams:
         _DEFAULTS.faiss_overfetch
     )  # extra FAISS candidates fetched per query to survive the exclusion filter
     retrieval_chunk_size: int = _DEFAULTS.retrieval_chunk_size
+    faiss_rerank: int = _DEFAULTS.faiss_rerank
     fusion: str = _DEFAULTS.fusion
     learnable_alpha: bool = _DEFAULTS.learnable_alpha
     exclude_same_user: bool = (
@@ -93,7 +94,8 @@ class FTragrecHParams:
         need("retriever_layers", is_int(self.retriever_layers) and self.retriever_layers >= 0, "an integer >= 0")
         for key in ("top_k", "retriever_inner_size", "nprobe", "retrieval_chunk_size", "retriever_pool"):
             need(key, is_int(getattr(self, key)) and getattr(self, key) >= 1, "an integer >= 1")
-        need("faiss_overfetch", is_int(self.faiss_overfetch) and self.faiss_overfetch >= 0, "an integer >= 0")
+        for key in ("faiss_overfetch", "faiss_rerank"):
+            need(key, is_int(getattr(self, key)) and getattr(self, key) >= 0, "an integer >= 0")
         need("retriever_temperature", self.retriever_temperature > 0, "a number > 0")
         need("alpha", 0.0 <= self.alpha <= 1.0, "a number in [0, 1]")
         need("quality_threshold", -1.0 <= self.quality_threshold <= 1.0, "a cosine in [-1, 1]")

@@ -87,6 +87,21 @@ def backbone_ce(encoder, h, target, *, chunk_size: int = 4096) -> np.ndarray:
     )
 
 
+def search_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
+    """KnowledgeBase's search settings from FTragrec hyperparameters (models/ftragrec.FTragrecHParams), read in
+    this one place for training and inference. width: the FAISS searcher's top_k, hp.top_k unless given
+    (training passes hp.search_k, the retriever objective's pool)."""
+    return dict(
+        backend=hp.retrieval_backend,
+        faiss_index=hp.faiss_index,
+        nprobe=hp.nprobe,
+        top_k=hp.top_k if width is None else width,
+        faiss_overfetch=hp.faiss_overfetch,
+        faiss_rerank=hp.faiss_rerank,
+        faiss_shards=faiss_shards,
+    )
+
+
 class KnowledgeBase:
     """Host arrays of the base, their device copy (`memory`, a pytree for jitted steps), and the FAISS index."""
 
@@ -103,6 +118,7 @@ class KnowledgeBase:
         nprobe: int = 16,
         top_k: int = 5,
         faiss_overfetch: int = 32,
+        faiss_rerank: int = 0,
         n_train: int | None = None,
         faiss_shards: int = 1,
         rec_ce=None,
@@ -126,7 +142,13 @@ class KnowledgeBase:
         self.backend = backend
         self.searcher = (
             FaissSearcher(
-                faiss_index, self.h.shape[1], top_k=top_k, nprobe=nprobe, overfetch=faiss_overfetch, shards=faiss_shards
+                faiss_index,
+                self.h.shape[1],
+                top_k=top_k,
+                nprobe=nprobe,
+                overfetch=faiss_overfetch,
+                shards=faiss_shards,
+                rerank=faiss_rerank,
             )
             if backend == "faiss"
             else None

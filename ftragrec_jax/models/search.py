@@ -373,6 +373,7 @@ class FaissSearcher:
         shards: int = 1,
         use_gpu: bool | None = None,
         max_fetch: int = MAX_FETCH,
+        rerank: int = 0,
     ):
         make_faiss_index(factory, dim)  # fail early on a bad string
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
@@ -380,6 +381,11 @@ class FaissSearcher:
         self.factory, self.dim, self.top_k = factory, int(dim), int(top_k)
         self.nprobe, self.overfetch, self.shards = int(nprobe), int(overfetch), shards
         self.max_fetch = int(max_fetch)
+        if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+            raise ConfigError(f"config key 'faiss_rerank': expected an integer >= 0, got {rerank!r}")
+        # candidates the jitted search re-scores exactly (faiss_search): a compressed index (PQ, SQ) orders its
+        # candidates by approximate scores, so more of them are needed for the exact top_k to be among them
+        self.rerank = max(self.top_k + RERANK_MARGIN, rerank)
         self.short = self.capped = 0  # queries left with fewer than top_k ids / stopped at max_fetch
         self._warned = False
         self.gpus = faiss_gpus() if use_gpu is None or use_gpu else 0
@@ -483,11 +489,12 @@ class FaissSearcher:
 
 def faiss_search(searcher: FaissSearcher, query, q_user, q_prefix, keys=None):
     """FAISS search from inside jit / grad through a host callback with a static shape: int32 [B, top_k].
-    keys: the base's keys on the device (Memory.keys); the callback then returns top_k + RERANK_MARGIN
-    candidates and `rerank` orders them as the exact backend does. None: FAISS's own top_k (benchmarks)."""
+    keys: the base's keys on the device (Memory.keys); the callback then returns searcher.rerank candidates
+    (top_k + RERANK_MARGIN, or faiss_rerank when larger) and `rerank` orders them by exact scores as the exact
+    backend does. None: FAISS's own top_k (benchmarks)."""
     query = jax.lax.stop_gradient(query)
     k = searcher.top_k
-    width = k if keys is None else k + RERANK_MARGIN
+    width = k if keys is None else searcher.rerank
     shape = jax.ShapeDtypeStruct((query.shape[0], width), jnp.int32)
     cand = jax.pure_callback(
         functools.partial(searcher.search_host, k=width), shape, query, q_user, q_prefix, vmap_method="sequential"

@@ -18,28 +18,12 @@ from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
-from ftragrec_jax.models.knowledge_base import KnowledgeBase
+from ftragrec_jax.models.knowledge_base import KnowledgeBase, search_options
 from ftragrec_jax.optim import make_optimizer, trainable_modules
 from ftragrec_jax.train.run_dir import LOGGER_NAME
 from ftragrec_jax.train.steps import make_ftragrec_step
 from ftragrec_jax.train.task import Task
 from ftragrec_jax.trees import assign_params
-
-
-def _knowledge_base(encoder, retriever, samples, hp, faiss_shards: int = 1, with_rec_ce: bool = False):
-    return KnowledgeBase.build(
-        encoder,
-        retriever,
-        samples,
-        backend=hp.retrieval_backend,
-        faiss_index=hp.faiss_index,
-        nprobe=hp.nprobe,
-        top_k=hp.search_k,  # the FAISS searcher answers the training pool (scoring keeps top_k)
-        faiss_overfetch=hp.faiss_overfetch,
-        key_chunk_size=hp.retrieval_chunk_size,
-        faiss_shards=faiss_shards,
-        with_rec_ce=with_rec_ce,
-    )
 
 
 def load_pretrained_encoder(path: str, dataset):
@@ -86,8 +70,14 @@ class FTragrecTask(Task):
         self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay, self.trainable)
         t0 = time.perf_counter()
         # the cached step also reads the backbone's CE per training sample, a constant of the frozen model
-        self.kb = _knowledge_base(
-            model.encoder, model.retriever, dataset.train, self.hp, cfg.faiss_shards, with_rec_ce=cfg.cache_seq_output
+        self.kb = KnowledgeBase.build(
+            model.encoder,
+            model.retriever,
+            dataset.train,
+            key_chunk_size=self.hp.retrieval_chunk_size,
+            with_rec_ce=cfg.cache_seq_output,
+            # the FAISS searcher answers the training pool (scoring keeps top_k of it)
+            **search_options(self.hp, faiss_shards=cfg.faiss_shards, width=self.hp.search_k),
         )
         where = (
             f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)"

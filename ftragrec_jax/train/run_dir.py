@@ -42,6 +42,7 @@ FTRAGREC_ONLY = (
     "faiss_index",
     "nprobe",
     "faiss_overfetch",
+    "faiss_rerank",
     "top_k",
     "retriever_layers",
     "retriever_inner_size",
