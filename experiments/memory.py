@@ -129,7 +129,7 @@ def child_kb(args) -> dict:
 
     from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
-    from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples, search_options
+    from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples, kb_options
     from ftragrec_jax.models.search import exact_search
 
     st = Stages()
@@ -164,7 +164,7 @@ def child_kb(args) -> dict:
         samples["user"],
         samples["prefix_len"],
         keys,
-        **{**search_options(hp), "backend": "faiss"},
+        **{**kb_options(hp), "backend": "faiss"},
     )
     del h, keys
     st.mark(f"device copy + FAISS {hp.faiss_index} index", index_build_s=round(kb.index_seconds, 2))

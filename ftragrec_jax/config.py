@@ -95,6 +95,7 @@ class Config:
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
     cache_seq_output: bool = True  # encode training samples once (the encoder is frozen) instead of every step
     retrieval_chunk_size: int = 65536  # exact backend: keys scored per chunk (bounds memory)
+    knowledge_base_dtype: str = "float32"  # storage of the frozen vectors h: "float16" halves them (rounded)
     faiss_overfetch: int = 32  # faiss backend: extra candidates per query, so the exclusion filter keeps top_k
     faiss_rerank: int = 0  # faiss backend: candidates re-scored exactly per query; 0 = top_k + 16 (raise for PQ/SQ)
 
@@ -164,6 +165,7 @@ class Config:
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
         ck.choice("retriever_objective", ("design", "contrastive", "usefulness"))
+        ck.choice("knowledge_base_dtype", ("float32", "float16"))
         if self.fusion == "knn_lm" or self.learnable_alpha is True:
             ck.require(
                 "alpha", 0.0 < self._float("alpha") < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha"

@@ -29,7 +29,7 @@ from ftragrec_jax.model_dir import ENCODER_MODELS, check_vocab_compat, load_mode
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, ftragrec_scores
-from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, search_options
+from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, kb_options
 from ftragrec_jax.models.search import FaissSearcher, Memory
 from ftragrec_jax.trees import assign_params, dotted, key_names
 
@@ -44,6 +44,7 @@ INFERENCE_KEYS = (
     "nprobe",
     "faiss_overfetch",
     "faiss_rerank",
+    "knowledge_base_dtype",
     "retrieval_chunk_size",
     "top_k",
     "retriever_temperature",
@@ -254,7 +255,7 @@ def from_params(
 def _knowledge_base(
     model, hp: FTragrecHParams, source: str, dataset, arrays: dict | None, faiss_shards: int
 ) -> KnowledgeBase:
-    options = search_options(hp, faiss_shards=faiss_shards)
+    options = kb_options(hp, faiss_shards=faiss_shards)
     if arrays is not None:
         width = model.encoder.config.hidden_size
         if arrays["h"].shape[1] != width:

@@ -13,6 +13,7 @@ from ftragrec_jax.models.ftragrec import (
     FTragrecHParams,
     build_ftragrec,
     ftragrec_loss,
+    ftragrec_scores,
     ftragrec_terms,
     validate_setup,
 )
@@ -351,3 +352,34 @@ def test_cached_backbone_ce_gives_the_same_step(setup, fusion):
     with_ce.extend(model.encoder, model.retriever, batch_of(samples, np.arange(5), 5))
     assert with_ce.memory.rec_ce.shape == (n + 5,)
     np.testing.assert_allclose(with_ce.rec_ce[n:], with_ce.rec_ce[:5], rtol=1e-6, atol=1e-6)
+
+
+def test_float16_knowledge_base_halves_h_and_stays_close(setup):
+    """knowledge_base_dtype float16: h is stored (host and device) in half the bytes, rounded; keys, losses and
+    scores are computed in float32 from it and stay within float16 rounding of the float32 base's."""
+    from ftragrec_jax.models.knowledge_base import kb_options
+    from ftragrec_jax.optim import make_optimizer
+    from ftragrec_jax.train.steps import make_ftragrec_step
+
+    samples, hp, model, kb = setup
+    hp16 = dataclasses.replace(hp, knowledge_base_dtype="float16")
+    kb16 = KnowledgeBase.build(model.encoder, model.retriever, samples, encode_chunk_size=64, **kb_options(hp16))
+    assert kb16.h.dtype == np.float16 and kb16.memory.h.dtype == jnp.float16 and kb16.keys.dtype == np.float32
+    assert 2 * kb16.h.nbytes == kb.h.nbytes
+    np.testing.assert_array_equal(kb16.h, kb.h.astype(np.float16))  # the same vectors, rounded once
+    np.testing.assert_allclose(kb16.keys, kb.keys, atol=5e-3)
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    opt = make_optimizer(1e-2)
+    batch = batch_of(samples, np.arange(3, 35), 40)
+    copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the step donates its inputs)
+    _, _, a32 = make_ftragrec_step(gd, hp, opt, rest=rest)(copy(params), opt.init(params), batch, kb.memory)
+    _, _, a16 = make_ftragrec_step(gd, hp16, opt, rest=rest)(copy(params), opt.init(params), batch, kb16.memory)
+    for k in ("loss", "rec_loss", "enhanced_rec_loss", "kl_loss"):
+        np.testing.assert_allclose(float(a16[k]), float(a32[k]), rtol=2e-2, atol=2e-3, err_msg=k)
+    s32 = jax.jit(lambda b: ftragrec_scores(model, b, kb.memory, hp=hp))(batch)
+    s16 = jax.jit(lambda b: ftragrec_scores(model, b, kb16.memory, hp=hp16))(batch)
+    np.testing.assert_allclose(np.asarray(s16), np.asarray(s32), rtol=2e-2, atol=2e-2)
+    kb16.extend(model.encoder, model.retriever, {k: v[:5] for k, v in samples.items()})
+    assert kb16.h.dtype == np.float16 and len(kb16) == len(kb) + 5
+    with pytest.raises(ConfigError, match="knowledge_base_dtype"):
+        FTragrecHParams(knowledge_base_dtype="bfloat16")

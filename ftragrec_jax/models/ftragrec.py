@@ -42,6 +42,7 @@ from flax import nnx
 from ftragrec_jax.config import Config
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed
+from ftragrec_jax.models.knowledge_base import KB_DTYPES
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
@@ -73,6 +74,7 @@ class FTragrecHParams:
     )  # extra FAISS candidates fetched per query to survive the exclusion filter
     retrieval_chunk_size: int = _DEFAULTS.retrieval_chunk_size
     faiss_rerank: int = _DEFAULTS.faiss_rerank
+    knowledge_base_dtype: str = _DEFAULTS.knowledge_base_dtype
     fusion: str = _DEFAULTS.fusion
     learnable_alpha: bool = _DEFAULTS.learnable_alpha
     exclude_same_user: bool = (
@@ -103,6 +105,7 @@ class FTragrecHParams:
             need(key, getattr(self, key) >= 0, "a number >= 0")
         need("usefulness_temperature", self.usefulness_temperature > 0, "a number > 0")
         need("retriever_objective", self.retriever_objective in OBJECTIVES, f"one of {list(OBJECTIVES)}")
+        need("knowledge_base_dtype", self.knowledge_base_dtype in KB_DTYPES, f"one of {list(KB_DTYPES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
         for key in ("learnable_alpha", "exclude_same_user"):
@@ -207,7 +210,7 @@ def objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_ta
     the formulas are in the module docstring. Everything but g is frozen here."""
     valid = pool_ids >= 0
     safe = jnp.where(valid, pool_ids, 0)
-    keys = embed(retriever, h[safe])  # [B, P, H]: the pool's keys from the current g
+    keys = embed(retriever, h[safe].astype(query.dtype))  # [B, P, H]: the pool's keys from the current g
     logits = jnp.einsum("bh,bph->bp", query, keys) / hp.retriever_temperature
     log_z = _masked_logsumexp(logits, valid)
     pool_target = kb_target[safe]
@@ -233,7 +236,7 @@ def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTr
     alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha."""
     valid = ids >= 0
     safe = jnp.where(valid, ids, 0)
-    keys = embed(retriever, h[safe])  # [B, k, H], fresh keys from the current g
+    keys = embed(retriever, h[safe].astype(query.dtype))  # [B, k, H], fresh keys from the current g
     cos = jnp.einsum("bh,bkh->bk", query, keys)
     valid = valid & (cos >= hp.quality_threshold)
     p_ret = _masked_softmax(cos / hp.retriever_temperature, valid)

@@ -26,6 +26,7 @@ from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows
 
 SAMPLE_FIELDS = ("item_seq", "item_seq_len", "target", "user", "prefix_len")
+KB_DTYPES = ("float32", "float16")  # storage of h (knowledge_base_dtype); every computation reads it as float32
 
 
 def _field(samples, name):
@@ -39,15 +40,15 @@ def _apply_fn(graphdef, kind):
         return nnx.merge(graphdef, state)(item_seq, item_seq_len)
 
     def keys(state, h):
-        return embed(nnx.merge(graphdef, state), h)
+        return embed(nnx.merge(graphdef, state), h.astype(jnp.float32))
 
     def rec_ce(state, h, target):  # the loss's own CE: the cached value is the one the step would compute
-        return cross_entropy_rows(h, nnx.merge(graphdef, state).item_table(), target)
+        return cross_entropy_rows(h.astype(jnp.float32), nnx.merge(graphdef, state).item_table(), target)
 
     return jax.jit({"encode": encode, "keys": keys, "rec_ce": rec_ce}[kind])
 
 
-def _chunked(fn, state, arrays, chunk_size):
+def _chunked(fn, state, arrays, chunk_size, dtype=np.float32):
     """Apply a jitted fn to row chunks of numpy arrays; the last chunk is padded so every call has one shape."""
     n = len(arrays[0])
     if n == 0:
@@ -61,36 +62,36 @@ def _chunked(fn, state, arrays, chunk_size):
             part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
         chunk = np.asarray(fn(state, *part))[:m]
         if out is None:
-            out = np.empty((n, *chunk.shape[1:]), np.float32)
+            out = np.empty((n, *chunk.shape[1:]), dtype)
         out[start : start + m] = chunk
     return out
 
 
-def encode_samples(encoder, item_seq, item_seq_len, *, chunk_size: int = 2048) -> np.ndarray:
-    """Frozen encoder output, dropout off, float32 [N, H]."""
+def encode_samples(encoder, item_seq, item_seq_len, *, chunk_size: int = 2048, dtype="float32") -> np.ndarray:
+    """Frozen encoder output, dropout off, [N, H] stored as `dtype` (written chunk by chunk: a float16 base
+    never exists in float32 as a whole)."""
     graphdef, state = nnx.split(encoder)
     fn = _apply_fn(graphdef, "encode")
-    return _chunked(fn, state, [np.asarray(item_seq, np.int32), np.asarray(item_seq_len, np.int32)], chunk_size)
+    arrays = [np.asarray(item_seq, np.int32), np.asarray(item_seq_len, np.int32)]
+    return _chunked(fn, state, arrays, chunk_size, np.dtype(dtype))
 
 
 def compute_keys(retriever, h, *, chunk_size: int = 65536) -> np.ndarray:
     """g(h)/|g(h)| for every row of h, float32 [N, H]."""
     graphdef, state = nnx.split(retriever)
-    return _chunked(_apply_fn(graphdef, "keys"), state, [np.asarray(h, np.float32)], chunk_size)
+    return _chunked(_apply_fn(graphdef, "keys"), state, [np.asarray(h)], chunk_size)  # h of either storage dtype
 
 
 def backbone_ce(encoder, h, target, *, chunk_size: int = 4096) -> np.ndarray:
     """-log softmax(h·Eᵀ)[target] per row, float32 [N]: the frozen backbone's CE on each entry's target."""
     graphdef, state = nnx.split(encoder)
-    return _chunked(
-        _apply_fn(graphdef, "rec_ce"), state, [np.asarray(h, np.float32), np.asarray(target, np.int32)], chunk_size
-    )
+    return _chunked(_apply_fn(graphdef, "rec_ce"), state, [np.asarray(h), np.asarray(target, np.int32)], chunk_size)
 
 
-def search_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
-    """KnowledgeBase's search settings from FTragrec hyperparameters (models/ftragrec.FTragrecHParams), read in
-    this one place for training and inference. width: the FAISS searcher's top_k, hp.top_k unless given
-    (training passes hp.search_k, the retriever objective's pool)."""
+def kb_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
+    """KnowledgeBase's settings (search backend and index, storage of h) from FTragrec hyperparameters
+    (models/ftragrec.FTragrecHParams), read in this one place for training and inference. width: the FAISS
+    searcher's top_k, hp.top_k unless given (training passes hp.search_k, the retriever objective's pool)."""
     return dict(
         backend=hp.retrieval_backend,
         faiss_index=hp.faiss_index,
@@ -99,6 +100,7 @@ def search_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> di
         faiss_overfetch=hp.faiss_overfetch,
         faiss_rerank=hp.faiss_rerank,
         faiss_shards=faiss_shards,
+        h_dtype=hp.knowledge_base_dtype,
     )
 
 
@@ -119,13 +121,16 @@ class KnowledgeBase:
         top_k: int = 5,
         faiss_overfetch: int = 32,
         faiss_rerank: int = 0,
+        h_dtype: str = "float32",
         n_train: int | None = None,
         faiss_shards: int = 1,
         rec_ce=None,
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
-        self.h = np.asarray(h, np.float32)
+        if h_dtype not in KB_DTYPES:
+            raise ConfigError(f"config key 'knowledge_base_dtype': expected one of {list(KB_DTYPES)}, got {h_dtype!r}")
+        self.h = np.asarray(h, h_dtype)
         self.target = np.asarray(target, np.int32)
         self.user = np.asarray(user, np.int32)
         self.prefix_len = np.asarray(prefix_len, np.int32)
@@ -170,7 +175,10 @@ class KnowledgeBase:
         """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g.
         with_rec_ce: also store the backbone's CE per entry (for the cached training step)."""
         arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
-        h = encode_samples(encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size)
+        dtype = options.get("h_dtype", "float32")
+        h = encode_samples(
+            encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size, dtype=dtype
+        )
         keys = compute_keys(retriever, h, chunk_size=key_chunk_size)
         rec_ce = backbone_ce(encoder, h, arrays["target"]) if with_rec_ce else None
         return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, rec_ce=rec_ce, **options)
@@ -218,7 +226,9 @@ class KnowledgeBase:
         """Append more samples (validation, before testing: extend_memory_with_valid). Returns seconds."""
         t0 = time.perf_counter()
         arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
-        h = encode_samples(encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size)
+        h = encode_samples(
+            encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size, dtype=self.h.dtype
+        )
         self.h = np.concatenate([self.h, h])
         for name in ("target", "user", "prefix_len"):
             setattr(self, name, np.concatenate([getattr(self, name), arrays[name].astype(np.int32)]))

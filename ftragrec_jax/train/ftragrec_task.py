@@ -18,7 +18,7 @@ from ftragrec_jax.config import Config
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
-from ftragrec_jax.models.knowledge_base import KnowledgeBase, search_options
+from ftragrec_jax.models.knowledge_base import KnowledgeBase, kb_options
 from ftragrec_jax.optim import make_optimizer, trainable_modules
 from ftragrec_jax.train.run_dir import LOGGER_NAME
 from ftragrec_jax.train.steps import make_ftragrec_step
@@ -77,7 +77,7 @@ class FTragrecTask(Task):
             key_chunk_size=self.hp.retrieval_chunk_size,
             with_rec_ce=cfg.cache_seq_output,
             # the FAISS searcher answers the training pool (scoring keeps top_k of it)
-            **search_options(self.hp, faiss_shards=cfg.faiss_shards, width=self.hp.search_k),
+            **kb_options(self.hp, faiss_shards=cfg.faiss_shards, width=self.hp.search_k),
         )
         where = (
             f"faiss on {self.kb.searcher.device}, {cfg.faiss_shards} shard(s)"

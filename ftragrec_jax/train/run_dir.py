@@ -43,6 +43,7 @@ FTRAGREC_ONLY = (
     "nprobe",
     "faiss_overfetch",
     "faiss_rerank",
+    "knowledge_base_dtype",
     "top_k",
     "retriever_layers",
     "retriever_inner_size",

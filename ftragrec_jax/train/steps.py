@@ -9,6 +9,7 @@ run it without the loop (tests, benchmarks); inside the loop's jit it is inlined
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -66,7 +67,7 @@ def make_ftragrec_step(
 
     def step(params, opt_state, batch, memory):
         def loss_fn(p):
-            seq = memory.h[batch["index"]] if cached else None
+            seq = memory.h[batch["index"]].astype(jnp.float32) if cached else None  # h may be stored as float16
             rec = memory.rec_ce[batch["index"]] if cached and memory.rec_ce is not None else None
             return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher, rec_ce=rec)
 
