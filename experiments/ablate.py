@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from experiments.cli_common import HelpFormatter, fail
+from experiments.cli_common import HelpFormatter, add_overrides, fail
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10")
 
@@ -26,14 +26,7 @@ def parse_args(argv):
     )
     p.add_argument("--config", required=True, help="FTragrec YAML config the variants start from")
     p.add_argument("--grid", required=True, help="YAML mapping: variant name -> {config key: value}")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for every variant, e.g. pretrained=RUN/best_model (repeatable)",
-    )
+    add_overrides(p, "override for every variant, e.g. pretrained=RUN/best_model (repeatable)")
     p.add_argument("--seeds", default="2020", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", default="runs/ablations", help="folder of the run folders (default: %(default)s)")

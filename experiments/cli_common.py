@@ -62,6 +62,11 @@ def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
     raise SystemExit(code)
 
 
+def add_overrides(parser, help: str, flag: str = "--set", dest: str = "overrides") -> None:
+    """A repeatable `--set KEY=VALUE` option (value parsed as YAML), collected in args.<dest>."""
+    parser.add_argument(flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def reject_unknown(parser, unknown: list[str]) -> None:
     """`--lerning_rate=0.1` gets the config's close-match hint instead of argparse's bare refusal."""
     from ftragrec_jax.config import unknown_key_error

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli_common import HelpFormatter, fail, reject_unknown
+from experiments.cli_common import HelpFormatter, add_overrides, fail, reject_unknown
 
 
 def parse_args(argv):
@@ -30,30 +30,9 @@ def parse_args(argv):
     parser.add_argument("--b", required=True, metavar="MODEL_DIR", help="the model compared with it")
     parser.add_argument("--data", default=None, help="dataset file (default: the path stored in model A)")
     parser.add_argument("--split", default="test", choices=("valid", "test"), help="which split's users")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dataset/evaluation key for both models (repeatable)",
-    )
-    parser.add_argument(
-        "--set-a",
-        dest="overrides_a",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key for model A only (repeatable)",
-    )
-    parser.add_argument(
-        "--set-b",
-        dest="overrides_b",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key for model B only (repeatable)",
-    )
+    add_overrides(parser, "override a dataset/evaluation key for both models (repeatable)")
+    add_overrides(parser, "override a key for model A only (repeatable)", flag="--set-a", dest="overrides_a")
+    add_overrides(parser, "override a key for model B only (repeatable)", flag="--set-b", dest="overrides_b")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args, unknown = parser.parse_known_args(rest)

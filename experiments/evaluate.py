@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli_common import HelpFormatter, config_key_help, fail, reject_unknown
+from experiments.cli_common import HelpFormatter, add_overrides, config_key_help, fail, reject_unknown
 from ftragrec_jax.atomic import write_json_atomic
 from ftragrec_jax.config import split_cli_overrides
 from ftragrec_jax.errors import FtragrecError
@@ -36,14 +36,7 @@ def parse_args(argv):
     parser.add_argument(
         "--data", default=None, help="dataset file (default: the path stored in the checkpoint, else embedded Beauty)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dataset/evaluation key, e.g. mask_history=true (repeatable)",
-    )
+    add_overrides(parser, "override a dataset/evaluation key, e.g. mask_history=true (repeatable)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write {'valid': {...}, 'test': {...}} here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args, unknown = parser.parse_known_args(rest)

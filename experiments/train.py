@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli_common import CONFIG_DIR, HelpFormatter, config_key_help, fail, reject_unknown
+from experiments.cli_common import CONFIG_DIR, HelpFormatter, add_overrides, config_key_help, fail, reject_unknown
 from ftragrec_jax import parallel
 from ftragrec_jax.config import load_config, split_cli_overrides
 from ftragrec_jax.errors import FtragrecError
@@ -34,14 +34,7 @@ def parse_args(argv):
         epilog=config_key_help(),
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable; value parsed as YAML)",
-    )
+    add_overrides(parser, "override one config key (repeatable; value parsed as YAML)")
     args, unknown = parser.parse_known_args(rest)
     reject_unknown(parser, unknown)
     return args, args.overrides + flag_overrides

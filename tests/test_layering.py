@@ -62,7 +62,10 @@ def test_entry_points_do_not_import_each_other():
     out = [
         v
         for v in _violations("experiments", ("experiments",))
-        if not v.endswith(shared) and " imports experiments.benches" not in v
+        if not v.endswith(shared)
+        and " imports experiments.benches" not in v
+        # results/ holds the scripts that produced a results file: records that drive entry points, not ones
+        and not v.startswith("experiments/results/")
     ]
     assert out == []
 

@@ -11,9 +11,9 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from converters.mapping import RETRIEVER_TABLE, encoder_to_torch_state, expand, retriever_to_torch_state  # noqa: E402
-from converters.reference.torch_ftragrec import TorchFTragrec, retriever_objective_term  # noqa: E402
+from converters.mapping import RETRIEVER_TABLE, expand  # noqa: E402
 from converters.reference.torch_ftragrec import ftragrec_terms as torch_terms  # noqa: E402
+from converters.reference.torch_ftragrec import retriever_objective_term  # noqa: E402
 from ftragrec_jax.config import Config  # noqa: E402
 from ftragrec_jax.errors import ConfigError  # noqa: E402
 from ftragrec_jax.models.ftragrec import (  # noqa: E402
@@ -26,33 +26,15 @@ from ftragrec_jax.models.ftragrec import (  # noqa: E402
 from ftragrec_jax.models.knowledge_base import KnowledgeBase  # noqa: E402
 from ftragrec_jax.models.search import FaissSearcher, exact_search  # noqa: E402
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder  # noqa: E402
+from tests.test_parity_ftragrec import _pair as parity_pair  # noqa: E402
 from tests.test_search import _tie_heavy, naive_top_k  # noqa: E402
 
 N_ITEMS, MAX_LEN = 60, 8
 
 
-def _pair(hp, seed=0):
-    model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=seed)
-    state = nnx.state(model.retriever, nnx.Param)  # a trained-looking g, not LN(x)
-    leaves, tree = jax.tree_util.tree_flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 10), len(leaves))
-    nnx.update(
-        model.retriever,
-        jax.tree_util.tree_unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]),
-    )
-    tm = TorchFTragrec.from_encoder_config(
-        model.encoder.config,
-        top_k=hp.top_k,
-        retriever_layers=hp.retriever_layers,
-        retriever_inner_size=hp.retriever_inner_size,
-        retriever_temperature=hp.retriever_temperature,
-        quality_threshold=hp.quality_threshold,
-        alpha=hp.alpha,
-        enhanced_rec_weight=hp.enhanced_rec_weight,
-        kl_small_weight=hp.kl_small_weight,
-    )
-    sd = {**encoder_to_torch_state(model.encoder), **retriever_to_torch_state(model.retriever)}
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+def _pair(hp):
+    """The parity pair of test_parity_ftragrec.py: the same weights (g perturbed off LN(x)) on both sides."""
+    _, model, tm = parity_pair(hp, n_layers=hp.retriever_layers)
     return model, tm
 
 
