@@ -54,20 +54,28 @@ def model_ranks(checkpoint, split: str, data=None, overrides=(), show_progress=T
 def compare(
     a, b, split="test", data=None, overrides_a=(), overrides_b=(), show_progress=True
 ) -> tuple[list[dict], int]:
-    """(paired_hits rows at model A's topk, number of users) of model B against model A."""
-    from ftragrec_jax.significance import paired_hits
+    """(paired_hits rows, paired_ndcg rows, number of users) of model B against model A at model A's topk."""
+    from ftragrec_jax.significance import paired_hits, paired_ndcg
 
     shared, ranks_a = model_ranks(a, split, data, overrides_a, show_progress)
     _, ranks_b = model_ranks(b, split, data, overrides_b, show_progress, shared=shared)
-    return paired_hits(ranks_a, ranks_b, shared[0].topk), len(ranks_a)
+    ks = shared[0].topk
+    return paired_hits(ranks_a, ranks_b, ks), paired_ndcg(ranks_a, ranks_b, ks), len(ranks_a)
 
 
-def table(rows: list[dict], n_users: int) -> str:
+def table(rows: list[dict], n_users: int, ndcg_rows: list[dict] = ()) -> str:
     lines = [f"{n_users} users", "K    hit A    hit B    only A  only B  p (sign test)"]
     lines += [
         f"{r['k']:<4} {r['hit_a']:.4f}   {r['hit_b']:.4f}   {r['a_only']:>6}  {r['b_only']:>6}  {r['p_value']:.3g}"
         for r in rows
     ]
+    if ndcg_rows:
+        lines += ["", "K    ndcg A   ndcg B   A better B better  p (sign test)"]
+        lines += [
+            f"{r['k']:<4} {r['ndcg_a']:.4f}   {r['ndcg_b']:.4f}   {r['a_better']:>8} {r['b_better']:>8}  "
+            f"{r['p_value']:.3g}"
+            for r in ndcg_rows
+        ]
     return "\n".join(lines)
 
 
@@ -77,7 +85,7 @@ def main(argv=None) -> int:
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        rows, n_users = compare(
+        rows, ndcg_rows, n_users = compare(
             args.a,
             args.b,
             args.split,
@@ -88,10 +96,18 @@ def main(argv=None) -> int:
         )
     except FtragrecError as e:
         fail(str(e))
-    print(table(rows, n_users))
+    print(table(rows, n_users, ndcg_rows))
     if args.json:
         write_json_atomic(
-            args.json, {"a": str(args.a), "b": str(args.b), "split": args.split, "users": n_users, "rows": rows}
+            args.json,
+            {
+                "a": str(args.a),
+                "b": str(args.b),
+                "split": args.split,
+                "users": n_users,
+                "rows": rows,
+                "ndcg_rows": ndcg_rows,
+            },
         )
         print(f"wrote {args.json}")
     return 0

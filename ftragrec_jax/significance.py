@@ -10,6 +10,10 @@ user is a fair coin, so the two-sided p-value is the exact binomial tail (McNema
     0.645
 
 Users whose ranks tie (both hit or both miss) do not enter, so no tie rule is needed.
+
+NDCG@K is paired the same way (`paired_ndcg`): a user's NDCG@K is 1/log2(rank + 1) within the top K, else 0,
+so the discordant users are those with different ranks and at least one of them within K; each counts for the
+model that ranks the target higher.
 """
 
 from __future__ import annotations
@@ -31,15 +35,42 @@ def sign_test_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
-    """Per cut-off K: both hit rates, the discordant users each way and the sign-test p-value.
-
-    ranks_*: 1-based target rank per user, same users in the same order (evaluation.sample_ranks)."""
+def _paired_ranks(ranks_a, ranks_b):
     a, b = np.asarray(ranks_a, np.int64), np.asarray(ranks_b, np.int64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"rank arrays must be 1-d and the same length, got {a.shape} and {b.shape}")
     if a.size and min(a.min(), b.min()) < 1:
         raise ValueError("ranks are 1-based: found a rank below 1")
+    return a, b
+
+
+def paired_ndcg(ranks_a, ranks_b, ks) -> list[dict]:
+    """Per cut-off K: both mean NDCG@K, the users whose NDCG@K is higher under A (`a_better`) or under B
+    (`b_better`), and the exact sign-test p-value over them. ranks_* as in paired_hits."""
+    a, b = _paired_ranks(ranks_a, ranks_b)
+    rows = []
+    for k in ks:
+        gain_a = np.where(a <= k, 1.0 / np.log2(a + 1.0), 0.0)
+        gain_b = np.where(b <= k, 1.0 / np.log2(b + 1.0), 0.0)
+        a_better, b_better = int((gain_a > gain_b).sum()), int((gain_b > gain_a).sum())
+        rows.append(
+            {
+                "k": int(k),
+                "ndcg_a": float(gain_a.mean()) if a.size else 0.0,
+                "ndcg_b": float(gain_b.mean()) if b.size else 0.0,
+                "a_better": a_better,
+                "b_better": b_better,
+                "p_value": sign_test_p(a_better, b_better),
+            }
+        )
+    return rows
+
+
+def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
+    """Per cut-off K: both hit rates, the discordant users each way and the sign-test p-value.
+
+    ranks_*: 1-based target rank per user, same users in the same order (evaluation.sample_ranks)."""
+    a, b = _paired_ranks(ranks_a, ranks_b)
     rows = []
     for k in ks:
         hit_a, hit_b = a <= k, b <= k

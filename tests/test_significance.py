@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ftragrec_jax.significance import paired_hits, sign_test_p
+from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
 
 
 def brute_force_p(a_only: int, b_only: int) -> float:
@@ -51,6 +51,26 @@ def test_paired_hits_against_a_per_user_loop():
         assert row["p_value"] == sign_test_p(a_only, b_only)
     same = paired_hits(a, a, (10,))[0]
     assert (same["a_only"], same["b_only"], same["p_value"]) == (0, 0, 1.0)
+
+
+def test_paired_ndcg_against_a_per_user_loop():
+    rng = np.random.default_rng(1)
+    a = rng.integers(1, 40, size=500)
+    b = np.where(rng.random(500) < 0.3, rng.integers(1, 40, size=500), a)
+    for row in paired_ndcg(a, b, (1, 5, 10, 20)):
+        k = row["k"]
+        gain = lambda r: 1.0 / np.log2(r + 1) if r <= k else 0.0  # noqa: E731
+        a_better = sum(1 for x, y in zip(a, b) if gain(x) > gain(y))
+        b_better = sum(1 for x, y in zip(a, b) if gain(y) > gain(x))
+        assert (row["a_better"], row["b_better"]) == (a_better, b_better)
+        assert row["ndcg_a"] == pytest.approx(np.mean([gain(x) for x in a]))
+        assert row["ndcg_b"] == pytest.approx(np.mean([gain(y) for y in b]))
+        assert row["p_value"] == sign_test_p(a_better, b_better)
+    # a rank change within the top K counts; one outside it (11 -> 30 at K 10) does not
+    row = paired_ndcg([3, 11, 1], [2, 30, 1], (10,))[0]
+    assert (row["a_better"], row["b_better"]) == (0, 1)
+    with pytest.raises(ValueError, match="1-based"):
+        paired_ndcg([0, 2], [1, 2], (5,))
 
 
 def test_paired_hits_rejects_unpaired_or_zero_based_ranks():

@@ -552,6 +552,9 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
         assert np.round(row["hit_a"], 4) == test_a[f"hit@{row['k']}"]
         assert np.round(row["hit_b"], 4) == test_b[f"hit@{row['k']}"]
         assert row["hit_b"] - row["hit_a"] == pytest.approx((row["b_only"] - row["a_only"]) / got["users"])
+    for row in got["ndcg_rows"]:  # NDCG@K per user, paired the same way
+        assert np.round(row["ndcg_a"], 4) == test_a[f"ndcg@{row['k']}"]
+        assert np.round(row["ndcg_b"], 4) == test_b[f"ndcg@{row['k']}"]
     assert "p (sign test)" in capsys.readouterr().out
     # --set-b reaches model B only: FTragrec with alpha 0 is its backbone, user by user (a DuoRec model A
     # would refuse alpha)
@@ -573,8 +576,9 @@ def test_compare_cli_pairs_the_backbone_with_its_fine_tuned_model(ft_run, full_r
         )
         == 0
     )
-    rows = json.loads(out.read_text())["rows"]
-    assert all((r["a_only"], r["b_only"], r["p_value"]) == (0, 0, 1.0) for r in rows)
+    got = json.loads(out.read_text())
+    assert all((r["a_only"], r["b_only"], r["p_value"]) == (0, 0, 1.0) for r in got["rows"])
+    assert all((r["a_better"], r["b_better"], r["p_value"]) == (0, 0, 1.0) for r in got["ndcg_rows"])
 
 
 def test_compare_refuses_models_resolving_to_different_datasets(full_run, data_file):
