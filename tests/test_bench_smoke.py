@@ -6,6 +6,7 @@ timings or a stated reason, and a JSON report that parses and records the comman
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import bench
@@ -79,3 +80,32 @@ def test_ftragrec_variants_select_the_jax_sides():
     )
     sides = [r["side"] for r in report["rows"]]
     assert sides[0] == "jax exact cached" and sides[1].startswith("jax faiss IVF") and len(sides) == 3, sides
+
+
+def test_scale_synthetic_log_has_the_asked_size(tmp_path):
+    """The scale benchmark's generator: about the asked interactions, every item present, histories >= 5,
+    popularity falling with the item's rank (Zipf)."""
+    from experiments.scale import synthetic_log
+
+    path = tmp_path / "log.txt"
+    users, written = synthetic_log(path, 50_000, 2_000, mean_len=10.0, zipf=1.0, seed=0)
+    rows = [line.split() for line in path.read_text().splitlines()]
+    items = np.concatenate([np.array(r[1:], int) for r in rows])
+    assert len(rows) == users and len(items) == written and abs(written - 50_000) < 2_500
+    assert min(len(r) - 1 for r in rows) >= 5
+    counts = np.bincount(items, minlength=2_001)[1:]
+    assert (counts > 0).all() and counts[:10].sum() > counts[-1000:].sum()
+
+
+def test_scale_runs_every_stage_on_a_tiny_log(tmp_path):
+    from experiments.scale import main
+
+    out = tmp_path / "scale.json"
+    argv = ["--sizes=5e3:100,1e9:1e6", "--steps=1", "--batches=5", "--encode=500", "--eval-users=100"]
+    assert main([*argv, "--faiss-index=Flat", "--item-chunk=64", f"--json={out}", f"--plot={tmp_path / 'p.png'}"]) == 0
+    small, huge = json.loads(out.read_text())
+    stages = [s["stage"] for s in small["stages"]]
+    for name in ("load", "batches", "duorec_step", "eval", "kb_encode", "kb_build", "ftragrec_step"):
+        assert name in stages, (name, stages)
+    assert "sample matrix alone" in huge["skipped"]  # 10^9 interactions would not fit; not run
+    assert (tmp_path / "p.png").stat().st_size > 0

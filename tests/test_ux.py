@@ -468,6 +468,7 @@ ENTRY_POINTS = [
     "experiments.ablate",
     "experiments.memory",
     "experiments.scaling",
+    "experiments.scale",
     "experiments.compare",
     "converters.duorec_to_flax",
     "converters.flax_to_duorec",
