@@ -25,7 +25,7 @@ from experiments.cli_common import fail
 SLICE = 2000  # validation users the shipped model is re-scored on by the tests: seconds on a CPU
 
 
-def slice_metrics(model, n: int) -> dict:
+def slice_metrics(model, n: int, data=None) -> dict:
     """MRR@10, NDCG@10 and HR@10 of a model directory on the first n samples of its validation split, unrounded
     (the project's per-user metric formulas over the 1-based target ranks; each user's rank does not depend on
     the batch it is scored in), so a test can compare them to 1e-6."""
@@ -37,7 +37,7 @@ def slice_metrics(model, n: int) -> dict:
     from ftragrec_jax.metrics import single_target_metrics, summarize
     from ftragrec_jax.scoring import load_model_dir
 
-    m = load_model_dir(model, show_progress=False)
+    m = load_model_dir(model, data=data, show_progress=False)
     dataset = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(np.arange(min(n, len(m.dataset.valid)))))
     rank = np.asarray(split_ranks(m.scorer, dataset, "valid", m.cfg, mesh=m.mesh, show_progress=False))
     means = summarize(single_target_metrics(rank, (10,)), (10,), columns=[0], decimals=15)
