@@ -20,7 +20,7 @@ def make_samples(target, user=None, prefix_len=None, max_len=3):
     n = len(target)
     user = np.arange(1, n + 1) if user is None else np.asarray(user)
     prefix_len = np.ones(n, np.int32) if prefix_len is None else np.asarray(prefix_len)
-    return SequenceSamples(
+    return SequenceSamples.from_matrix(
         item_seq=np.ones((n, max_len), np.int32),
         item_seq_len=np.ones(n, np.int32),
         target=np.asarray(target, np.int32),

@@ -49,7 +49,7 @@ class SyntheticDataset:
             seq = np.zeros((len(rows), max_len), np.int32)
             for i, (_, prefix, _, _) in enumerate(rows):
                 seq[i, : len(prefix)] = prefix
-            return SequenceSamples(
+            return SequenceSamples.from_matrix(
                 seq,
                 np.array([len(r[1]) for r in rows], np.int32),
                 np.array([r[2] for r in rows], np.int32),

@@ -75,7 +75,7 @@ def _duorec_step_case(ctx: Context, label: str, ds) -> list[dict]:
                     "item_seq_len": b["item_seq_len"],
                     "target": b["target"],
                     "mask": b["mask"],
-                    "sem_aug": ds.train.item_seq[ids],
+                    "sem_aug": ds.train.sequences(ids),
                     "sem_aug_lengths": ds.train.item_seq_len[ids],
                 }
             )

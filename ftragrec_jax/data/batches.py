@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ftragrec_jax.data.samples import FIELDS, SequenceSamples
+from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.errors import ConfigError
 
 
@@ -38,7 +38,7 @@ def iterate_batches(
         if real < batch_size:
             index = np.concatenate([index, np.full(batch_size - real, index[0], dtype=index.dtype)])
             mask[real:] = 0.0
-        batch = {f: getattr(samples, f)[index] for f in FIELDS}
+        batch = samples.rows(index)  # the item matrix is gathered for these rows only
         batch["index"] = index.astype(np.int64)
         batch["mask"] = mask
         yield batch

@@ -222,7 +222,8 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
     order = time_then_user_order(ts, uid)
     uid, iid = uid[order], iid[order]
     history = _history(uid, iid, len(user_tokens))
-    samples, is_train, is_valid, is_test = augment_and_split(uid, iid, settings["max_seq_length"])
+    # the samples' windows and the history share one int32 copy of the sorted items
+    samples, is_train, is_valid, is_test = augment_and_split(uid, history.items, settings["max_seq_length"])
     return SequentialDataset(
         name=name,
         vocab=vocab,
@@ -340,22 +341,16 @@ def augment_and_split(uid: np.ndarray, iid: np.ndarray, max_len: int):
     is_target = ~new_user
     tgt = pos[is_target]
     prefix_len = tgt - user_start[is_target]
-    start = np.maximum(user_start[is_target], tgt - max_len)
-    seq_len = tgt - start
-    # int32 index arithmetic and in-place ops: ML-1M has ~1M samples x 50 positions
-    idx_t = np.int32 if n < 2**31 else np.int64
-    cols = np.arange(max_len, dtype=idx_t)
-    gather = start.astype(idx_t)[:, None] + cols[None, :]
-    np.minimum(gather, n - 1, out=gather)
-    item_seq = iid.astype(np.int32)[gather]
-    item_seq[cols[None, :] >= seq_len.astype(idx_t)[:, None]] = 0
-    del gather
+    seq_len = np.minimum(prefix_len, max_len)
+    items = iid if iid.dtype == np.int32 else iid.astype(np.int32)
     samples = SequenceSamples(
-        item_seq=item_seq,
+        items=items,  # the windows read the sorted interactions themselves: no [N, max_len] copy
+        end=tgt,
         item_seq_len=seq_len.astype(np.int32),
-        target=iid[tgt].astype(np.int32),
+        target=items[tgt],
         user=uid[tgt].astype(np.int32),
         prefix_len=prefix_len.astype(np.int32),
+        max_len=int(max_len),
     )
 
     # Per user: n_s samples; RecBole leaves min(2, n_s - 1) of them out, last one to test.

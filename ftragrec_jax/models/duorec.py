@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.bucketing import encode_bucketed, encode_passes
 from ftragrec_jax.models.softmax_ce import masked_cross_entropy
@@ -41,11 +42,20 @@ class SameTargetIndex(NamedTuple):
 
 
 class SameTargetSampler(NamedTuple):
-    """What the train step needs to draw DuoRec positives: the index plus the training sequences."""
+    """What the train step needs to draw DuoRec positives: the index plus the training sequences, as windows on
+    the flat histories (device memory: 4 bytes per interaction + 8 per sample, not 4 * max_len per sample)."""
 
     index: SameTargetIndex
-    item_seq: jax.Array  # int32[N, L]: the training set's (truncated, right-padded) sequences
+    items: jax.Array  # int32[M]: the histories the training windows read
+    start: jax.Array  # int32[N]: where each training sample's window starts in `items`
     item_seq_len: jax.Array  # int32[N]
+    cols: jax.Array  # int32[max_len]: 0..max_len-1 (its shape carries max_len into the jitted step)
+
+    def sequences(self, ids):
+        """int32 [len(ids), max_len]: the windows of training samples `ids`, right-padded with 0 (jittable)."""
+        length = self.item_seq_len[ids]
+        pos = jnp.clip(self.start[ids][:, None] + self.cols[None, :], 0, self.items.shape[0] - 1)
+        return jnp.where(self.cols[None, :] < length[:, None], self.items[pos], 0), length
 
 
 def build_same_target_index(target, n_items: int) -> SameTargetIndex:
@@ -63,12 +73,23 @@ def build_same_target_index(target, n_items: int) -> SameTargetIndex:
 
 
 def make_same_target_sampler(train, n_items: int) -> SameTargetSampler:
-    """From a SequenceSamples-like training set (item_seq, item_seq_len, target), as device arrays."""
+    """From the training SequenceSamples (or an object with item_seq [N, L], item_seq_len and target), as
+    device arrays."""
+    if not isinstance(train, SequenceSamples):
+        zeros = np.zeros(len(train.target), np.int32)
+        train = SequenceSamples.from_matrix(train.item_seq, train.item_seq_len, train.target, zeros, zeros)
+    if len(train.items) >= 2**31:
+        raise ConfigError(
+            f"same-target sampling: {len(train.items)} interactions; window positions are int32 on the device "
+            "(at most 2**31 - 1)"
+        )
     index = build_same_target_index(train.target, n_items)
     return SameTargetSampler(
         SameTargetIndex(*(jnp.asarray(a) for a in index)),
-        jnp.asarray(train.item_seq, dtype=jnp.int32),
+        jnp.asarray(train.items, dtype=jnp.int32),
+        jnp.asarray(train.end - train.item_seq_len, dtype=jnp.int32),
         jnp.asarray(train.item_seq_len, dtype=jnp.int32),
+        jnp.arange(train.max_len, dtype=jnp.int32),
     )
 
 
@@ -164,7 +185,7 @@ def duorec_loss(
         sem_seq, sem_len = batch["sem_aug"], batch["sem_aug_lengths"]
     elif same_target is not None and key is not None:
         ids = sample_same_target(same_target.index, batch["index"], k_sample)
-        sem_seq, sem_len = same_target.item_seq[ids], same_target.item_seq_len[ids]
+        sem_seq, sem_len = same_target.sequences(ids)
     else:
         raise ConfigError("duorec_loss: lmd_sem > 0 needs batch['sem_aug'] or same_target= with a key")
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ftragrec_jax.data.samples import SequenceSamples
 from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.retriever import embed
 from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory
@@ -32,6 +33,16 @@ KB_DTYPES = ("float32", "float16")  # storage of h (knowledge_base_dtype); every
 def _field(samples, name):
     value = samples[name] if isinstance(samples, dict) else getattr(samples, name)
     return np.asarray(value)
+
+
+def _encode(encoder, samples, chunk_size: int, dtype) -> np.ndarray:
+    """The frozen encoder over SequenceSamples (windows gathered chunk by chunk, never the whole [N, L]
+    matrix) or over a dict holding item_seq and item_seq_len."""
+    if isinstance(samples, SequenceSamples):
+        return encode_samples(encoder, samples, None, chunk_size=chunk_size, dtype=dtype)
+    return encode_samples(
+        encoder, _field(samples, "item_seq"), _field(samples, "item_seq_len"), chunk_size=chunk_size, dtype=dtype
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -49,14 +60,18 @@ def _apply_fn(graphdef, kind):
 
 
 def _chunked(fn, state, arrays, chunk_size, dtype=np.float32):
-    """Apply a jitted fn to row chunks of numpy arrays; the last chunk is padded so every call has one shape."""
-    n = len(arrays[0])
+    """Apply a jitted fn to row chunks of numpy arrays; the last chunk is padded so every call has one shape.
+    `arrays` may also be a function (start, stop) -> the chunk's arrays, with its row count as `n`."""
+    if callable(arrays[0]):
+        rows, n = arrays
+    else:
+        rows, n = (lambda a, b, whole=tuple(arrays): [x[a:b] for x in whole]), len(arrays[0])
     if n == 0:
         raise ConfigError("knowledge base: no samples to encode")
     c = max(1, min(int(chunk_size), n))
     out = None  # written chunk by chunk: a list of chunks plus their concatenation would hold the result twice
     for start in range(0, n, c):
-        part = [a[start : start + c] for a in arrays]
+        part = rows(start, start + c)
         m = len(part[0])
         if m < c:
             part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
@@ -69,10 +84,14 @@ def _chunked(fn, state, arrays, chunk_size, dtype=np.float32):
 
 def encode_samples(encoder, item_seq, item_seq_len, *, chunk_size: int = 2048, dtype="float32") -> np.ndarray:
     """Frozen encoder output, dropout off, [N, H] stored as `dtype` (written chunk by chunk: a float16 base
-    never exists in float32 as a whole)."""
+    never exists in float32 as a whole). item_seq: an [N, L] matrix, or SequenceSamples (item_seq_len None)."""
     graphdef, state = nnx.split(encoder)
     fn = _apply_fn(graphdef, "encode")
-    arrays = [np.asarray(item_seq, np.int32), np.asarray(item_seq_len, np.int32)]
+    if isinstance(item_seq, SequenceSamples):  # windows: each chunk's rows gathered when it is encoded
+        samples = item_seq
+        arrays = (lambda a, b: [samples.sequences(slice(a, b)), samples.item_seq_len[a:b]], len(samples))
+    else:
+        arrays = [np.asarray(item_seq, np.int32), np.asarray(item_seq_len, np.int32)]
     return _chunked(fn, state, arrays, chunk_size, np.dtype(dtype))
 
 
@@ -174,11 +193,8 @@ class KnowledgeBase:
     ) -> "KnowledgeBase":
         """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g.
         with_rec_ce: also store the backbone's CE per entry (for the cached training step)."""
-        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
-        dtype = options.get("h_dtype", "float32")
-        h = encode_samples(
-            encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size, dtype=dtype
-        )
+        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS[2:]}
+        h = _encode(encoder, samples, encode_chunk_size, options.get("h_dtype", "float32"))
         keys = compute_keys(retriever, h, chunk_size=key_chunk_size)
         rec_ce = backbone_ce(encoder, h, arrays["target"]) if with_rec_ce else None
         return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, rec_ce=rec_ce, **options)
@@ -225,10 +241,8 @@ class KnowledgeBase:
     def extend(self, encoder, retriever, samples, *, encode_chunk_size: int = 2048) -> float:
         """Append more samples (validation, before testing: extend_memory_with_valid). Returns seconds."""
         t0 = time.perf_counter()
-        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS}
-        h = encode_samples(
-            encoder, arrays["item_seq"], arrays["item_seq_len"], chunk_size=encode_chunk_size, dtype=self.h.dtype
-        )
+        arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS[2:]}
+        h = _encode(encoder, samples, encode_chunk_size, self.h.dtype)
         self.h = np.concatenate([self.h, h])
         for name in ("target", "user", "prefix_len"):
             setattr(self, name, np.concatenate([getattr(self, name), arrays[name].astype(np.int32)]))

@@ -87,7 +87,7 @@ def ftragrec_steps(mesh):
     # evaluation first, on the initial parameters: identical inputs, so the ranks must be identical too
     scorer = ftragrec_scorer(graphdef, hp, rest=rest, mesh=mesh)
     ranks = sample_ranks(
-        bind(scorer, params, memory), SequenceSamples(**samples), 40, batch_size=GLOBAL_BATCH, mesh=mesh
+        bind(scorer, params, memory), SequenceSamples.from_matrix(**samples), 40, batch_size=GLOBAL_BATCH, mesh=mesh
     )
     step = make_ftragrec_step(graphdef, hp, tx, rest=rest)
     order = np.random.default_rng(1).permutation(len(samples["target"]))
