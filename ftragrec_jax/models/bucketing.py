@@ -15,6 +15,10 @@ return the union of all branches' residuals, zero-filled for the branches not ta
 and carried the attention and feed-forward activations of the 50-position branch too. Saving only the
 branch inputs and recomputing the chosen branch's forward in the backward pass cut the DuoRec step's
 gradient from 356 to 187 ms on the 2-core CPU (Beauty, B 256; experiments/results/2026-11-28_bench_cpu_remat.md).
+The item table itself enters no branch: the batch's item rows are gathered once before the scan and each
+chunk receives its rows. A parameter read inside the branches gets a cotangent per branch and per scan carry,
+each as large as the parameter: with the table inside, the DuoRec step held about 15 table-sized gradient
+buffers (4 GB at 10^6 items); gathered outside, the table's gradient is one scatter-add.
 Chunks of 64 rows and budgets down to 2 positions then fit Amazon's short prefixes more tightly
 (encoder gradient 174 -> 143 ms). The chunks go through one `lax.scan`, so the branches compile once
 (unrolled, the 12 chunks x 6 budgets of a DuoRec step took 78 s to compile instead of 15 s).
@@ -61,13 +65,17 @@ def encode_bucketed(
     pad = n_chunks * chunk - n
     seq_sorted = jnp.pad(item_seq[order], ((0, pad), (0, 0)))
     len_sorted = jnp.pad(lengths[order], (0, pad), constant_values=1)
+    # the item rows are gathered here, once for the whole batch (module docstring: one table-sized gradient)
+    emb_sorted = jnp.pad(encoder.item_rows(item_seq[order]), ((0, pad), (0, 0), (0, 0)))
     budget_arr = jnp.asarray(budgets, jnp.int32)
 
-    graphdef, state = nnx.split(encoder)  # parameters enter every branch as an operand
+    # the other parameters enter every branch as an operand; the item table enters none
+    graphdef, table, state = nnx.split(encoder, nnx.PathContains("item_embedding"), ...)
+    table = jax.lax.stop_gradient(table)  # not read inside: the branches get the rows gathered above
 
     def run(budget):
-        def branch(state, seq, lens, key):
-            return nnx.merge(graphdef, state)(seq[:, :budget], lens, key)
+        def branch(state, seq, emb, lens, key):
+            return nnx.merge(graphdef, table, state)(seq[:, :budget], lens, key, item_emb=emb[:, :budget])
 
         return jax.checkpoint(branch)  # residuals = inputs only (module docstring)
 
@@ -75,14 +83,15 @@ def encode_bucketed(
 
     # one chunk per scan iteration: the branches are compiled once, not once per chunk
     def body(state, xs):
-        c, seq_c, len_c = xs
+        c, seq_c, emb_c, len_c = xs
         which = jnp.sum(budget_arr < jnp.max(len_c))  # smallest budget >= the chunk's longest row
         key_c = None if dropout_key is None else jax.random.fold_in(dropout_key, c)
-        return state, jax.lax.switch(which, branches, state, seq_c, len_c, key_c)
+        return state, jax.lax.switch(which, branches, state, seq_c, emb_c, len_c, key_c)
 
     xs = (
         jnp.arange(n_chunks, dtype=jnp.int32),
         seq_sorted.reshape(n_chunks, chunk, max_len),
+        emb_sorted.reshape(n_chunks, chunk, max_len, -1),
         len_sorted.reshape(n_chunks, chunk),
     )
     _, outs = jax.lax.scan(body, state, xs)
