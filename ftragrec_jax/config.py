@@ -91,6 +91,8 @@ class Config:
     retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
     retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
     usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
+    retriever_queries: str = "train"  # queries g is fitted on: "train" (the design) or "valid" (out of sample)
+    retriever_valid_holdout: float = 0.5  # queries valid: share of validation users kept for selection, untrained
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
     cache_seq_output: bool = True  # encode training samples once (the encoder is frozen) instead of every step
@@ -165,6 +167,9 @@ class Config:
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
         ck.choice("retriever_objective", ("design", "contrastive", "usefulness"))
+        ck.choice("retriever_queries", ("train", "valid"))
+        holdout = self._float("retriever_valid_holdout")
+        ck.require("retriever_valid_holdout", 0.0 < holdout < 1.0, "a share in (0, 1)")
         ck.choice("knowledge_base_dtype", ("float32", "float16"))
         if self.fusion == "knn_lm" or self.learnable_alpha is True:
             ck.require(

@@ -347,6 +347,15 @@ def protocol_info(dataset, cfg: Config) -> dict:
             "valid_samples": len(dataset.valid),
             "test_samples": len(dataset.test),
         },
+        **(
+            {
+                "retriever_queries": "valid: g was fitted on train_samples validation queries (one per user); the "
+                f"valid figures are the other {len(dataset.valid)} validation users (retriever_valid_holdout "
+                f"{cfg.retriever_valid_holdout}); the knowledge base is the training split; test is every user"
+            }
+            if cfg.model == "ftragrec" and cfg.retriever_queries == "valid"
+            else {}
+        ),
     }
 
 

@@ -727,3 +727,58 @@ def test_ftragrec_mostly_fallback_is_warned_once(full_run, data_file, tmp_path):
     shares = [float(x) for x in re.findall(r"INFO epoch \d+ .* fallback ([\d.]+)%", log)]
     assert len(shares) == 2 and min(shares) >= 50, shares
     assert log.count("% of training samples had no neighbour with cosine >= quality_threshold=1.0") == 1
+
+
+def test_valid_query_split_is_fixed_disjoint_and_sized():
+    from ftragrec_jax.train.ftragrec_task import valid_query_split
+
+    fit, held = valid_query_split(101, 0.3)
+    assert len(held) == 30 and len(fit) == 71
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(101))
+    assert (np.diff(fit) > 0).all() and (np.diff(held) > 0).all()
+    again = valid_query_split(101, 0.3)
+    assert np.array_equal(again[0], fit) and np.array_equal(again[1], held)  # no seed: one split for every run
+    assert not np.array_equal(held, np.arange(30))  # a permutation, not the first users
+
+
+def test_ftragrec_fitted_on_valid_queries(full_run, data_file, tmp_path):
+    """retriever_queries=valid: the loop's training batches are validation queries of the fitted share (their
+    encoder outputs computed in the step: nothing of the base is indexed by them), validation runs on the
+    held-out users, test on every user, the base is the training split, and only g changes."""
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.dataset import dataset_from_config
+    from ftragrec_jax.model_dir import load_model
+    from ftragrec_jax.train.ftragrec_task import valid_query_split
+    from ftragrec_jax.train.pipeline import make_task
+
+    extra = ["--retriever_queries=valid", "--retriever_valid_holdout=0.4"]
+    cfg = load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in [*ft_args(full_run), *extra])])
+    dataset = dataset_from_config(cfg)
+    task = make_task(cfg, dataset)
+    loop = task.loop_dataset(dataset)
+    fit, held = valid_query_split(len(dataset.valid), 0.4)
+    assert np.array_equal(loop.train.user, dataset.valid.user[fit])
+    assert np.array_equal(loop.train.item_seq, dataset.valid.item_seq[fit])
+    assert np.array_equal(loop.valid.user, dataset.valid.user[held]) and loop.test is dataset.test
+    assert task.cached is False and len(task.kb) == len(dataset.train)
+
+    out = tmp_path / "run"
+    assert train(data_file, out, "--epochs=2", *ft_args(full_run), *extra) == 0
+    results = json.loads((out / "results.json").read_text())
+    protocol = results["protocol"]
+    assert protocol["dataset"]["train_samples"] == len(fit) and protocol["dataset"]["valid_samples"] == len(held)
+    assert protocol["dataset"]["test_samples"] == len(dataset.test)
+    assert protocol["retriever_queries"].startswith("valid:")
+    from ftragrec_jax.trees import flatten
+
+    _, backbone, _ = load_model(full_run / "best_model")
+    _, tuned, _ = load_model(out / "latest_model")
+    for path, value in flatten(backbone).items():  # the frozen backbone is bit-identical
+        np.testing.assert_array_equal(flatten(tuned["encoder"])[path], value)
+    init = flatten(task.export_params(task.init()[0])["retriever"])
+    now = flatten(tuned["retriever"])
+    assert init.keys() == now.keys()
+    assert any(not np.allclose(now[k], init[k]) for k in init)  # g trained on the validation queries
+
+    with pytest.raises(SystemExit):
+        train(data_file, tmp_path / "bad", *ft_args(full_run), "--retriever_queries=test")

@@ -15,6 +15,7 @@ from flax import nnx
 
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
+from ftragrec_jax.data.batches import epoch_permutation
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
@@ -46,6 +47,15 @@ def load_pretrained_encoder(path: str, dataset):
     return encoder, meta
 
 
+def valid_query_split(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows g is fitted on, rows kept for validation) of an n-row valid split, sorted: the held-out rows are
+    the first round(holdout * n) of a fixed permutation (the same for every seed and machine), so runs with
+    different seeds are selected on the same users."""
+    order = epoch_permutation(n, seed=0, epoch=0)
+    n_held = int(round(holdout * n))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
 class FTragrecTask(Task):
     model = "ftragrec"
     batch_fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
@@ -68,6 +78,8 @@ class FTragrecTask(Task):
         self.graphdef, self._init_params, self.rest = nnx.split(model, nnx.Param, ...)
         self.trainable = trainable_modules(freeze_retriever=cfg.freeze_retriever)
         self.tx = make_optimizer(cfg.learning_rate, cfg.weight_decay, self.trainable)
+        # cached outputs are the base's own rows: queries from the valid split run the frozen encoder per step
+        self.cached = cfg.cache_seq_output and cfg.retriever_queries == "train"
         t0 = time.perf_counter()
         # the cached step also reads the backbone's CE per training sample, a constant of the frozen model
         self.kb = KnowledgeBase.build(
@@ -75,7 +87,7 @@ class FTragrecTask(Task):
             model.retriever,
             dataset.train,
             key_chunk_size=self.hp.retrieval_chunk_size,
-            with_rec_ce=cfg.cache_seq_output,
+            with_rec_ce=self.cached,
             # the FAISS searcher answers the training pool (scoring keeps top_k of it)
             **kb_options(self.hp, faiss_shards=cfg.faiss_shards, width=self.hp.search_k),
         )
@@ -93,7 +105,7 @@ class FTragrecTask(Task):
             self.tx,
             rest=self.rest,
             searcher=self.kb.searcher,
-            cached=cfg.cache_seq_output,
+            cached=self.cached,
             trainable=self.trainable,
         )
         self._scorer = scoring.ftragrec_scorer(
@@ -182,6 +194,20 @@ class FTragrecTask(Task):
     def baseline_score_fn(self):
         """The frozen DuoRec alone (alpha 0): what fine-tuning has to beat."""
         return scoring.encoder_score_fn(self.merge(self._init_params).encoder, mesh=self.mesh)
+
+    def loop_dataset(self, dataset):
+        """retriever_queries=valid: g is fitted on queries that are out of sample for the frozen backbone and
+        the base (the validation samples of a fixed share of users), validated on the other validation users,
+        and tested on every user; the base stays the training split. Otherwise the dataset itself."""
+        if self.cfg.retriever_queries == "train":
+            return dataset
+        fit, held = valid_query_split(len(dataset.valid), self.cfg.retriever_valid_holdout)
+        if not len(fit) or not len(held):
+            raise ConfigError(
+                f"config key 'retriever_valid_holdout': {self.cfg.retriever_valid_holdout} leaves "
+                f"{len(fit)} validation users to fit g on and {len(held)} to validate on; both must be >= 1"
+            )
+        return dataclasses.replace(dataset, train=dataset.valid.take(fit), valid=dataset.valid.take(held))
 
     def warnings(self) -> list[str]:
         hp, out = self.hp, []

@@ -58,7 +58,16 @@ def train_stage(cfg: Config, dataset=None) -> dict:
             len(dataset.test),
         )
         task = make_task(cfg, dataset)
-        return Trainer(cfg, task, dataset, run_dir, log).fit()
+        loop_dataset = task.loop_dataset(dataset)
+        if loop_dataset is not dataset:
+            log.info(
+                "retriever_queries=valid: g is fitted on %d validation users' queries; validation and early "
+                "stopping use the other %d; test: all %d users",
+                len(loop_dataset.train),
+                len(loop_dataset.valid),
+                len(loop_dataset.test),
+            )
+        return Trainer(cfg, task, loop_dataset, run_dir, log).fit()
     except FtragrecError as e:
         if not getattr(e, "logged", False):
             log.error("error: %s", e)

@@ -97,3 +97,8 @@ class Task:
     def warnings(self) -> list[str]:
         """Suspicious-but-legal settings to log once at start."""
         return []
+
+    def loop_dataset(self, dataset):
+        """The dataset the loop trains, validates and tests on: `dataset` (the task's), unless the task is
+        fitted on other queries (FTragrec with retriever_queries=valid)."""
+        return dataset
