@@ -13,14 +13,14 @@ process's peak and current RSS (benchlib.Stages):
   duorec_step   the DuoRec task's jitted step (us_x, same-target positives; `item_chunk_size` from --item-chunk
                 when the catalogue is larger): the first call (compile) and --steps more (time per step)
   kb_encode     the frozen encoder over --encode training samples (time extrapolated to all of them)
-  kb_build      a knowledge base of every training sample (h synthetic, since its size does not depend on the
-                values; keys through g; FAISS --faiss-index)
+  kb_build      a knowledge base of the first --kb-entries training samples (h synthetic, stored as --kb-dtype,
+                since its size does not depend on the values; keys through g; FAISS --faiss-index)
   eval          full-sort ranks of --eval-users test users over every item (chunked like training)
   ftragrec_step one FTragrec step on that base (compile) and --steps more
 
-Time extrapolations say so in the table (`extrapolated`). A size whose [samples, max_len] int32 sample matrix
-alone would exceed --limit-gb is not run: the row says how much it would need (the samples are materialised
-today; the windows of the scaling issue would remove that term).
+Time extrapolations say so in the table (`extrapolated`). Samples are windows on the histories (24 bytes per
+sample beside 4 per interaction, data/samples.py); a size whose loading would still need more than --limit-gb by
+`load_estimate_gb` is not run, and the row says how much it would need.
 """
 
 from __future__ import annotations
@@ -182,18 +182,29 @@ def child(args) -> dict:
     )
     rows = np.arange(min(args.encode, len(ds.train)))
     t0 = time.perf_counter()
-    encode_samples(encoder, ds.train.item_seq[rows], ds.train.item_seq_len[rows])
+    encode_samples(encoder, ds.train.sequences(rows), ds.train.item_seq_len[rows])
     per = (time.perf_counter() - t0) / len(rows)
     st.mark("kb_encode", encoded=len(rows), all_s_extrapolated=round(per * len(ds.train), 1))
 
-    hp = FTragrecHParams(retrieval_backend="faiss", faiss_index=args.faiss_index, top_k=args.top_k)
+    hp = FTragrecHParams(
+        retrieval_backend="faiss", faiss_index=args.faiss_index, top_k=args.top_k, knowledge_base_dtype=args.kb_dtype
+    )
     model = build_ftragrec(encoder, hp, seed=0)
     rng = np.random.default_rng(0)
-    h = rng.standard_normal((len(ds.train), encoder.config.hidden_size), dtype=np.float32)
+    base = ds.train.take(np.arange(min(args.kb_entries, len(ds.train))))  # the first entries, as a base of that size
+    h = rng.standard_normal((len(base), encoder.config.hidden_size), dtype=np.float32).astype(args.kb_dtype)
     keys = compute_keys(model.retriever, h)
-    kb = KnowledgeBase(h, ds.train.target, ds.train.user, ds.train.prefix_len, keys, **kb_options(hp))
+    kb = KnowledgeBase(h, base.target, base.user, base.prefix_len, keys, **kb_options(hp))
     del h, keys
-    st.mark("kb_build", entries=len(kb), index=args.faiss_index, index_s=round(kb.index_seconds, 1))
+    st.mark(
+        "kb_build",
+        entries=len(kb),
+        h_dtype=args.kb_dtype,
+        h_mb=round(kb.h.nbytes / MB),
+        keys_mb=round(kb.keys.nbytes / MB),
+        index=args.faiss_index,
+        index_s=round(kb.index_seconds, 1),
+    )
 
     from flax import nnx
 
@@ -201,7 +212,7 @@ def child(args) -> dict:
     tx = make_optimizer(1e-3)
     fopt = tx.init(fparams)
     fstep = make_ftragrec_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True)
-    fb = iterate_batches(ds.train, args.batch, seed=0, epoch=2)
+    fb = iterate_batches(base, args.batch, seed=0, epoch=2)  # cached steps index the base's rows
     ffields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
     t0 = time.perf_counter()
     fparams, fopt, aux = fstep(fparams, fopt, fields(next(fb), ffields), kb.memory)
@@ -226,9 +237,14 @@ def child(args) -> dict:
 # --- parent --------------------------------------------------------------------------------------------------
 
 
-def sample_matrix_gb(n: int, mean_len: float, max_len: int) -> float:
-    """Bytes of today's materialised samples ([samples, max_len] int32, samples about n - n/mean_len)."""
-    return (n - n / mean_len) * max_len * 4 / 1e9
+LOAD_BYTES_PER_INTERACTION = 64  # transient peak of reading, factorising and sorting, per interaction (measured)
+
+
+def load_estimate_gb(n: int, mean_len: float, max_len: int) -> float:
+    """Peak bytes of loading n interactions: the reader's transient arrays, the int32 history and 24 bytes per
+    window (samples about n - n/mean_len); max_len no longer matters, the samples hold no item matrix."""
+    del max_len
+    return (n * LOAD_BYTES_PER_INTERACTION + n * 4 + (n - n / mean_len) * 24) / 1e9
 
 
 CHILD_OPTIONS = (
@@ -242,6 +258,8 @@ CHILD_OPTIONS = (
     "item_chunk",
     "faiss_index",
     "top_k",
+    "kb_entries",
+    "kb_dtype",
     "eval_users",
     "eval_batch",
     "seed",
@@ -321,9 +339,11 @@ def parse_args(argv):
     p.add_argument("--item-chunk", type=int, default=65536, help="item_chunk_size when the catalogue is larger")
     p.add_argument("--faiss-index", default="IVF1024,Flat", help="FAISS index of the knowledge base")
     p.add_argument("--top-k", type=int, default=50, help="FTragrec neighbours")
+    p.add_argument("--kb-entries", type=int, default=10_000_000, help="knowledge-base entries at most (the first)")
+    p.add_argument("--kb-dtype", default="float32", choices=("float32", "float16"), help="storage of h in the base")
     p.add_argument("--eval-users", type=int, default=10_000, help="test users ranked over every item")
     p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--limit-gb", type=float, default=12.0, help="skip a size whose sample matrix exceeds this")
+    p.add_argument("--limit-gb", type=float, default=12.0, help="skip a size whose loading would exceed this")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--table", default=None, help="write the markdown table here")
@@ -342,9 +362,9 @@ def main(argv=None) -> int:
     results = []
     for text in args.sizes.split(","):
         size = parse_size(text)
-        need = sample_matrix_gb(size[0], args.mean_len, args.max_len)
+        need = load_estimate_gb(size[0], args.mean_len, args.max_len)
         if need > args.limit_gb:
-            results.append({"size": list(size), "skipped": f"sample matrix alone {need:.1f} GB > {args.limit_gb} GB"})
+            results.append({"size": list(size), "skipped": f"loading alone about {need:.1f} GB > {args.limit_gb} GB"})
         else:
             print(f"size {size[0]:.0e} interactions, {size[1]:.0e} items", file=sys.stderr, flush=True)
             results.append(measure(size, args))
