@@ -39,8 +39,11 @@ def test_lines_format_positions_and_gz(tmp_path):
     for gz in (False, True):
         p = write(tmp_path, "d.txt" + (".gz" if gz else ""), text, gz=gz)
         t = read_interactions(p)
-        assert t.user.tolist() == ["7", "7", "7", "8", "9", "9"]
-        assert t.item.tolist() == ["3", "1", "3", "5", "1", "2"]  # duplicates kept
+        assert t.tokens("user", t.user).tolist() == ["7", "7", "7", "8", "9", "9"]
+        assert t.tokens("item", t.item).tolist() == ["3", "1", "3", "5", "1", "2"]  # duplicates kept
+        # coded in order of first appearance: 4 bytes per interaction, the strings stored once
+        assert t.user.tolist() == [0, 0, 0, 1, 2, 2] and t.item.tolist() == [0, 1, 0, 2, 1, 3]
+        assert t.item_tokens.tolist() == ["3", "1", "5", "2"] and t.item.dtype == np.int32
         assert t.timestamp.tolist() == [0, 1, 2, 0, 0, 1]
         assert t.line.tolist() == [1, 1, 1, 2, 4, 4]
 
@@ -123,5 +126,31 @@ def test_unreadable_files(tmp_path):
 def test_tokens_are_strings_not_numbers(tmp_path):
     # RecBole reads token columns as str: "01" and "1" are different items.
     t = read_lines(write(tmp_path, "d.txt", "u 01 1 1.0\n"))
-    assert t.item.tolist() == ["01", "1", "1.0"]
-    assert t.item.dtype.kind == "U" and np.all(t.timestamp == [0, 1, 2])
+    assert t.tokens("item", t.item).tolist() == ["01", "1", "1.0"]
+    assert t.item_tokens.dtype.kind == "U" and np.all(t.timestamp == [0, 1, 2])
+
+
+def test_coded_tokens_build_the_same_dataset_as_strings():
+    """The one-line reader codes tokens as it reads; a dataset built from those codes is the one built from the
+    tokens as strings (same vocabulary order, samples and splits), on the embedded Beauty file."""
+    import dataclasses
+
+    from ftragrec_jax.data.dataset import build_dataset, default_dataset_path, load_dataset
+
+    path = default_dataset_path()
+    coded = read_interactions(path)
+    assert coded.user_tokens is not None and coded.user.dtype == np.int32
+    as_str = dataclasses.replace(
+        coded,
+        user=coded.tokens("user", coded.user),
+        item=coded.tokens("item", coded.item),
+        user_tokens=None,
+        item_tokens=None,
+    )
+    a = load_dataset(path)
+    b = build_dataset(as_str, a.name, a.settings)
+    assert a.vocab.user_tokens == b.vocab.user_tokens and a.vocab.item_tokens == b.vocab.item_tokens
+    assert np.array_equal(a.history.items, b.history.items) and np.array_equal(a.history.indptr, b.history.indptr)
+    for split in ("train", "valid", "test"):
+        for f in ("end", "item_seq_len", "target", "user", "prefix_len"):
+            assert np.array_equal(getattr(getattr(a, split), f), getattr(getattr(b, split), f)), (split, f)

@@ -43,9 +43,9 @@ def test_windows_hold_the_materialised_rows_on_beauty(beauty):
         assert np.array_equal(s.item_seq_len, np.minimum(s.prefix_len, s.max_len)), split
         # the target is the history item right after the prefix
         assert np.array_equal(s.target, beauty.history.items[beauty.history.indptr[s.user] + s.prefix_len]), split
-        # 24 bytes per sample: the windows share the history's items, nothing is [N, max_len]
-        assert s.items is beauty.history.items
-        assert s.nbytes() == 24 * len(s)
+        # 20 bytes per sample: the windows share the history's items, nothing is [N, max_len]
+        assert s.items is beauty.history.items and s.end.dtype == np.int32
+        assert s.nbytes() == 20 * len(s)
         assert all(np.ndim(v) <= 1 for v in vars(s).values() if isinstance(v, np.ndarray))
 
 

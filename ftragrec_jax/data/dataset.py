@@ -203,15 +203,17 @@ def build_dataset(inter: Interactions, name: str, settings: dict) -> SequentialD
             if settings.get(key)
             else f"min_{who}_inter_num={settings[f'min_{who}_inter_num']}"
         )
-    kept = kcore_filter(inter, *intervals)
+    kept = kcore_filter(inter, *intervals) if any(intervals) else np.ones(len(inter), bool)
     if not kept.any():
         raise DataError(
             f"{inter.source}: empty after k-core filtering ({', '.join(named)}); expected users and "
             f"items with that many interactions"
         )
-    inter = inter.take(np.flatnonzero(kept))
-    uid, user_tokens = factorize(inter.user)
-    iid, item_tokens = factorize(inter.item)
+    if not kept.all():
+        inter = inter.take(np.flatnonzero(kept))
+    uid, user_first = factorize(inter.user)
+    iid, item_first = factorize(inter.item)
+    user_tokens, item_tokens = inter.tokens("user", user_first), inter.tokens("item", item_first)
     vocab = Vocab(item_tokens=(PAD, *item_tokens.tolist()), user_tokens=(PAD, *user_tokens.tolist()))
 
     ts = inter.timestamp
@@ -334,37 +336,42 @@ def _history(uid: np.ndarray, iid: np.ndarray, n_users: int) -> UserHistory:
 def augment_and_split(uid: np.ndarray, iid: np.ndarray, max_len: int):
     """Prefix samples of interactions sorted by (user, time), and the train/valid/test masks over them."""
     n = len(uid)
-    pos = np.arange(n, dtype=np.int64)
+    # positions in int32 below 2**31 interactions: each [n] temporary costs half (10^8 interactions: 400 MB)
+    idx_t = np.int32 if n < 2**31 else np.int64
+    pos = np.arange(n, dtype=idx_t)
     new_user = np.ones(n, dtype=bool)
     new_user[1:] = uid[1:] != uid[:-1]
     user_start = np.maximum.accumulate(np.where(new_user, pos, 0))
     is_target = ~new_user
+    del new_user
     tgt = pos[is_target]
+    del pos
     prefix_len = tgt - user_start[is_target]
-    seq_len = np.minimum(prefix_len, max_len)
+    del user_start, is_target
     items = iid if iid.dtype == np.int32 else iid.astype(np.int32)
     samples = SequenceSamples(
         items=items,  # the windows read the sorted interactions themselves: no [N, max_len] copy
         end=tgt,
-        item_seq_len=seq_len.astype(np.int32),
+        item_seq_len=np.minimum(prefix_len, max_len).astype(np.int32),
         target=items[tgt],
         user=uid[tgt].astype(np.int32),
         prefix_len=prefix_len.astype(np.int32),
         max_len=int(max_len),
     )
+    del prefix_len
 
     # Per user: n_s samples; RecBole leaves min(2, n_s - 1) of them out, last one to test.
     m = len(tgt)
-    s_user = uid[tgt]
+    s_user = samples.user
     s_new = np.ones(m, dtype=bool)
     s_new[1:] = s_user[1:] != s_user[:-1]
-    group_starts = np.flatnonzero(s_new)
-    sizes = np.diff(np.append(group_starts, m))
-    s_start = np.repeat(group_starts, sizes)
-    s_end = s_start + np.repeat(sizes, sizes)  # exclusive end of each sample's user group
-    n_s = s_end - s_start
-    from_end = s_end - np.arange(m)  # 1 = last sample of the user
-    leave = np.minimum(2, n_s - 1)
+    group_starts = np.flatnonzero(s_new).astype(idx_t)
+    del s_new
+    group_ends = np.append(group_starts[1:], idx_t(m))[: len(group_starts)]  # exclusive end of each user's group
+    sizes = group_ends - group_starts
+    from_end = np.repeat(group_ends, sizes)
+    from_end -= np.arange(m, dtype=idx_t)  # 1 = last sample of the user
+    leave = np.minimum(np.repeat(sizes, sizes) - 1, 2)
     is_test = (leave >= 1) & (from_end == 1)
     is_valid = (leave == 2) & (from_end == 2)
     is_train = from_end > leave

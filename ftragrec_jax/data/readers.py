@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import zlib
+from array import array
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +33,27 @@ DEFAULT_FIELDS = ("user_id", "item_id", "timestamp")
 @dataclasses.dataclass(frozen=True)
 class Interactions:
     source: str  # the file, for messages
-    user: np.ndarray  # str tokens [N]
-    item: np.ndarray  # str tokens [N]
+    user: np.ndarray  # str tokens [N], or int32 codes into user_tokens
+    item: np.ndarray  # str tokens [N], or int32 codes into item_tokens
     timestamp: np.ndarray  # float64 [N]; the position in the line for the one-line format
     line: np.ndarray  # int64 [N], 1-based line number in the source file
+    # Coded tokens (the one-line reader): 4 bytes per interaction instead of a string each. Codes follow first
+    # appearance in the file, so ids factorised from codes come out in the same order as from the strings.
+    user_tokens: np.ndarray | None = None  # str [n_distinct_users]
+    item_tokens: np.ndarray | None = None  # str [n_distinct_items]
 
     def __len__(self) -> int:
         return len(self.user)
 
     def take(self, idx) -> "Interactions":
-        return Interactions(self.source, self.user[idx], self.item[idx], self.timestamp[idx], self.line[idx])
+        return dataclasses.replace(
+            self, user=self.user[idx], item=self.item[idx], timestamp=self.timestamp[idx], line=self.line[idx]
+        )
+
+    def tokens(self, who: str, values: np.ndarray) -> np.ndarray:
+        """The str tokens of `values` taken from the `who` ("user"/"item") column (codes or tokens)."""
+        table = getattr(self, f"{who}_tokens")
+        return values if table is None else table[values]
 
 
 def read_interactions(
@@ -170,11 +183,15 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
 
 
 def read_lines(path: str | os.PathLike) -> Interactions:
-    """`user item1 item2 ...` per line, chronological; the position in the line is the timestamp."""
-    lines = _read_text_lines(path)
-    users, items, pos, line_nos = [], [], [], []
-    seen: dict[str, int] = {}
-    for ln, text in enumerate(lines, start=1):
+    """`user item1 item2 ...` per line, chronological; the position in the line is the timestamp.
+
+    Streamed line by line, tokens coded as they are read (a dict of the distinct tokens, int32 codes per
+    interaction): the file, its lines and a string per interaction are never held at once."""
+    user_code: dict[str, int] = {}
+    item_code: dict[str, int] = {}
+    users, items, pos, line_nos = array("i"), array("i"), array("i"), array("q")
+    user_line = array("q")  # the line of each user code
+    for ln, text in _stream_text_lines(path):
         toks = text.split()
         if not toks:
             continue
@@ -183,21 +200,50 @@ def read_lines(path: str | os.PathLike) -> Interactions:
                 f"{path}:{ln}: expected 'user item1 item2 ...' (a user and at least one item), got {text.strip()!r}"
             )
         u = toks[0]
-        if u in seen:
-            raise DataError(f"{path}:{ln}: user {u!r} already has a line ({seen[u]}); expected one line per user")
-        seen[u] = ln
+        if u in user_code:
+            first = user_line[user_code[u]]
+            raise DataError(f"{path}:{ln}: user {u!r} already has a line ({first}); expected one line per user")
+        code = user_code[u] = len(user_code)
+        user_line.append(ln)
         n = len(toks) - 1
-        users.extend([u] * n)
-        items.extend(toks[1:])
+        users.extend(repeat(code, n))
+        items.extend([item_code.setdefault(t, len(item_code)) for t in toks[1:]])
         pos.extend(range(n))
-        line_nos.extend([ln] * n)
+        line_nos.extend(repeat(ln, n))
     return Interactions(
         str(path),
-        _str_array(users),
-        _str_array(items),
-        np.asarray(pos, dtype=np.float64),
-        np.asarray(line_nos, dtype=np.int64),
+        np.frombuffer(users, np.int32).copy(),
+        np.frombuffer(items, np.int32).copy(),
+        np.frombuffer(pos, np.int32).astype(np.float64),
+        np.frombuffer(line_nos, np.int64).copy(),
+        user_tokens=_str_array(list(user_code)),
+        item_tokens=_str_array(list(item_code)),
     )
+
+
+def _stream_text_lines(path: str | os.PathLike):
+    """(1-based line number, line without its ending) of a text file read line by line; `.gz` is decompressed.
+    The same lines, checks and messages as _read_text_lines."""
+    try:
+        f = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    with f:
+        ln = 0
+        try:
+            for ln, raw in enumerate(f, start=1):
+                if b"\x00" in raw:
+                    raise DataError(f"{path}:{ln}: NUL byte, expected a text file")
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{path}:{ln}: not valid UTF-8 text") from None
+                text = text[:-1] if text.endswith("\n") else text
+                yield ln, text[:-1] if text.endswith("\r") else text
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            raise DataError(f"{path}: cannot read: {e}") from None
 
 
 def _str_array(tokens: list[str]) -> np.ndarray:

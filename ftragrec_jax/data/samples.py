@@ -1,8 +1,8 @@
 """Training/evaluation samples (prefix -> next item) and each user's chronological history.
 
 A sample is a window on its user's history, not a copy: it stores where its target sits in the flat history
-(`end`) and how many items before it it keeps (`item_seq_len`), so N samples cost 24 bytes each beside the
-history's 4 bytes per interaction, instead of 4 * max_len bytes each. The [rows, max_len] item matrix is
+(`end`) and how many items before it it keeps (`item_seq_len`), so N samples cost 20 bytes each (24 from 2**31
+interactions) beside the history's 4 bytes per interaction, instead of 4 * max_len bytes each. The [rows, max_len] item matrix is
 gathered only for the rows a batch or a chunk needs (`rows`, `sequences`).
 """
 
@@ -60,7 +60,7 @@ class SequenceSamples:
     item_seq_len items before its target, at most max_len), right-padded with 0 to max_len."""
 
     items: np.ndarray  # int32 [M]: the histories the windows read (a dataset's UserHistory.items, shared)
-    end: np.ndarray  # int64 [N]: position in `items` just after the window (the target's position)
+    end: np.ndarray  # int32 [N] (int64 from 2**31 items): position in `items` just after the window
     item_seq_len: np.ndarray  # int32 [N], 1..max_len
     target: np.ndarray  # int32 [N], the next item
     user: np.ndarray  # int32 [N], remapped user id (1..n_users)
@@ -94,7 +94,7 @@ class SequenceSamples:
         keep = np.arange(item_seq.shape[1])[None, :] < length[:, None]
         return cls(
             items=item_seq[keep],
-            end=np.cumsum(length, dtype=np.int64),
+            end=np.cumsum(length, dtype=np.int64 if length.sum() >= 2**31 else np.int32),
             item_seq_len=length,
             target=np.asarray(target, np.int32),
             user=np.asarray(user, np.int32),
