@@ -2,8 +2,8 @@
 
 A sample is a window on its user's history, not a copy: it stores where its target sits in the flat history
 (`end`) and how many items before it it keeps (`item_seq_len`), so N samples cost 20 bytes each (24 from 2**31
-interactions) beside the history's 4 bytes per interaction, instead of 4 * max_len bytes each. The [rows, max_len] item matrix is
-gathered only for the rows a batch or a chunk needs (`rows`, `sequences`).
+interactions) beside the history's 4 bytes per interaction, instead of 4 * max_len bytes each. The
+[rows, max_len] item matrix is gathered only for the rows a batch or a chunk needs (`rows`, `sequences`).
 """
 
 from __future__ import annotations
