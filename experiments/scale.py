@@ -163,7 +163,7 @@ def child(args) -> dict:
         loss=round(float(m["loss"]), 4),
     )
     encoder = task.merge(params)
-    del step, opt_state, steps, data
+    del step, opt_state, steps, data, task  # the later stages need the encoder only (not the positives' arrays)
 
     users = np.arange(min(args.eval_users, len(ds.test)))
     t0 = time.perf_counter()
