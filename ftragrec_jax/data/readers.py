@@ -78,31 +78,6 @@ def detect_format(path: str | os.PathLike) -> str:
     return "atomic" if name.endswith(".inter") else "lines"
 
 
-def _read_text_lines(path: str | os.PathLike) -> list[str]:
-    """The file's lines without line endings; `.gz` is decompressed."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if str(path).endswith(".gz"):
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read: {e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_no = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line_no}: not valid UTF-8 text") from None
-    if "\x00" in text:
-        line_no = text.count("\n", 0, text.index("\x00")) + 1
-        raise DataError(f"{path}:{line_no}: NUL byte, expected a text file")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-
-
 def _parse_floats(values: list[str], lines: np.ndarray, path, column: str) -> np.ndarray:
     """Vectorised float parsing; on failure, find and name the first offending line."""
     try:
@@ -127,12 +102,13 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
     if len(fields) != 3 or len(set(fields)) != 3 or not all(isinstance(f, str) and f for f in fields):
         raise DataError(f"{path}: fields {fields!r}: expected three distinct column names (user, item, time)")
     required = dict(zip(fields, ROLE_TYPES))
-    lines = _read_text_lines(path)
-    if not lines or not lines[0].strip():
+    lines = _stream_text_lines(path)
+    first = next(lines, (1, ""))[1]
+    if not first.strip():
         raise DataError(
             f"{path}:1: empty file, expected a header like 'user_id:token\\titem_id:token\\ttimestamp:float'"
         )
-    header = lines[0].split("\t")
+    header = first.split("\t")
     col_of: dict[str, int] = {}
     for j, cell in enumerate(header):
         name, sep, ftype = cell.partition(":")
@@ -155,7 +131,7 @@ def read_atomic(path: str | os.PathLike, fields: tuple[str, str, str] = DEFAULT_
     ju, ji, jt = (col_of[f] for f in fields)
     users, items, times, line_nos = [], [], [], []
     no_id = []  # rows without a user or item token: RecBole drops them with a warning; we count them
-    for ln, text in enumerate(lines[1:], start=2):
+    for ln, text in lines:
         if not text.strip():
             continue  # blank lines are not records (pandas skips them too)
         cells = text.split("\t")
@@ -223,7 +199,7 @@ def read_lines(path: str | os.PathLike) -> Interactions:
 
 def _stream_text_lines(path: str | os.PathLike):
     """(1-based line number, line without its ending) of a text file read line by line; `.gz` is decompressed.
-    The same lines, checks and messages as _read_text_lines."""
+    Errors name the file and the line (a NUL byte, invalid UTF-8) or say why it cannot be read."""
     try:
         f = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
     except FileNotFoundError:

@@ -31,13 +31,8 @@ class UserHistory:
         """int32 [len(user), width]: each row's first prefix_len history items, right-padded with 0."""
         if len(user) and int(np.max(prefix_len)) > width:
             raise DataError(f"history width {width} < longest prefix {int(np.max(prefix_len))}")
-        cols = np.arange(width, dtype=np.int64)
-        idx = self.indptr[user].astype(np.int64)[:, None] + cols[None, :]
-        valid = cols[None, :] < prefix_len[:, None]
-        np.minimum(idx, max(len(self.items) - 1, 0), out=idx)
-        if not len(self.items):
-            return np.zeros((len(user), width), np.int32)
-        return np.where(valid, self.items[idx], 0).astype(np.int32)
+        end = self.indptr[user].astype(np.int64) + np.asarray(prefix_len, np.int64)
+        return gather_windows(self.items, end, prefix_len, width)
 
 
 def gather_windows(items: np.ndarray, end: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
