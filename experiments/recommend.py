@@ -47,7 +47,7 @@ def parse_args(argv):
         "--item-chunk-size",
         type=int,
         default=0,
-        help="bulk, encoder models: merge the top-k over chunks of this many items (0 = whole catalogue)",
+        help="bulk: merge the top-k over chunks of this many items (0 = whole catalogue)",
     )
     parser.add_argument("--k", type=int, default=10, help="number of items to recommend")
     parser.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the sequence")

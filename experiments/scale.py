@@ -95,7 +95,13 @@ def child(args) -> dict:
     from ftragrec_jax.data.dataset import load_dataset
     from ftragrec_jax.evaluation import sample_ranks
     from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec
-    from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, encode_samples, kb_options
+    from ftragrec_jax.models.knowledge_base import (
+        KnowledgeBase,
+        aligned_empty,
+        compute_keys,
+        encode_samples,
+        kb_options,
+    )
     from ftragrec_jax.optim import make_optimizer
     from ftragrec_jax.scoring import encoder_score_fn
     from ftragrec_jax.train.duorec_task import DuoRecTask
@@ -192,7 +198,10 @@ def child(args) -> dict:
     model = build_ftragrec(encoder, hp, seed=0)
     rng = np.random.default_rng(0)
     base = ds.train.take(np.arange(min(args.kb_entries, len(ds.train))))  # the first entries, as a base of that size
-    h = rng.standard_normal((len(base), encoder.config.hidden_size), dtype=np.float32).astype(args.kb_dtype)
+    h = aligned_empty((len(base), encoder.config.hidden_size), args.kb_dtype)  # taken by the device without a copy
+    for start in range(0, len(h), 1 << 20):  # filled in blocks: no float32 temporary of the whole base
+        block = h[start : start + (1 << 20)]
+        block[...] = rng.standard_normal(block.shape, dtype=np.float32)
     keys = compute_keys(model.retriever, h)
     kb = KnowledgeBase(h, base.target, base.user, base.prefix_len, keys, **kb_options(hp))
     del h, keys
@@ -211,7 +220,9 @@ def child(args) -> dict:
     gd, fparams, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(1e-3)
     fopt = tx.init(fparams)
-    fstep = make_ftragrec_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True)
+    fstep = make_ftragrec_step(
+        gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True, item_chunk_size=cfg.item_chunk_size
+    )
     fb = iterate_batches(base, args.batch, seed=0, epoch=2)  # cached steps index the base's rows
     ffields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
     t0 = time.perf_counter()

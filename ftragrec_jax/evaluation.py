@@ -34,8 +34,8 @@ from ftragrec_jax.data.batches import iterate_batches
 from ftragrec_jax.data.samples import SequenceSamples, UserHistory
 from ftragrec_jax.errors import FtragrecError
 from ftragrec_jax.metrics import single_target_metrics, summarize
-from ftragrec_jax.models.softmax_ce import item_chunks
-from ftragrec_jax.scoring import LinearScoreFn, load_model_dir
+from ftragrec_jax.models.softmax_ce import item_chunks, linear_chunk_scores
+from ftragrec_jax.scoring import ChunkedScoreFn, Scorer, load_model_dir
 
 PROTOCOL = "full_sort"  # RecBole's: rank among all items, history not masked
 PROTOCOL_MASKED = "full_sort_mask_history"  # S3-Rec/ICLRec-style: the user's earlier items are not ranked
@@ -85,28 +85,32 @@ def _target_ranks(scores, target, history, *, mask_history: bool):
 target_ranks = jax.jit(_target_ranks, static_argnames=("mask_history",))
 
 
-def _chunked_target_ranks(rep, table, target, history, *, chunk: int, mask_history: bool):
-    """_target_ranks of scores = rep @ table.T, over item chunks of `chunk` rows: no [B, n_items] array. Pass 1
-    reads each row's target score from its chunk, pass 2 counts the rivals above it chunk by chunk; both passes
-    compute a chunk's scores with the same operation, so the target's score is compared with itself."""
+def _chunked_target_ranks(
+    state, table, target, history, *, chunk: int, mask_history: bool, chunk_scores=linear_chunk_scores
+):
+    """_target_ranks of the scores chunk_scores(state, part, start) gives item chunk by item chunk of `chunk`
+    rows (scoring.ChunkedScoreFn; default: state @ table.T): no [B, n_items] array. Pass 1 reads each row's
+    target score from its chunk, pass 2 counts the rivals above it chunk by chunk; both passes compute a
+    chunk's scores with the same operation, so the target's score is compared with itself."""
     parts, real = item_chunks(table, chunk)
     starts = jnp.arange(parts.shape[0], dtype=jnp.int32) * chunk
     target = target.astype(jnp.int32)
-    rows = jnp.arange(rep.shape[0])[:, None]
+    b = target.shape[0]
+    rows = jnp.arange(b)[:, None]
 
     def target_score(s_t, xs):
         start, t = xs
         col = target - start
         inside = (col >= 0) & (col < chunk)
-        s = jnp.take_along_axis(rep @ t.T, jnp.clip(col, 0, chunk - 1)[:, None], axis=1)[:, 0]
+        s = jnp.take_along_axis(chunk_scores(state, t, start), jnp.clip(col, 0, chunk - 1)[:, None], axis=1)[:, 0]
         return jnp.where(inside, s, s_t), None
 
-    s_t, _ = jax.lax.scan(target_score, jnp.zeros(rep.shape[:1], rep.dtype), (starts, parts))
+    s_t, _ = jax.lax.scan(target_score, jnp.zeros((b,), table.dtype), (starts, parts))
 
     def count(carry, xs):
         above, bad = carry
         start, t, ok = xs
-        scores = rep @ t.T
+        scores = chunk_scores(state, t, start)
         ids = start + jnp.arange(chunk, dtype=jnp.int32)[None, :]
         rival = ok[None, :] & (ids != 0) & (ids != target[:, None])
         if mask_history:
@@ -119,12 +123,13 @@ def _chunked_target_ranks(rep, table, target, history, *, chunk: int, mask_histo
         bad = bad | jnp.any(jnp.isnan(scores) & (rival | (ids == target[:, None])), axis=1)
         return (above, bad), None
 
-    init = (jnp.zeros(rep.shape[:1], jnp.int32), jnp.zeros(rep.shape[:1], bool))
+    init = (jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
     (above, bad), _ = jax.lax.scan(count, init, (starts, parts, real))
     return 1 + above, bad
 
 
-chunked_target_ranks = jax.jit(_chunked_target_ranks, static_argnames=("chunk", "mask_history"))
+CHUNKED_STATIC = ("chunk", "mask_history", "chunk_scores")
+chunked_target_ranks = jax.jit(_chunked_target_ranks, static_argnames=CHUNKED_STATIC)
 
 
 @functools.lru_cache(maxsize=8)
@@ -137,9 +142,7 @@ def _gathered_ranks(mesh):
 @functools.lru_cache(maxsize=8)
 def _gathered_chunked_ranks(mesh):
     """chunked_target_ranks with replicated [B] outputs (see _gathered_ranks)."""
-    return jax.jit(
-        _chunked_target_ranks, static_argnames=("chunk", "mask_history"), out_shardings=parallel.replicated(mesh)
-    )
+    return jax.jit(_chunked_target_ranks, static_argnames=CHUNKED_STATIC, out_shardings=parallel.replicated(mesh))
 
 
 def full_sort_evaluate(
@@ -182,9 +185,9 @@ def sample_ranks(
 ) -> np.ndarray:
     """int64 [N]: every sample's target rank (1 = top) among the real items.
 
-    item_chunk_size > 0 and < n_items, with a score_fn whose scores are a vector times the item table
-    (scoring.LinearScoreFn: DuoRec, SASRec): the rank is counted over item chunks and no [B, n_items] scores
-    exist. Other score_fns (FTragrec) are scored whole, as without it.
+    item_chunk_size > 0 and < n_items, with a scoring.ChunkedScoreFn (every model's: DuoRec, SASRec,
+    FTragrec): the rank is counted over item chunks and no [B, n_items] scores exist. A plain function is
+    scored whole, as without it.
 
     With `mesh`, score_fn receives the chunk's fields as device arrays sharded along the data axis (the batch
     dict holds item_seq, item_seq_len, target, user, prefix_len, mask, index, each [B]-leading)."""
@@ -205,7 +208,9 @@ def sample_ranks(
         width = 32 * math.ceil(width / 32)  # few distinct shapes across splits, so few compilations
     out = np.empty(len(samples), dtype=np.int64)
     ranker = target_ranks if mesh is None else _gathered_ranks(mesh)
-    chunked = 0 < item_chunk_size < n_items and isinstance(score_fn, LinearScoreFn)
+    if isinstance(score_fn, Scorer):  # a saved model: its ScoreFn, which may score by item chunks
+        score_fn = score_fn.score
+    chunked = 0 < item_chunk_size < n_items and isinstance(score_fn, ChunkedScoreFn)
     if chunked:
         ranker = chunked_target_ranks if mesh is None else _gathered_chunked_ranks(mesh)
         table = score_fn.item_table
@@ -227,9 +232,15 @@ def sample_ranks(
             )
             hist = fed.pop("history")
         if chunked:
-            rep = score_fn.represent(fed["item_seq"], fed["item_seq_len"])
+            state = score_fn.prepare(fed["item_seq"], fed["item_seq_len"], fed, int(item_chunk_size))
             result = ranker(
-                rep, table, fed["target"], hist, chunk=int(item_chunk_size), mask_history=history is not None
+                state,
+                table,
+                fed["target"],
+                hist,
+                chunk=int(item_chunk_size),
+                mask_history=history is not None,
+                chunk_scores=score_fn.chunk_scores,
             )
         else:
             scores = score_fn(fed["item_seq"], fed["item_seq_len"], fed)
@@ -297,11 +308,11 @@ def _over_split(run, score_fn, dataset, split: str, cfg: Config, show_progress: 
 
             return call
 
-        if isinstance(score_fn, LinearScoreFn):  # keep it linear, so item chunking stays possible
-            fn = LinearScoreFn(
-                counted(lambda item_seq, item_seq_len: score_fn(item_seq, item_seq_len)),
-                counted(score_fn.represent),
-                score_fn.item_table,
+        if isinstance(score_fn, Scorer):
+            score_fn = score_fn.score
+        if isinstance(score_fn, ChunkedScoreFn):  # keep it chunkable, so item chunking stays possible
+            fn = ChunkedScoreFn(
+                counted(score_fn), counted(score_fn.prepare), score_fn.chunk_scores, score_fn.item_table
             )
         else:
             fn = counted(score_fn)

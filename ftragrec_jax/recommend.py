@@ -27,7 +27,7 @@ from ftragrec_jax.config import DATASET_KEYS, load_config
 from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.errors import CheckpointError, ConfigError, DataError
 from ftragrec_jax.model_dir import load_knowledge_base, load_model, resolve
-from ftragrec_jax.models.softmax_ce import item_chunks
+from ftragrec_jax.models.softmax_ce import item_chunks, linear_chunk_scores
 
 NEW_USER = -1  # no knowledge-base entry has this user id (remapped ids are >= 1)
 
@@ -50,10 +50,11 @@ class Recommendation:
 class Recommender:
     """A loaded model: `recommend(tokens, k=10, exclude_seen=False)` for one sequence, `recommend_many` for many."""
 
-    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int, linear=None):
+    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int, chunked=None):
         self.path, self.meta, self.vocab = Path(path), meta, vocab
         self._scores, self.max_len = scores_fn, max_len
-        self._linear = linear  # scoring.LinearScoreFn of an encoder model: bulk top-k may run over item chunks
+        # scoring.ChunkedScoreFn taking (item_seq, item_seq_len, prefix_len): bulk top-k may run over item chunks
+        self._chunked = chunked
 
     @property
     def model(self) -> str:
@@ -107,16 +108,15 @@ class Recommender:
         the items and order `recommend` gives, scored in jitted batches of `batch_size` rows (the last one
         padded) with the top-k taken on the device, so only [batch, k] comes back to the host. A sequence with no
         known item yields a Recommendation with no items and its tokens in `unknown` (a bulk run goes on);
-        with `exclude_seen`, a row with fewer than k unseen items gets all of them. item_chunk_size > 0 (encoder
-        models, catalogue larger than it): the top-k is merged over item chunks, never [batch, n_items] scores;
-        FTragrec models are scored whole."""
+        with `exclude_seen`, a row with fewer than k unseen items gets all of them. item_chunk_size > 0 (a
+        catalogue larger than it): the top-k is merged over item chunks, never [batch, n_items] scores."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.vocab.n_items - 1:
             raise ConfigError(f"recommend: k must be an integer in [1, {self.vocab.n_items - 1}], got {k!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"recommend: batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(item_chunk_size, bool) or not isinstance(item_chunk_size, int) or item_chunk_size < 0:
             raise ConfigError(f"recommend: item_chunk_size must be an integer >= 0, got {item_chunk_size!r}")
-        chunk = item_chunk_size if self._linear is not None and 0 < item_chunk_size < self.vocab.n_items else 0
+        chunk = item_chunk_size if self._chunked is not None and 0 < item_chunk_size < self.vocab.n_items else 0
         bar = tqdm(total=total, desc="Recommend", unit="seq", disable=not progress)
         rows = []
         for tokens in sequences:
@@ -150,8 +150,9 @@ class Recommender:
                 if exclude_seen:
                     seen[row, : len(ids)] = ids
             if chunk:
-                rep = self._linear.represent(item_seq, seq_len)
-                top = _chunked_masked_top_k(rep, self._linear.item_table, seen, k, chunk)
+                fn = self._chunked
+                state = fn.prepare(item_seq, seq_len, prefix, chunk)
+                top = _chunked_masked_top_k(state, fn.item_table, seen, k, chunk, fn.chunk_scores)
             else:
                 top = _masked_top_k(self._scores(item_seq, seq_len, prefix), seen, k)
             top_scores, top_ids = (np.asarray(a) for a in top)
@@ -178,18 +179,20 @@ def _masked_top_k(scores, seen, k: int):
     return jax.lax.top_k(scores, k)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "chunk"))
-def _chunked_masked_top_k(rep, table, seen, k: int, chunk: int):
-    """_masked_top_k of rep @ table.T, merged over item chunks: each chunk's best k join the running best k
+@functools.partial(jax.jit, static_argnames=("k", "chunk", "chunk_scores"))
+def _chunked_masked_top_k(state, table, seen, k: int, chunk: int, chunk_scores=linear_chunk_scores):
+    """_masked_top_k of the scores chunk_scores(state, part, start) gives item chunk by item chunk
+    (scoring.ChunkedScoreFn; default state @ table.T), merged: each chunk's best k join the running best k
     (running first, so equal scores keep the lower id, which came in an earlier chunk)."""
     parts, real = item_chunks(table, chunk)
     starts = jnp.arange(parts.shape[0], dtype=jnp.int32) * chunk
-    rows = jnp.arange(rep.shape[0])[:, None]
+    b = seen.shape[0]
+    rows = jnp.arange(b)[:, None]
 
     def merge(best, xs):
         start, t, ok = xs
         ids = start + jnp.arange(chunk, dtype=jnp.int32)
-        scores = jnp.where(ok[None, :] & (ids != 0)[None, :], rep @ t.T, -jnp.inf)
+        scores = jnp.where(ok[None, :] & (ids != 0)[None, :], chunk_scores(state, t, start), -jnp.inf)
         col = seen - start
         inside = (seen > 0) & (col >= 0) & (col < chunk)
         scores = scores.at[rows, jnp.where(inside, col, chunk)].set(-jnp.inf, mode="drop")
@@ -199,7 +202,7 @@ def _chunked_masked_top_k(rep, table, seen, k: int, chunk: int):
         keep_vals, keep = jax.lax.top_k(both_vals, k)
         return (keep_vals, jnp.take_along_axis(both_ids, keep, axis=1)), None
 
-    init = (jnp.full((rep.shape[0], k), -jnp.inf, rep.dtype), jnp.zeros((rep.shape[0], k), jnp.int32))
+    init = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.zeros((b, k), jnp.int32))
     best, _ = jax.lax.scan(merge, init, (starts, parts, real))
     return best
 
@@ -233,14 +236,23 @@ def load(path, *, data: str | None = None) -> Recommender:
         meta, params, source=str(path), dataset=dataset, knowledge_base=kb, purpose="recommend"
     )
 
-    def scores(item_seq, item_seq_len, prefix_len):
+    def batch(item_seq, prefix_len):
         # a new sequence: no knowledge-base entry is its own, so the exclusion rule removes nothing
-        return scorer(
-            item_seq, item_seq_len, {"user": np.full(len(item_seq), NEW_USER, np.int32), "prefix_len": prefix_len}
-        )
+        return {"user": np.full(len(item_seq), NEW_USER, np.int32), "prefix_len": prefix_len}
 
-    linear = scorer.score if isinstance(scorer.score, scoring.LinearScoreFn) else None
-    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"], linear)
+    def scores(item_seq, item_seq_len, prefix_len):
+        return scorer(item_seq, item_seq_len, batch(item_seq, prefix_len))
+
+    fn = scorer.score
+    chunked = scoring.ChunkedScoreFn(
+        scores,
+        lambda item_seq, item_seq_len, prefix_len, chunk: fn.prepare(
+            item_seq, item_seq_len, batch(item_seq, prefix_len), chunk
+        ),
+        fn.chunk_scores,
+        fn.item_table,
+    )
+    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"], chunked)
 
 
 def dataset_of(meta: dict, data: str | None = None):

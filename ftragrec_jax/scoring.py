@@ -7,7 +7,9 @@ Every consumer scores through here: validation during training (both tasks), the
     score(item_seq [B, L], item_seq_len [B], batch) -> scores [B, n_items]
 
 Column 0 is the padding item. `batch` carries each row's `user` and `prefix_len`, which FTragrec's exclusion
-rule needs (an encoder model ignores it). Parameters are replicated over `mesh` when one is given, for batches
+rule needs (an encoder model ignores it). Every model's ScoreFn is also a `ChunkedScoreFn`, which scores the
+catalogue chunk by chunk (config key item_chunk_size), so the evaluator and the recommender never need
+[B, n_items]. Parameters are replicated over `mesh` when one is given, for batches
 sharded along its data axis; with `mesh=None` everything runs on the default device.
 """
 
@@ -28,9 +30,16 @@ from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import ENCODER_MODELS, check_vocab_compat, load_model, read_meta
 from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
-from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, ftragrec_scores
+from ftragrec_jax.models.ftragrec import (
+    FTragrecHParams,
+    build_ftragrec,
+    chunk_scores,
+    ftragrec_chunk_state,
+    ftragrec_scores,
+)
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, compute_keys, kb_options
 from ftragrec_jax.models.search import FaissSearcher, Memory
+from ftragrec_jax.models.softmax_ce import linear_chunk_scores
 from ftragrec_jax.trees import assign_params, dotted, key_names
 
 # (item_seq [B, L], item_seq_len [B], batch dict) -> scores [B, n_items]: what the evaluator calls
@@ -83,16 +92,35 @@ def encoder_represent(graphdef, *, rest=None, mesh=None):
     return represent
 
 
-class LinearScoreFn:
-    """A ScoreFn whose scores are `represent(item_seq, item_seq_len) @ item_table.T` (encoder models): the
-    evaluator may then rank the target over item chunks (config key item_chunk_size) without ever holding
-    [B, n_items] scores."""
+class ChunkedScoreFn:
+    """A ScoreFn that can also score the catalogue one item chunk at a time (evaluation.sample_ranks and
+    recommend take it when config key item_chunk_size is below n_items):
 
-    def __init__(self, scores, represent, item_table):
-        self._scores, self.represent, self.item_table = scores, represent, item_table
+        prepare(item_seq, item_seq_len, batch, item_chunk_size) -> state, a pytree of [B, ...] arrays
+        chunk_scores(state, part [C, H], start) -> [B, C], the scores of items start..start+C-1
+
+    `chunk_scores` is a pure module-level function (static under jit); `item_chunk_size` lets `prepare` run
+    its own whole-catalogue reductions in chunks too (FTragrec kNN-LM's logsumexp). Over all chunks the scores
+    are those __call__ returns, up to float32 rounding."""
+
+    def __init__(self, scores, prepare, chunk_scores, item_table):
+        self._scores, self.prepare, self.chunk_scores, self.item_table = scores, prepare, chunk_scores, item_table
 
     def __call__(self, item_seq, item_seq_len, batch=None):
-        return self._scores(item_seq, item_seq_len)
+        return self._scores(item_seq, item_seq_len, batch)
+
+
+class LinearScoreFn(ChunkedScoreFn):
+    """A ChunkedScoreFn whose scores are `represent(item_seq, item_seq_len) @ item_table.T` (encoder models)."""
+
+    def __init__(self, scores, represent, item_table):
+        super().__init__(
+            lambda item_seq, item_seq_len, batch=None: scores(item_seq, item_seq_len),
+            lambda item_seq, item_seq_len, batch=None, item_chunk_size=0: represent(item_seq, item_seq_len),
+            linear_chunk_scores,
+            item_table,
+        )
+        self.represent = represent
 
 
 def encoder_score_fn(encoder, *, mesh=None) -> LinearScoreFn:
@@ -109,35 +137,67 @@ def encoder_score_fn(encoder, *, mesh=None) -> LinearScoreFn:
     )
 
 
-def ftragrec_scorer(graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None):
-    """jitted `(params, memory, batch) -> scores` of an FTragrec model split as (graphdef, params[, rest]);
-    `bind` turns it into a ScoreFn for fixed params and knowledge base."""
+class FTragrecScorer:
+    """The jitted scorers of an FTragrec model split as (graphdef, params[, rest]): `(params, memory, batch) ->
+    scores` when called, `chunk_state(params, memory, batch, item_chunk_size)` for scoring by item chunks
+    (models/ftragrec.ftragrec_chunk_state). `bind` turns it into a ScoreFn for fixed params and base."""
 
-    def scores(params, memory, batch):
-        model = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
-        return ftragrec_scores(model, batch, memory, hp=hp, searcher=searcher, mesh=mesh)
+    def __init__(self, graphdef, hp: FTragrecHParams, *, rest=None, searcher=None, mesh=None):
+        def merge(params):
+            return nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
 
-    return jax.jit(scores)
+        def scores(params, memory, batch):
+            return ftragrec_scores(merge(params), batch, memory, hp=hp, searcher=searcher, mesh=mesh)
+
+        def state(params, memory, batch, item_chunk_size):
+            model = merge(params)
+            return ftragrec_chunk_state(
+                model, batch, memory, hp=hp, searcher=searcher, mesh=mesh, item_chunk_size=item_chunk_size
+            )
+
+        self._merge = merge
+        self.scores = jax.jit(scores)
+        self.chunk_state = jax.jit(state, static_argnames=("item_chunk_size",))
+        self.chunk_scores = chunk_scores(hp)
+
+    def __call__(self, params, memory, batch):
+        return self.scores(params, memory, batch)
+
+    def item_table(self, params):
+        """The frozen item table [n_items, H], placed as params are."""
+        return self._merge(params).encoder.item_table()
 
 
-def bind(scorer, params, memory: Memory | Callable[[], Memory]) -> ScoreFn:
+def ftragrec_scorer(
+    graphdef, hp: FTragrecHParams, *, rest=None, searcher: FaissSearcher | None = None, mesh=None
+) -> FTragrecScorer:
+    return FTragrecScorer(graphdef, hp, rest=rest, searcher=searcher, mesh=mesh)
+
+
+def bind(scorer: FTragrecScorer, params, memory: Memory | Callable[[], Memory]) -> ChunkedScoreFn:
     """The ScoreFn of an `ftragrec_scorer` with these params. `memory`: the knowledge base's device arrays, or
     a function returning them at each call (a base that is refreshed or extended between calls)."""
     current = memory if callable(memory) else (lambda: memory)
 
-    def fn(item_seq, item_seq_len, batch):
-        missing = [k for k in ("user", "prefix_len") if k not in batch]
+    def fields(item_seq, item_seq_len, batch):
+        missing = [k for k in ("user", "prefix_len") if k not in (batch or {})]
         if missing:
             raise ConfigError(f"FTragrec evaluation: batch lacks {missing} (needed by the exclusion rule)")
-        b = {
+        return {
             "item_seq": item_seq,
             "item_seq_len": item_seq_len,
             "user": batch["user"],
             "prefix_len": batch["prefix_len"],
         }
-        return scorer(params, current(), b)
 
-    return fn
+    def fn(item_seq, item_seq_len, batch):
+        return scorer(params, current(), fields(item_seq, item_seq_len, batch))
+
+    def prepare(item_seq, item_seq_len, batch, item_chunk_size=0):
+        b = fields(item_seq, item_seq_len, batch)
+        return scorer.chunk_state(params, current(), b, item_chunk_size=int(item_chunk_size))
+
+    return ChunkedScoreFn(fn, prepare, scorer.chunk_scores, scorer.item_table(params))
 
 
 # --- a saved model ------------------------------------------------------------------------------------------

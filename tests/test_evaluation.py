@@ -245,7 +245,7 @@ def test_item_chunked_ranks_equal_the_whole_catalogue(chunk, masked):
 
 
 def test_item_chunking_leaves_other_score_fns_whole():
-    """A plain score_fn (FTragrec's) is scored whole whatever item_chunk_size says: the same ranks."""
+    """A plain score_fn (no ChunkedScoreFn) is scored whole whatever item_chunk_size says: the same ranks."""
     rep, table, samples, _ = _linear_case(ties=False)
     full = table_scorer(rep @ table.T)
     want = sample_ranks(full, samples, table.shape[0], batch_size=8)

@@ -54,6 +54,21 @@ def test_knowledge_base_matches_direct_encoding(setup):
         np.testing.assert_array_equal(np.asarray(getattr(kb.memory, name)), samples[name])
 
 
+def test_cpu_base_is_held_once(setup):
+    """On a CPU backend the host arrays of the base are views of its device buffers (one copy, not two), also
+    after a key refresh; they are read-only, so nothing can change the base behind the device's back."""
+    samples, hp, model, kb = setup
+    if jax.default_backend() != "cpu":
+        pytest.skip("host and device memory are separate on an accelerator")
+    kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
+    for name in ("h", "keys", "target", "user", "prefix_len"):
+        host, device = getattr(kb, name), getattr(kb.memory, name)
+        assert host.ctypes.data == device.unsafe_buffer_pointer(), name
+        assert not host.flags.writeable, name
+    kb.refresh_keys(model.retriever)
+    assert kb.keys.ctypes.data == kb.memory.keys.unsafe_buffer_pointer()
+
+
 def test_set_keys_hands_back_the_keys_of_before_a_refresh(setup):
     """Validation refreshes for itself, then restores the training keys: index and device copy included."""
     samples, hp, model, _ = setup

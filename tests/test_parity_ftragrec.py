@@ -84,7 +84,7 @@ def test_terms_and_retriever_gradients_match_torch():
         tm.retriever_encoder,
         torch.from_numpy(seq),
         torch.from_numpy(ids).long(),
-        torch.from_numpy(kb.h),
+        torch.from_numpy(np.array(kb.h)),
         torch.from_numpy(kb.target.copy()).long(),
         torch.from_numpy(table.copy()),
         torch.from_numpy(target).long(),

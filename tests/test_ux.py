@@ -177,7 +177,7 @@ def test_recommend_many_gives_the_one_sequence_ranking(which, duorec_dir, ftragr
             want = rec.recommend(seq, k=5, exclude_seen=exclude)
             assert out.items == want.items and out.unknown == want.unknown and out.used == want.used
             np.testing.assert_allclose(out.scores, want.scores, rtol=1e-6, atol=1e-6)
-        # the top-k merged over item chunks (encoder models; FTragrec is scored whole): the same items
+        # the top-k merged over item chunks (both models): the same items
         for chunk in (1, 4, 7):
             merged = list(rec.recommend_many(seqs, k=5, exclude_seen=exclude, batch_size=3, item_chunk_size=chunk))
             for out, same in zip(got, merged):

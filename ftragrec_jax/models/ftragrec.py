@@ -28,6 +28,9 @@ Retriever objectives (retriever_objective; "design" = none of them, the default)
     frozen representation towards entry j's target raises the log-likelihood of the true target, to first
     order (an LM-supervised retrieval target in the spirit of REPLUG, cheap enough for every step).
 CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
+Large catalogues (item_chunk_size > 0 and below n_items): every whole-catalogue term (the CEs, usefulness's
+  softmax mean, the kNN-LM log-softmax at evaluation) runs over item chunks, so neither the step nor the
+  scorer holds a [B, n_items] array (softmax_ce.py); 0 keeps the whole-catalogue expressions.
 E (the item table) and s are frozen: both are cut from the autodiff graph, so backward only touches g.
 """
 
@@ -45,7 +48,7 @@ from ftragrec_jax.models.bucketing import encode_bucketed
 from ftragrec_jax.models.knowledge_base import KB_DTYPES
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
-from ftragrec_jax.models.softmax_ce import cross_entropy_rows
+from ftragrec_jax.models.softmax_ce import cross_entropy_rows, linear_chunk_scores, logsumexp_rows, softmax_mean
 
 KL_EPS = 1e-8
 _DEFAULTS = Config()  # the one home of every default (config.py); the dataclasses below take theirs from it
@@ -205,7 +208,9 @@ def _masked_logsumexp(logits, valid):
     return jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)) + m, 0.0)
 
 
-def objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp: FTragrecHParams):
+def objective_rows(
+    retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp: FTragrecHParams, item_chunk_size=0
+):
     """(loss [B], counted [B] bool) of hp.retriever_objective over the search pool pool_ids [B, P] (-1 = none);
     the formulas are in the module docstring. Everything but g is frozen here."""
     valid = pool_ids >= 0
@@ -219,8 +224,7 @@ def objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_ta
         counted = positive.any(-1)
         rows = log_z - _masked_logsumexp(logits, positive)
     elif hp.retriever_objective == "usefulness":
-        probs = jax.nn.softmax(seq_output @ item_table.T, axis=-1)
-        direction = item_table[target] - probs @ item_table  # ∇_s log softmax(s·Eᵀ)[target]
+        direction = item_table[target] - softmax_mean(seq_output, item_table, item_chunk_size)  # ∇_s log p[target]
         u = jnp.einsum("bh,bph->bp", direction, item_table[pool_target]) / hp.usefulness_temperature
         log_q = u - _masked_logsumexp(u, valid)[:, None]
         q = jnp.where(valid, jnp.exp(jnp.where(valid, log_q, 0.0)), 0.0)
@@ -271,6 +275,20 @@ def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
     return jnp.where(a > 0, mixed, base)
 
 
+def knn_lm_chunk_scores(state: dict, part, start):
+    """`knn_lm_scores` of the items start..start+C-1 (part: their rows [C, H]) from `ftragrec_chunk_state`'s
+    state: the backbone's log-softmax is s·part.T minus the whole catalogue's logsumexp, and p_knn holds the
+    weights of the neighbours whose target falls in the chunk."""
+    base = state["s"] @ part.T - state["lse"][:, None]
+    col = state["target"] - start
+    inside = (col >= 0) & (col < part.shape[0])
+    rows = jnp.arange(base.shape[0])[:, None]
+    p_knn = jnp.zeros_like(base).at[rows, jnp.where(inside, col, part.shape[0])].add(state["weight"], mode="drop")
+    a = state["alpha"]
+    mixed = jnp.logaddexp(jnp.log1p(-a) + base, jnp.log(jnp.maximum(a, 1e-30)) + jnp.log(p_knn))
+    return jnp.where(a > 0, mixed, base)
+
+
 def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
     """-log p(target) of the kNN-LM mixture without materialising p_knn (so gradients stay finite);
     rec_rows [B]: the backbone's CE, -log softmax(s·Eᵀ)[target]."""
@@ -282,11 +300,23 @@ def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
 
 
 def ftragrec_terms(
-    retriever, seq_output, ids, h, kb_target, item_table, target, mask, hp: FTragrecHParams, alpha=None, rec_ce=None
+    retriever,
+    seq_output,
+    ids,
+    h,
+    kb_target,
+    item_table,
+    target,
+    mask,
+    hp: FTragrecHParams,
+    alpha=None,
+    rec_ce=None,
+    item_chunk_size: int = 0,
 ):
     """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
     them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
-    rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way."""
+    rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way.
+    item_chunk_size: whole-catalogue terms over item chunks of this size (module docstring; 0 = whole)."""
     seq_output = jax.lax.stop_gradient(seq_output)
     item_table = jax.lax.stop_gradient(item_table)
     h = jax.lax.stop_gradient(h)
@@ -295,12 +325,15 @@ def ftragrec_terms(
     pool_ids, ids = ids, ids[:, : hp.top_k]
     nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
     n_real = jnp.maximum(mask.sum(), 1.0)
-    rec_rows = cross_entropy_rows(seq_output, item_table, target) if rec_ce is None else jax.lax.stop_gradient(rec_ce)
+    if rec_ce is None:
+        rec_rows = cross_entropy_rows(seq_output, item_table, target, item_chunk_size)
+    else:
+        rec_rows = jax.lax.stop_gradient(rec_ce)
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
     else:
-        nll = cross_entropy_rows(nb["enhanced"], item_table, target)
+        nll = cross_entropy_rows(nb["enhanced"], item_table, target, item_chunk_size)
     enhanced = (nll * mask).sum() / n_real
     p_rec = _masked_softmax(jnp.einsum("bh,bkh->bk", seq_output, nb["target_emb"]), nb["valid"])
     p_ret = nb["p_ret"]
@@ -310,7 +343,9 @@ def ftragrec_terms(
     total = rec + hp.enhanced_rec_weight * enhanced + hp.kl_small_weight * kl
     objective = {}
     if hp.retriever_objective != "design":
-        rows, counted = objective_rows(retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp)
+        rows, counted = objective_rows(
+            retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp, item_chunk_size
+        )
         counted = mask * counted.astype(mask.dtype)
         term = (rows * counted).sum() / jnp.maximum(counted.sum(), 1.0)
         total = total + hp.retriever_loss_weight * term
@@ -368,6 +403,7 @@ def ftragrec_loss(
     seq_output=None,
     searcher: FaissSearcher | None = None,
     rec_ce=None,
+    item_chunk_size: int = 0,
 ):
     """(total, aux) for one batch. `seq_output` [B, H]: the cached frozen encoder output of the batch rows
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
@@ -385,7 +421,17 @@ def ftragrec_loss(
         hp,
         model.alpha(hp),
         rec_ce,
+        item_chunk_size,
     )
+
+
+def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, searcher, mesh):
+    """(seq_output, neighbours' targets [B, k], item table, neighbours dict) of an evaluation batch."""
+    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
+    ids = ids[:, : hp.top_k]
+    table = model.encoder.item_table()
+    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
+    return seq_output, memory.target[jnp.where(ids >= 0, ids, 0)], table, nb
 
 
 def ftragrec_scores(
@@ -399,10 +445,38 @@ def ftragrec_scores(
 ):
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation); `mesh`: the batch is
     sharded along its data axis (each device encodes its own rows)."""
-    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
-    ids = ids[:, : hp.top_k]
-    table = model.encoder.item_table()
-    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
+    seq_output, nb_target, table, nb = _fused(model, batch, memory, hp, searcher, mesh)
     if hp.fusion == "knn_lm":
-        return knn_lm_scores(seq_output, table, nb, memory.target[jnp.where(ids >= 0, ids, 0)])
+        return knn_lm_scores(seq_output, table, nb, nb_target)
     return nb["enhanced"] @ table.T
+
+
+def ftragrec_chunk_state(
+    model: FTragrec,
+    batch: dict,
+    memory: Memory,
+    *,
+    hp: FTragrecHParams,
+    searcher: FaissSearcher | None = None,
+    mesh=None,
+    item_chunk_size: int = 0,
+):
+    """What `chunk_scores(hp)` needs to score any item chunk as `ftragrec_scores` scores the catalogue, with
+    nothing [B, n_items]: the enhanced vector [B, H] (representation fusion) or, for kNN-LM, the backbone's
+    vector, its logsumexp over the catalogue (in chunks of item_chunk_size) and the neighbours' targets and
+    weights."""
+    seq_output, nb_target, table, nb = _fused(model, batch, memory, hp, searcher, mesh)
+    if hp.fusion != "knn_lm":
+        return nb["enhanced"]
+    return {
+        "s": seq_output,
+        "lse": logsumexp_rows(seq_output, table, item_chunk_size),
+        "target": nb_target,
+        "weight": jnp.where(nb["valid"], nb["p_ret"], 0.0),
+        "alpha": nb["alpha"],
+    }
+
+
+def chunk_scores(hp: FTragrecHParams):
+    """The pure (state, part, start) -> [B, C] scorer of `ftragrec_chunk_state`'s states under hp's fusion."""
+    return knn_lm_chunk_scores if hp.fusion == "knn_lm" else linear_chunk_scores

@@ -8,6 +8,11 @@ encoder is frozen and deterministic).
 Encoding and key computation run in fixed-size jitted chunks (the last chunk padded) so memory stays bounded
 and one compilation serves every chunk. `refresh_keys` recomputes all keys with the current g and rebuilds the
 FAISS index; it runs between epochs, outside jit, and returns its wall time for the log.
+
+Memory, per entry of H = hidden_size: h 4H bytes (2H as float16), key 4H, target, user, prefix length 12, and
+the backbone's CE 4 when cached; each held once: on a CPU backend the host arrays are read-only views of the
+device buffers (`_placed`), on an accelerator they sit in host memory beside the device copy. A FAISS index
+adds its own copy of the keys (Flat and IVF-Flat 4H bytes per entry; PQ codes far fewer).
 """
 
 from __future__ import annotations
@@ -30,6 +35,26 @@ SAMPLE_FIELDS = ("item_seq", "item_seq_len", "target", "user", "prefix_len")
 KB_DTYPES = ("float32", "float16")  # storage of h (knowledge_base_dtype); every computation reads it as float32
 
 
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """np.empty whose data starts on a 64-byte boundary: a CPU backend's device_put then takes the buffer as
+    it is instead of copying it (numpy's own large allocations start 16 bytes past a page)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start : start + n].view(dtype).reshape(shape)
+
+
+def _placed(a: np.ndarray):
+    """(device copy of host array a, the host array to keep). On a CPU backend the device buffer is host
+    memory already (the very buffer of `a` when it is 64-byte aligned, `aligned_empty`), so the kept array is
+    a read-only view of it: the base is held once, not twice; on an accelerator the host array is kept."""
+    d = jax.device_put(a)
+    if all(dev.platform == "cpu" for dev in d.devices()):
+        return d, np.asarray(d)
+    return d, a
+
+
 def _field(samples, name):
     value = samples[name] if isinstance(samples, dict) else getattr(samples, name)
     return np.asarray(value)
@@ -46,7 +71,7 @@ def _encode(encoder, samples, chunk_size: int, dtype) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _apply_fn(graphdef, kind):
+def _apply_fn(graphdef, kind, item_chunk_size: int = 0):
     def encode(state, item_seq, item_seq_len):
         return nnx.merge(graphdef, state)(item_seq, item_seq_len)
 
@@ -54,7 +79,8 @@ def _apply_fn(graphdef, kind):
         return embed(nnx.merge(graphdef, state), h.astype(jnp.float32))
 
     def rec_ce(state, h, target):  # the loss's own CE: the cached value is the one the step would compute
-        return cross_entropy_rows(h.astype(jnp.float32), nnx.merge(graphdef, state).item_table(), target)
+        table = nnx.merge(graphdef, state).item_table()
+        return cross_entropy_rows(h.astype(jnp.float32), table, target, item_chunk_size)
 
     return jax.jit({"encode": encode, "keys": keys, "rec_ce": rec_ce}[kind])
 
@@ -77,7 +103,7 @@ def _chunked(fn, state, arrays, chunk_size, dtype=np.float32):
             part = [np.concatenate([p, np.repeat(p[:1], c - m, axis=0)]) for p in part]
         chunk = np.asarray(fn(state, *part))[:m]
         if out is None:
-            out = np.empty((n, *chunk.shape[1:]), dtype)
+            out = aligned_empty((n, *chunk.shape[1:]), dtype)
         out[start : start + m] = chunk
     return out
 
@@ -101,10 +127,12 @@ def compute_keys(retriever, h, *, chunk_size: int = 65536) -> np.ndarray:
     return _chunked(_apply_fn(graphdef, "keys"), state, [np.asarray(h)], chunk_size)  # h of either storage dtype
 
 
-def backbone_ce(encoder, h, target, *, chunk_size: int = 4096) -> np.ndarray:
-    """-log softmax(h·Eᵀ)[target] per row, float32 [N]: the frozen backbone's CE on each entry's target."""
+def backbone_ce(encoder, h, target, *, chunk_size: int = 4096, item_chunk_size: int = 0) -> np.ndarray:
+    """-log softmax(h·Eᵀ)[target] per row, float32 [N]: the frozen backbone's CE on each entry's target, over
+    item chunks of item_chunk_size (0 = whole catalogue)."""
     graphdef, state = nnx.split(encoder)
-    return _chunked(_apply_fn(graphdef, "rec_ce"), state, [np.asarray(h), np.asarray(target, np.int32)], chunk_size)
+    fn = _apply_fn(graphdef, "rec_ce", int(item_chunk_size))
+    return _chunked(fn, state, [np.asarray(h), np.asarray(target, np.int32)], chunk_size)
 
 
 def kb_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
@@ -144,6 +172,7 @@ class KnowledgeBase:
         n_train: int | None = None,
         faiss_shards: int = 1,
         rec_ce=None,
+        item_chunk_size: int = 0,
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
@@ -163,6 +192,7 @@ class KnowledgeBase:
         ):
             raise ConfigError("knowledge base: h, target, user, prefix_len, keys and rec_ce must have the same length")
         self.n_train = n if n_train is None else int(n_train)
+        self.item_chunk_size = int(item_chunk_size)  # rec_ce of entries added later, as the first ones
         self.backend = backend
         self.searcher = (
             FaissSearcher(
@@ -189,29 +219,40 @@ class KnowledgeBase:
         encode_chunk_size: int = 2048,
         key_chunk_size: int = 65536,
         with_rec_ce: bool = False,
+        item_chunk_size: int = 0,
         **options,
     ) -> "KnowledgeBase":
         """Encode SequenceSamples (or a dict with the same fields) with the frozen encoder and g.
-        with_rec_ce: also store the backbone's CE per entry (for the cached training step)."""
+        with_rec_ce: also store the backbone's CE per entry (for the cached training step), computed over
+        item chunks of item_chunk_size as the step would (0 = whole catalogue)."""
         arrays = {name: _field(samples, name) for name in SAMPLE_FIELDS[2:]}
         h = _encode(encoder, samples, encode_chunk_size, options.get("h_dtype", "float32"))
         keys = compute_keys(retriever, h, chunk_size=key_chunk_size)
-        rec_ce = backbone_ce(encoder, h, arrays["target"]) if with_rec_ce else None
-        return cls(h, arrays["target"], arrays["user"], arrays["prefix_len"], keys, rec_ce=rec_ce, **options)
+        rec_ce = backbone_ce(encoder, h, arrays["target"], item_chunk_size=item_chunk_size) if with_rec_ce else None
+        return cls(
+            h,
+            arrays["target"],
+            arrays["user"],
+            arrays["prefix_len"],
+            keys,
+            rec_ce=rec_ce,
+            item_chunk_size=item_chunk_size,
+            **options,
+        )
 
     def __len__(self) -> int:
         return len(self.h)
 
     def _sync(self) -> float:
         """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
-        self.memory = Memory(
-            h=jnp.asarray(self.h),
-            keys=jnp.asarray(self.keys),
-            target=jnp.asarray(self.target),
-            user=jnp.asarray(self.user),
-            prefix_len=jnp.asarray(self.prefix_len),
-            rec_ce=None if self.rec_ce is None else jnp.asarray(self.rec_ce),
-        )
+        self.memory, placed = None, {}  # the old device copies go before the new ones arrive
+        for name in ("h", "keys", "target", "user", "prefix_len", "rec_ce"):  # one at a time: a short peak
+            if getattr(self, name) is None:
+                placed[name] = None
+                continue
+            placed[name], kept = _placed(getattr(self, name))
+            setattr(self, name, kept)
+        self.memory = Memory(**placed)
         if self.searcher is None:
             return 0.0
         return self.searcher.build(self.keys, self.user, self.prefix_len)
@@ -233,7 +274,9 @@ class KnowledgeBase:
     def _sync_keys(self) -> float:
         """Like _sync when only the keys changed: h, target, user and prefix_len keep their device copies
         (copying h again would briefly hold it twice on the device)."""
-        self.memory = self.memory._replace(keys=jnp.asarray(self.keys))
+        self.memory = self.memory._replace(keys=None)  # the old device keys go before the new ones arrive
+        keys, self.keys = _placed(self.keys)
+        self.memory = self.memory._replace(keys=keys)
         if self.searcher is None:
             return 0.0
         return self.searcher.build(self.keys, self.user, self.prefix_len)
@@ -248,7 +291,8 @@ class KnowledgeBase:
             setattr(self, name, np.concatenate([getattr(self, name), arrays[name].astype(np.int32)]))
         self.keys = np.concatenate([self.keys, compute_keys(retriever, h)])
         if self.rec_ce is not None:
-            self.rec_ce = np.concatenate([self.rec_ce, backbone_ce(encoder, h, arrays["target"])])
+            ce = backbone_ce(encoder, h, arrays["target"], item_chunk_size=self.item_chunk_size)
+            self.rec_ce = np.concatenate([self.rec_ce, ce])
         self.index_seconds = self._sync()
         return time.perf_counter() - t0
 
@@ -260,5 +304,4 @@ class KnowledgeBase:
         keys = np.asarray(state["keys"], np.float32)
         if keys.shape != self.keys.shape:
             raise ConfigError(f"knowledge base: stored keys have shape {keys.shape}, expected {self.keys.shape}")
-        self.keys = keys
-        self.index_seconds = self._sync()
+        self.set_keys(keys)

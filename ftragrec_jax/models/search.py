@@ -398,6 +398,7 @@ class FaissSearcher:
     def build(self, keys, user, prefix_len) -> float:
         """(Re)build the index from unit-norm keys [N, H]; returns seconds taken."""
         t0 = time.perf_counter()
+        self.index = self._keep = None  # the old index goes first: a refresh never holds two copies of the keys
         keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32))
         options = {"shards": self.shards, "nprobe": self.nprobe}
         if self.gpus:

@@ -20,20 +20,53 @@ import jax
 import jax.numpy as jnp
 
 
+def chunking(table, item_chunk_size: int) -> bool:
+    """Whether item_chunk_size asks for item chunks on this table (> 0 and below its row count)."""
+    return 0 < item_chunk_size < table.shape[0]
+
+
+def logsumexp_rows(x, table, item_chunk_size: int = 0):
+    """logsumexp(x @ table.T, axis=-1) [B], over item chunks when `chunking` says so."""
+    if chunking(table, item_chunk_size):
+        return chunked_logsumexp(x, table, item_chunk_size)
+    return jax.nn.logsumexp(x @ table.T, axis=-1)
+
+
 def cross_entropy_rows(x, table, target, item_chunk_size: int = 0):
     """x [B, H], table [n_items, H], target int [B] -> [B] per-row CE over all n_items (row 0 included).
     item_chunk_size > 0 and < n_items: the logsumexp runs over item chunks (`chunked_logsumexp`)."""
     target = target.astype(jnp.int32)
-    if 0 < item_chunk_size < table.shape[0]:
-        lse = chunked_logsumexp(x, table, item_chunk_size)
-    else:
-        lse = jax.nn.logsumexp(x @ table.T, axis=-1)
-    return lse - jnp.sum(x * table[target], axis=-1)
+    return logsumexp_rows(x, table, item_chunk_size) - jnp.sum(x * table[target], axis=-1)
+
+
+def softmax_mean(x, table, item_chunk_size: int = 0):
+    """Σ_i softmax(x·Eᵀ)_i E[i] [B, H], the table's mean under each row's softmax; over item chunks (the
+    softmax of a chunk from the whole logsumexp) when `chunking` says so. For frozen x and table: the chunked
+    form has no gradient rule of its own."""
+    if not chunking(table, item_chunk_size):
+        return jax.nn.softmax(x @ table.T, axis=-1) @ table
+    lse = chunked_logsumexp(x, table, item_chunk_size)
+    parts, real = item_chunks(table, item_chunk_size)
+
+    def body(acc, part):
+        t, ok = part
+        p = jnp.where(ok[None, :], jnp.exp(x @ t.T - lse[:, None]), 0.0)
+        return acc + p @ t, None
+
+    out, _ = jax.lax.scan(body, jnp.zeros_like(x), (parts, real))
+    return out
 
 
 def masked_cross_entropy(x, table, target, weights, item_chunk_size: int = 0):
     """Weighted mean of `cross_entropy_rows`; weight 0 drops a row (padding of the last batch)."""
     return jnp.sum(cross_entropy_rows(x, table, target, item_chunk_size) * weights) / jnp.sum(weights)
+
+
+def linear_chunk_scores(state, part, start):
+    """Scores of an item chunk when each row's scores are a vector times the item table: state [B, H] @ part.T.
+    The (state, part [C, H], start) -> [B, C] form every chunked scorer shares (scoring.ChunkedScoreFn)."""
+    del start
+    return state @ part.T
 
 
 def item_chunks(table, chunk: int):

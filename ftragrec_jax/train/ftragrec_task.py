@@ -88,6 +88,7 @@ class FTragrecTask(Task):
             dataset.train,
             key_chunk_size=self.hp.retrieval_chunk_size,
             with_rec_ce=self.cached,
+            item_chunk_size=cfg.item_chunk_size,
             # the FAISS searcher answers the training pool (scoring keeps top_k of it)
             **kb_options(self.hp, faiss_shards=cfg.faiss_shards, width=self.hp.search_k),
         )
@@ -107,6 +108,7 @@ class FTragrecTask(Task):
             searcher=self.kb.searcher,
             cached=self.cached,
             trainable=self.trainable,
+            item_chunk_size=cfg.item_chunk_size,
         )
         self._scorer = scoring.ftragrec_scorer(
             self.graphdef, self.hp, rest=self.rest, searcher=self.kb.searcher, mesh=self.mesh

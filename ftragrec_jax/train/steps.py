@@ -56,11 +56,13 @@ def make_ftragrec_step(
     searcher: FaissSearcher | None = None,
     cached: bool = True,
     trainable: tuple[str, ...] = TRAINABLE,
+    item_chunk_size: int = 0,
 ):
     """jitted pure step(params, opt_state, batch, memory) -> (params, opt_state, aux); params and opt_state are
     donated. cached=True reads seq_output from memory.h[batch["index"]] (the base built from the training
     split, whose entry i is training sample i); cached=False runs the frozen encoder on the batch. `trainable`:
-    the modules the optimizer updates (optim.trainable_modules), kept in step with its freeze mask."""
+    the modules the optimizer updates (optim.trainable_modules), kept in step with its freeze mask.
+    item_chunk_size: the loss's whole-catalogue terms over item chunks (models/ftragrec.py; 0 = whole)."""
 
     def merge(params):
         return nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)
@@ -69,7 +71,16 @@ def make_ftragrec_step(
         def loss_fn(p):
             seq = memory.h[batch["index"]].astype(jnp.float32) if cached else None  # h may be stored as float16
             rec = memory.rec_ce[batch["index"]] if cached and memory.rec_ce is not None else None
-            return ftragrec_loss(merge(p), batch, memory, hp=hp, seq_output=seq, searcher=searcher, rec_ce=rec)
+            return ftragrec_loss(
+                merge(p),
+                batch,
+                memory,
+                hp=hp,
+                seq_output=seq,
+                searcher=searcher,
+                rec_ce=rec,
+                item_chunk_size=item_chunk_size,
+            )
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
