@@ -62,7 +62,7 @@ class Config:
     stopping_step: int = 10  # early-stopping patience in evaluations without a better valid_metric
     valid_metric: str = "mrr@10"  # model selection metric on the validation split
     eval_step: int = 1  # evaluate on validation every N epochs
-    item_chunk_size: int = 0  # items per chunk for DuoRec's CE and encoder models' full-sort ranking; 0 = all at once
+    item_chunk_size: int = 0  # items per chunk for every CE, full-sort ranking and bulk top-k; 0 = all at once
     eval_batch_size: int = 1024  # users per chunk in full-sort evaluation (bounds memory); a multiple of the devices
     topk: tuple = (5, 10, 20, 50)  # cut-offs K for every metric
     mask_history: bool = False  # S3-Rec/ICLRec protocol: hide each user's past items when ranking (off = RecBole)
