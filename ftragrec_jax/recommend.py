@@ -50,11 +50,10 @@ class Recommendation:
 class Recommender:
     """A loaded model: `recommend(tokens, k=10, exclude_seen=False)` for one sequence, `recommend_many` for many."""
 
-    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int, chunked=None):
+    def __init__(self, path, meta: dict, vocab, scores_fn, max_len: int):
         self.path, self.meta, self.vocab = Path(path), meta, vocab
+        # a scoring.ChunkedScoreFn over (item_seq, item_seq_len, prefix_len): bulk top-k may run over item chunks
         self._scores, self.max_len = scores_fn, max_len
-        # scoring.ChunkedScoreFn taking (item_seq, item_seq_len, prefix_len): bulk top-k may run over item chunks
-        self._chunked = chunked
 
     @property
     def model(self) -> str:
@@ -116,7 +115,7 @@ class Recommender:
             raise ConfigError(f"recommend: batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(item_chunk_size, bool) or not isinstance(item_chunk_size, int) or item_chunk_size < 0:
             raise ConfigError(f"recommend: item_chunk_size must be an integer >= 0, got {item_chunk_size!r}")
-        chunk = item_chunk_size if self._chunked is not None and 0 < item_chunk_size < self.vocab.n_items else 0
+        chunk = item_chunk_size if 0 < item_chunk_size < self.vocab.n_items else 0
         bar = tqdm(total=total, desc="Recommend", unit="seq", disable=not progress)
         rows = []
         for tokens in sequences:
@@ -150,7 +149,7 @@ class Recommender:
                 if exclude_seen:
                     seen[row, : len(ids)] = ids
             if chunk:
-                fn = self._chunked
+                fn = self._scores
                 state = fn.prepare(item_seq, seq_len, prefix, chunk)
                 top = _chunked_masked_top_k(state, fn.item_table, seen, k, chunk, fn.chunk_scores)
             else:
@@ -252,7 +251,7 @@ def load(path, *, data: str | None = None) -> Recommender:
         fn.chunk_scores,
         fn.item_table,
     )
-    return Recommender(path, meta, vocab, scores, meta["encoder"]["max_seq_length"], chunked)
+    return Recommender(path, meta, vocab, chunked, meta["encoder"]["max_seq_length"])
 
 
 def dataset_of(meta: dict, data: str | None = None):

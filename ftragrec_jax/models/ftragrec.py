@@ -269,7 +269,12 @@ def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
     base = jax.nn.log_softmax(seq_output @ item_table.T, axis=-1)
     rows = jnp.arange(base.shape[0])[:, None]
     p_knn = jnp.zeros_like(base).at[rows, kb_target_ids].add(jnp.where(nb["valid"], nb["p_ret"], 0.0))
-    a = nb["alpha"]
+    return _knn_lm_mix(base, p_knn, nb["alpha"])
+
+
+def _knn_lm_mix(base, p_knn, a):
+    """log((1-a)·exp(base) + a·p_knn) for log-softmax scores `base` and kNN mass p_knn of the same items;
+    `base` where a = 0 (a row without neighbours)."""
     log_knn = jnp.log(p_knn)  # -inf for items no neighbour points to; logaddexp handles it (no gradient here)
     mixed = jnp.logaddexp(jnp.log1p(-a) + base, jnp.log(jnp.maximum(a, 1e-30)) + log_knn)
     return jnp.where(a > 0, mixed, base)
@@ -284,9 +289,7 @@ def knn_lm_chunk_scores(state: dict, part, start):
     inside = (col >= 0) & (col < part.shape[0])
     rows = jnp.arange(base.shape[0])[:, None]
     p_knn = jnp.zeros_like(base).at[rows, jnp.where(inside, col, part.shape[0])].add(state["weight"], mode="drop")
-    a = state["alpha"]
-    mixed = jnp.logaddexp(jnp.log1p(-a) + base, jnp.log(jnp.maximum(a, 1e-30)) + jnp.log(p_knn))
-    return jnp.where(a > 0, mixed, base)
+    return _knn_lm_mix(base, p_knn, state["alpha"])
 
 
 def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
