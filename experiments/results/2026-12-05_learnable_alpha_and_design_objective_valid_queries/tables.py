@@ -16,6 +16,7 @@ RUNS = {  # row label -> (run folder, comparison JSON against the frozen g of th
     "Sports, g frozen": ("sports_repr_frozen", None),
     "Sports, design, s2020": ("sports_repr_design_s2020", "cmp_sports_repr_frozen_vs_design_s2020"),
     "Sports, design, s2021": ("sports_repr_design_s2021", "cmp_sports_repr_frozen_vs_design_s2021"),
+    "Sports, design, s2022": ("sports_repr_design_s2022", "cmp_sports_repr_frozen_vs_design_s2022"),
 }
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "hit@50", "ndcg@50")
 
