@@ -208,6 +208,8 @@ def sample_ranks(
         width = 32 * math.ceil(width / 32)  # few distinct shapes across splits, so few compilations
     out = np.empty(len(samples), dtype=np.int64)
     ranker = target_ranks if mesh is None else _gathered_ranks(mesh)
+    if isinstance(score_fn, Scorer):  # a saved model passed directly: its ScoreFn, which may score by item chunks
+        score_fn = score_fn.score
     chunked = 0 < item_chunk_size < n_items and isinstance(score_fn, ChunkedScoreFn)
     if chunked:
         ranker = chunked_target_ranks if mesh is None else _gathered_chunked_ranks(mesh)
@@ -306,7 +308,7 @@ def _over_split(run, score_fn, dataset, split: str, cfg: Config, show_progress: 
 
             return call
 
-        if isinstance(score_fn, Scorer):  # a saved model: its ScoreFn, which may score by item chunks
+        if isinstance(score_fn, Scorer):  # unwrapped here too: the re-wrap below must see the ChunkedScoreFn
             score_fn = score_fn.score
         if isinstance(score_fn, ChunkedScoreFn):  # keep it chunkable, so item chunking stays possible
             fn = ChunkedScoreFn(

@@ -15,7 +15,7 @@ from ftragrec_jax.evaluation import sample_ranks
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, ftragrec_terms
 from ftragrec_jax.models.knowledge_base import KnowledgeBase, backbone_ce
 from ftragrec_jax.models.softmax_ce import softmax_mean
-from ftragrec_jax.scoring import ChunkedScoreFn, bind, ftragrec_scorer
+from ftragrec_jax.scoring import ChunkedScoreFn, Scorer, bind, ftragrec_scorer
 from ftragrec_jax.train.steps import make_ftragrec_step
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder
 
@@ -160,3 +160,11 @@ def test_chunked_ranks_equal_the_whole_catalogue(setup, fusion):
         for chunk in (1, 7, CHUNK):
             got = sample_ranks(score, evaluated, N_ITEMS, batch_size=8, history=hist, item_chunk_size=chunk)
             np.testing.assert_array_equal(got, want)
+
+    def no_whole_scores(*args):
+        raise AssertionError("scored the whole catalogue although item_chunk_size was set")
+
+    # a saved model (load_model_dir's Scorer) handed to sample_ranks directly is counted over chunks too
+    only_chunks = ChunkedScoreFn(no_whole_scores, score.prepare, score.chunk_scores, score.item_table)
+    got = sample_ranks(Scorer(only_chunks, meta={}), evaluated, N_ITEMS, batch_size=8, item_chunk_size=7)
+    np.testing.assert_array_equal(got, sample_ranks(score, evaluated, N_ITEMS, batch_size=8))
