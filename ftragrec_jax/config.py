@@ -83,6 +83,7 @@ class Config:
     alpha: float = 0.15  # share of retrieved knowledge in the enhanced representation
     fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
     learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
+    learnable_temperature: bool = False  # train retriever_temperature (as a log) with the retriever, starting there
     exclude_same_user: bool = False  # ablation: retrieve no sample of the query's user (default: only its later ones)
     freeze_retriever: bool = False  # ablation: keep g at its initialisation (LN(x)); nothing of g trains
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
@@ -201,6 +202,7 @@ class Config:
             "extend_memory_with_valid",
             "cache_seq_output",
             "learnable_alpha",
+            "learnable_temperature",
             "exclude_same_user",
             "freeze_retriever",
         ):

@@ -53,8 +53,8 @@ def adam(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTrans
 def make_optimizer(
     learning_rate: float, weight_decay: float = 0.0, trainable: tuple[str, ...] = TRAINABLE
 ) -> optax.GradientTransformation:
-    """FTragrec: `adam` on the `trainable` modules (the retriever, and alpha when learnable), zero updates
-    elsewhere."""
+    """FTragrec: `adam` on the `trainable` modules (the retriever, and alpha or the temperature when learnable),
+    zero updates elsewhere."""
     return optax.multi_transform(
         {TRAIN: adam(learning_rate, weight_decay), FROZEN: optax.set_to_zero()},
         lambda params: param_labels(params, trainable),

@@ -63,7 +63,10 @@ INFERENCE_KEYS = (
     "exclude_same_user",
     "extend_memory_with_valid",
 )
-TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha")  # shape or meaning of parameters
+# shape or meaning of parameters
+TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha", "learnable_temperature")
+# inference keys that a model trained with the learnable flag holds as a parameter instead
+LEARNED_BY = {"alpha": "learnable_alpha", "retriever_temperature": "learnable_temperature"}
 
 
 # --- jitted scorers of a model's parts ---------------------------------------------------------------------
@@ -238,11 +241,11 @@ def check_inference_overrides(inference: dict, meta: dict, path: str) -> None:
             f"{path}: config keys {unknown} are fixed by the trained model; an evaluation may change "
             f"only {list(INFERENCE_KEYS)}"
         )
-    if "alpha" in inference and (meta.get("ftragrec") or {}).get("learnable_alpha"):
-        raise ConfigError(
-            f"{path}: config key 'alpha' is a trained parameter of this model (learnable_alpha); "
-            "it cannot be overridden"
-        )
+    for key, flag in LEARNED_BY.items():
+        if key in inference and (meta.get("ftragrec") or {}).get(flag):
+            raise ConfigError(
+                f"{path}: config key {key!r} is a trained parameter of this model ({flag}); it cannot be overridden"
+            )
 
 
 def from_params(

@@ -1,4 +1,5 @@
-"""FTragrec ablation options: kNN-LM fusion and a learnable alpha, each against a naive reference."""
+"""FTragrec ablation options: kNN-LM fusion, a learnable alpha and a learnable temperature, each against a naive
+reference."""
 
 import dataclasses
 
@@ -113,12 +114,20 @@ def test_knn_lm_ranks_a_neighbour_target_above_backbone_when_alpha_large():
     np.testing.assert_array_equal(scores.argmax(1)[sharp], top_target[sharp])
 
 
-def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
-    hp, samples, model, kb = _setup(learnable_alpha=True)
+@pytest.mark.parametrize(
+    "flag, leaf, value, start",
+    [
+        ("learnable_alpha", "alpha_logit", lambda x: jax.nn.sigmoid(x), 0.3),
+        ("learnable_temperature", "log_temperature", lambda x: jnp.exp(x), 0.07),
+    ],
+)
+def test_learnable_scalar_trains_with_the_retriever_and_nothing_else(flag, leaf, value, start):
+    hp, samples, model, kb = _setup(**{flag: True})
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    assert float(jax.nn.sigmoid(params["fusion"]["alpha_logit"][...])) == pytest.approx(0.3, rel=1e-6)
+    assert list(params["fusion"]) == [leaf]  # only the scalar asked for
+    assert float(value(params["fusion"][leaf][...])) == pytest.approx(start, rel=1e-6)
     counts = label_counts(params)
-    assert counts["train"] == 6 + 1  # one FeedForward block + alpha_logit
+    assert counts["train"] == 6 + 1  # one FeedForward block + the scalar
     before = {key_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     tx = make_optimizer(5e-2)
     opt_state = tx.init(params)
@@ -126,20 +135,69 @@ def test_learnable_alpha_trains_with_the_retriever_and_nothing_else():
     rng = np.random.default_rng(0)
     for _ in range(3):
         batch = batch_of(samples, rng.choice(len(samples["target"]), 24, replace=False), 32)
+        used = float(value(params["fusion"][leaf][...]))  # the step's loss runs on the parameters it is given
         params, opt_state, aux = step(params, opt_state, batch, kb.memory)
+        assert float(aux["alpha" if flag == "learnable_alpha" else "temperature"]) == pytest.approx(used, rel=1e-6)
     after = {key_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    assert not np.array_equal(after[("fusion", "alpha_logit", "value")], before[("fusion", "alpha_logit", "value")])
-    assert 0.0 < float(aux["alpha"]) < 1.0
+    assert not np.array_equal(after[("fusion", leaf, "value")], before[("fusion", leaf, "value")])
     for key, old in before.items():
         if key[0] == "encoder":
             assert after[key].tobytes() == old.tobytes(), key
 
 
+def test_learned_temperature_is_the_one_the_scorer_and_the_loss_use():
+    """A model whose learned temperature sits at T scores and computes its loss exactly as the same weights
+    with a fixed retriever_temperature T (the fixed path is the one tested against naive references)."""
+    hp, samples, model, kb = _setup(learnable_temperature=True, fusion="knn_lm")
+    model.fusion.log_temperature.value = jnp.log(jnp.float32(0.21))
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    fixed_hp = dataclasses.replace(
+        hp, learnable_temperature=False, retriever_temperature=float(jnp.exp(jnp.log(jnp.float32(0.21))))
+    )
+    fixed = build_ftragrec(model.encoder, fixed_hp, seed=1)
+    fgd, fparams, frest = nnx.split(fixed, nnx.Param, ...)
+    fparams["retriever"] = params["retriever"]
+    batch = batch_of(samples, np.arange(10, 42))
+    args = (batch["item_seq"], batch["item_seq_len"], batch)
+    learned = np.asarray(bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)(*args))
+    same = np.asarray(bind(ftragrec_scorer(fgd, fixed_hp, rest=frest), fparams, kb.memory)(*args))
+    np.testing.assert_allclose(learned, same, rtol=1e-6, atol=1e-6)
+    default = np.asarray(bind(ftragrec_scorer(fgd, hp, rest=frest), fparams, kb.memory)(*args))
+    assert np.abs(default - same).max() > 1e-3  # 0.21 is not the configured 0.07: the test can tell them apart
+    loss = ftragrec_loss(nnx.merge(gd, params, rest), batch, kb.memory, hp=hp)[1]
+    fixed_loss = ftragrec_loss(nnx.merge(fgd, fparams, frest), batch, kb.memory, hp=fixed_hp)[1]
+    for k in ("loss", "enhanced_rec_loss", "kl_loss"):
+        assert float(loss[k]) == pytest.approx(float(fixed_loss[k]), rel=1e-6), k
+
+
+def test_a_retriever_objective_does_not_train_the_learned_temperature():
+    """The objective sees the learned temperature but leaves it to the design's terms (module docstring)."""
+    hp, samples, model, kb = _setup(learnable_temperature=True, retriever_objective="contrastive", retriever_pool=12)
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = batch_of(samples, np.arange(0, 60, 2))
+
+    def term(p, name):
+        return ftragrec_loss(nnx.merge(gd, p, rest), batch, kb.memory, hp=hp)[1][name]
+
+    g_obj = jax.grad(lambda p: term(p, "objective_loss"))(params)
+    assert float(term(params, "objective_loss")) > 0
+    assert float(g_obj["fusion"]["log_temperature"][...]) == 0.0
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree_util.tree_leaves(g_obj["retriever"])) > 0
+    g_fused = jax.grad(lambda p: term(p, "enhanced_rec_loss"))(params)
+    assert float(g_fused["fusion"]["log_temperature"][...]) != 0.0
+
+
 @pytest.mark.parametrize(
-    "kw", [dict(fusion="mix"), dict(fusion="knn_lm", alpha=1.0), dict(learnable_alpha=True, alpha=0.0)]
+    "kw",
+    [
+        dict(fusion="mix"),
+        dict(fusion="knn_lm", alpha=1.0),
+        dict(learnable_alpha=True, alpha=0.0),
+        dict(learnable_temperature="yes"),
+    ],
 )
 def test_bad_ablation_settings_rejected(kw):
-    with pytest.raises(ConfigError, match="fusion|alpha"):
+    with pytest.raises(ConfigError, match="fusion|alpha|learnable_temperature"):
         FTragrecHParams(**kw)
 
 
@@ -161,3 +219,17 @@ def test_exclude_same_user_retrieves_no_sample_of_the_query_user():
     assert (prefix < batch["prefix_len"][:, None])[same].all()
     same, _ = retrieved(dataclasses.replace(hp, exclude_same_user=True))
     assert not same.any()
+
+
+@pytest.mark.parametrize(
+    "key, flag", [("alpha", "learnable_alpha"), ("retriever_temperature", "learnable_temperature")]
+)
+def test_an_evaluation_cannot_override_a_learned_scalar(key, flag):
+    from ftragrec_jax.scoring import check_inference_overrides
+
+    learned = {"model": "ftragrec", "ftragrec": {flag: True}}
+    with pytest.raises(ConfigError, match=f"'{key}' is a trained parameter of this model \\({flag}\\)"):
+        check_inference_overrides({key: 0.1}, learned, "runs/x/best_model")
+    check_inference_overrides({key: 0.1}, {"model": "ftragrec", "ftragrec": {flag: False}}, "runs/x/best_model")
+    other = "retriever_temperature" if key == "alpha" else "alpha"
+    check_inference_overrides({other: 0.1}, learned, "runs/x/best_model")  # the fixed one still may change

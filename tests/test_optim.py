@@ -72,13 +72,14 @@ def test_n_steps_change_only_the_retriever(backend, objective):
             assert after[key].tobytes() == old.tobytes(), f"frozen leaf {key} changed"
 
 
-@pytest.mark.parametrize("learnable_alpha", [False, True])
-def test_freeze_retriever_keeps_g_at_its_initialisation(learnable_alpha):
-    """The freeze_retriever ablation: g's leaves stay bit-identical through steps (only alpha may train), and
-    Adam keeps moments for nothing else."""
+@pytest.mark.parametrize("learnable", ["", "learnable_alpha", "learnable_temperature"])
+def test_freeze_retriever_keeps_g_at_its_initialisation(learnable):
+    """The freeze_retriever ablation: g's leaves stay bit-identical through steps (only a learnable alpha or
+    temperature may train), and Adam keeps moments for nothing else."""
     from ftragrec_jax.optim import trainable_modules
 
-    hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=3, learnable_alpha=learnable_alpha)
+    flags = {learnable: True} if learnable else {}
+    hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=3, **flags)
     trainable = trainable_modules(freeze_retriever=True)
     assert trainable == ("fusion",) and trainable_modules() == ("retriever", "fusion")
     samples = make_samples(1, 30, 50, 8)
@@ -86,11 +87,11 @@ def test_freeze_retriever_keeps_g_at_its_initialisation(learnable_alpha):
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)
     gd, params, rest = nnx.split(model, nnx.Param, ...)
     before = _leaves(params)
-    assert label_counts(params, trainable)[TRAIN] == (1 if learnable_alpha else 0)
+    assert label_counts(params, trainable)[TRAIN] == (1 if learnable else 0)
     tx = make_optimizer(1e-2, trainable=trainable)
     opt_state = tx.init(params)
     moment_shapes = [x.shape for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0]
-    assert moment_shapes == []  # alpha_logit is a scalar; g has no moments
+    assert moment_shapes == []  # alpha_logit and log_temperature are scalars; g has no moments
     step = make_ftragrec_step(gd, hp, tx, rest=rest, searcher=kb.searcher, cached=True, trainable=trainable)
     rng = np.random.default_rng(0)
     for _ in range(3):
@@ -100,7 +101,7 @@ def test_freeze_retriever_keeps_g_at_its_initialisation(learnable_alpha):
     after = _leaves(params)
     for key, old in before.items():
         if key[0] == "fusion":
-            assert not np.array_equal(after[key], old), "learnable alpha did not train"
+            assert not np.array_equal(after[key], old), f"{learnable} did not train"
         else:
             assert after[key].tobytes() == old.tobytes(), f"leaf {key} changed"
 

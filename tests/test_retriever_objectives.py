@@ -38,8 +38,11 @@ def _pair(hp):
     return model, tm
 
 
+@pytest.mark.parametrize("learned_temperature", [False, True])
 @pytest.mark.parametrize("objective", ["contrastive", "usefulness"])
-def test_objective_terms_and_gradients_match_torch(objective):
+def test_objective_terms_and_gradients_match_torch(objective, learned_temperature):
+    """learned_temperature: the temperature is a parameter (learnable_temperature) at 0.11, and its gradient
+    (through the design's terms only) matches too."""
     hp = FTragrecHParams(
         top_k=4,
         retrieval_backend="exact",
@@ -50,6 +53,7 @@ def test_objective_terms_and_gradients_match_torch(objective):
         usefulness_temperature=0.5,
     )
     model, tm = _pair(hp)
+    log_t = np.log(np.float32(0.11 if learned_temperature else hp.retriever_temperature))
     samples = make_samples(0, 40, N_ITEMS, MAX_LEN)
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.search_k)
     rng = np.random.default_rng(3)
@@ -67,15 +71,20 @@ def test_objective_terms_and_gradients_match_torch(objective):
 
     gd, rparams = nnx.split(model.retriever, nnx.Param)
 
-    def jax_loss(p):
-        return ftragrec_terms(nnx.merge(gd, p), seq, ids, kb.memory.h, kb.memory.target, table, target, mask, hp)
+    def jax_loss(p, lt):
+        temperature = jax.numpy.exp(lt) if learned_temperature else None
+        return ftragrec_terms(
+            nnx.merge(gd, p), seq, ids, kb.memory.h, kb.memory.target, table, target, mask, hp, temperature=temperature
+        )
 
-    (_, aux), grads = jax.jit(jax.value_and_grad(jax_loss, has_aux=True))(rparams)
+    (_, aux), (grads, g_log_t) = jax.jit(jax.value_and_grad(jax_loss, argnums=(0, 1), has_aux=True))(rparams, log_t)
+    t_log_t = torch.tensor(log_t, requires_grad=True)
+    t_hp = {**tm.hp, "retriever_temperature": torch.exp(t_log_t)} if learned_temperature else tm.hp
     t = {k: torch.from_numpy(np.array(v)) for k, v in dict(seq=seq, h=kb.h, table=table).items()}
     t_ids, t_target = torch.from_numpy(ids).long(), torch.from_numpy(target).long()
     t_kb_target, t_mask = torch.from_numpy(kb.target.copy()).long(), torch.from_numpy(mask)
     design, terms, _ = torch_terms(
-        tm.retriever_encoder, t["seq"], t_ids[:, : hp.top_k], t["h"], t_kb_target, t["table"], t_target, t_mask, **tm.hp
+        tm.retriever_encoder, t["seq"], t_ids[:, : hp.top_k], t["h"], t_kb_target, t["table"], t_target, t_mask, **t_hp
     )
     term, share = retriever_objective_term(
         tm.retriever_encoder,
@@ -87,7 +96,7 @@ def test_objective_terms_and_gradients_match_torch(objective):
         t_target,
         t_mask,
         objective=objective,
-        retriever_temperature=hp.retriever_temperature,
+        retriever_temperature=t_hp["retriever_temperature"],
         usefulness_temperature=hp.usefulness_temperature,
     )
     total = design + hp.retriever_loss_weight * term
@@ -105,6 +114,10 @@ def test_objective_terms_and_gradients_match_torch(objective):
         g, ref = tr.to_torch(np.asarray(g)), tgrads[tk]
         assert np.abs(ref).max() > 0, tk
         assert np.abs(g - ref).max() / np.abs(ref).max() <= 1e-4, tk
+    if learned_temperature:
+        ref = float(t_log_t.grad)
+        assert ref != 0.0
+        assert abs(float(g_log_t) - ref) <= 1e-4 * abs(ref), (float(g_log_t), ref)
 
 
 def test_contrastive_worked_example():

@@ -64,7 +64,8 @@ def ftragrec_terms(
     enhanced_rec_weight=0.5,
     kl_small_weight=0.03,
 ):
-    """(total, terms) given retrieved ids [B, k] (-1 = none). seq_output, h and item_table are frozen."""
+    """(total, terms) given retrieved ids [B, k] (-1 = none). seq_output, h and item_table are frozen.
+    retriever_temperature may be a tensor that requires grad (a learned temperature)."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
     mask = mask.to(seq_output.dtype)
     q = retriever.embed(seq_output)
@@ -117,8 +118,11 @@ def retriever_objective_term(
     ftragrec_jax/models/ftragrec.py: R = softmax(cos/temperature) over the pool's valid entries;
     "contrastive": -log of R's mass on entries whose target is the row's target (rows with none count nowhere);
     "usefulness": KL(Q || R), Q = softmax(u/usefulness_temperature), u_j = (E[y] - softmax(s E^T) E) . E[t_j].
-    The term is the mean over real rows (mask = 1) it counts."""
+    The term is the mean over real rows (mask = 1) it counts. A learned temperature (a tensor) enters detached:
+    it trains from the design's terms only."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
+    if torch.is_tensor(retriever_temperature):
+        retriever_temperature = retriever_temperature.detach()
     mask = mask.to(seq_output.dtype)
     valid = pool_ids >= 0
     safe = pool_ids.clamp(min=0).long()

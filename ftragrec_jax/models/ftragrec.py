@@ -15,6 +15,10 @@ Ablation options (defaults = the design above):
   fusion="knn_lm": mix distributions instead of vectors, p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j)
     (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target).
   learnable_alpha: a = sigmoid(fusion.alpha_logit), a trainable scalar starting at `alpha`.
+  learnable_temperature: temperature = exp(fusion.log_temperature), a trainable scalar starting at
+    retriever_temperature; it learns from the design's terms (the fused loss and the KL), not from a retriever
+    objective below: the contrastive term alone is minimised by an ever sharper R whenever a same-target entry
+    leads the pool, which says nothing about how sharp the fused neighbour weights should be.
 Retriever objectives (retriever_objective; "design" = none of them, the default): the design's terms only see
   the k neighbours already retrieved, so g never learns which other entries it should have retrieved. These
   search a wider pool of P = max(top_k, retriever_pool) entries with the same backend and exclusion rule (the
@@ -80,6 +84,7 @@ class FTragrecHParams:
     knowledge_base_dtype: str = _DEFAULTS.knowledge_base_dtype
     fusion: str = _DEFAULTS.fusion
     learnable_alpha: bool = _DEFAULTS.learnable_alpha
+    learnable_temperature: bool = _DEFAULTS.learnable_temperature
     exclude_same_user: bool = (
         _DEFAULTS.exclude_same_user
     )  # never retrieve any sample of the query's own user (not only later ones)
@@ -111,7 +116,7 @@ class FTragrecHParams:
         need("knowledge_base_dtype", self.knowledge_base_dtype in KB_DTYPES, f"one of {list(KB_DTYPES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
-        for key in ("learnable_alpha", "exclude_same_user"):
+        for key in ("learnable_alpha", "learnable_temperature", "exclude_same_user"):
             need(key, isinstance(getattr(self, key), bool), "true or false")
         if self.fusion == "knn_lm" or self.learnable_alpha:  # log(1-a) / logit(a) must be finite
             need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
@@ -159,18 +164,27 @@ def validate_setup(
 
 
 class Fusion(nnx.Module):
-    """The learnable mixing ratio (learnable_alpha): alpha = sigmoid(alpha_logit), starting at the configured alpha."""
+    """The learnable scalars of the mixing, each present only when learnable: alpha = sigmoid(alpha_logit)
+    (learnable_alpha) and the retrieval temperature = exp(log_temperature) (learnable_temperature), starting at
+    the configured alpha and retriever_temperature; None = fixed (the hyperparameter's value is used)."""
 
-    def __init__(self, alpha: float):
-        self.alpha_logit = nnx.Param(jnp.asarray(jnp.log(alpha) - jnp.log1p(-alpha), jnp.float32))
+    def __init__(self, alpha: float | None, temperature: float | None):
+        if alpha is not None:
+            self.alpha_logit = nnx.Param(jnp.asarray(jnp.log(alpha) - jnp.log1p(-alpha), jnp.float32))
+        if temperature is not None:
+            self.log_temperature = nnx.Param(jnp.asarray(jnp.log(temperature), jnp.float32))
 
-    def alpha(self):
-        return jax.nn.sigmoid(self.alpha_logit[...])
+    def alpha(self, fixed: float):
+        return jax.nn.sigmoid(self.alpha_logit[...]) if hasattr(self, "alpha_logit") else fixed
+
+    def temperature(self, fixed: float):
+        return jnp.exp(self.log_temperature[...]) if hasattr(self, "log_temperature") else fixed
 
 
 class FTragrec(nnx.Module):
-    """Parameter tree: encoder.* (frozen DuoRec), retriever.* (g) and, with learnable_alpha, fusion.alpha_logit;
-    only retriever.* and fusion.* train (optim.TRAINABLE)."""
+    """Parameter tree: encoder.* (frozen DuoRec), retriever.* (g) and, with learnable_alpha or
+    learnable_temperature, fusion.alpha_logit / fusion.log_temperature; only retriever.* and fusion.* train
+    (optim.TRAINABLE)."""
 
     def __init__(self, encoder, hp: FTragrecHParams, *, rngs: nnx.Rngs):
         self.encoder = encoder
@@ -181,10 +195,23 @@ class FTragrec(nnx.Module):
             encoder.config.initializer_range,
             rngs=rngs,
         )
-        self.fusion = Fusion(hp.alpha) if hp.learnable_alpha else None
+        learnable = hp.learnable_alpha or hp.learnable_temperature
+        self.fusion = (
+            Fusion(
+                hp.alpha if hp.learnable_alpha else None,
+                hp.retriever_temperature if hp.learnable_temperature else None,
+            )
+            if learnable
+            else None
+        )
 
     def alpha(self, hp: FTragrecHParams):
-        return hp.alpha if self.fusion is None else self.fusion.alpha()
+        return hp.alpha if self.fusion is None else self.fusion.alpha(hp.alpha)
+
+    def temperature(self, hp: FTragrecHParams):
+        """The retrieval temperature: a traced scalar with learnable_temperature, else hp.retriever_temperature."""
+        t = hp.retriever_temperature
+        return t if self.fusion is None else self.fusion.temperature(t)
 
 
 def build_ftragrec(encoder, hp: FTragrecHParams, seed: int = 0) -> FTragrec:
@@ -209,14 +236,26 @@ def _masked_logsumexp(logits, valid):
 
 
 def objective_rows(
-    retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp: FTragrecHParams, item_chunk_size=0
+    retriever,
+    query,
+    seq_output,
+    pool_ids,
+    h,
+    kb_target,
+    item_table,
+    target,
+    hp: FTragrecHParams,
+    item_chunk_size=0,
+    temperature=None,
 ):
     """(loss [B], counted [B] bool) of hp.retriever_objective over the search pool pool_ids [B, P] (-1 = none);
-    the formulas are in the module docstring. Everything but g is frozen here."""
+    the formulas are in the module docstring. Everything but g is frozen here, a learned temperature included.
+    temperature: the retrieval temperature (traced with learnable_temperature); None = hp.retriever_temperature."""
+    temperature = hp.retriever_temperature if temperature is None else jax.lax.stop_gradient(temperature)
     valid = pool_ids >= 0
     safe = jnp.where(valid, pool_ids, 0)
     keys = embed(retriever, h[safe].astype(query.dtype))  # [B, P, H]: the pool's keys from the current g
-    logits = jnp.einsum("bh,bph->bp", query, keys) / hp.retriever_temperature
+    logits = jnp.einsum("bh,bph->bp", query, keys) / temperature
     log_z = _masked_logsumexp(logits, valid)
     pool_target = kb_target[safe]
     if hp.retriever_objective == "contrastive":
@@ -235,15 +274,19 @@ def objective_rows(
     return jnp.where(counted, rows, 0.0), counted
 
 
-def neighbours(retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams, alpha=None) -> dict:
+def neighbours(
+    retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams, alpha=None, temperature=None
+) -> dict:
     """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none.
-    alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha."""
+    alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha. temperature: the retrieval
+    temperature (traced with learnable_temperature); None = hp.retriever_temperature."""
+    temperature = hp.retriever_temperature if temperature is None else temperature
     valid = ids >= 0
     safe = jnp.where(valid, ids, 0)
     keys = embed(retriever, h[safe].astype(query.dtype))  # [B, k, H], fresh keys from the current g
     cos = jnp.einsum("bh,bkh->bk", query, keys)
     valid = valid & (cos >= hp.quality_threshold)
-    p_ret = _masked_softmax(cos / hp.retriever_temperature, valid)
+    p_ret = _masked_softmax(cos / temperature, valid)
     has = valid.any(axis=-1)
     target_emb = item_table[target[safe]]  # [B, k, H]
     knowledge = jnp.einsum("bk,bkh->bh", p_ret, target_emb)
@@ -315,18 +358,20 @@ def ftragrec_terms(
     alpha=None,
     rec_ce=None,
     item_chunk_size: int = 0,
+    temperature=None,
 ):
     """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
     them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
     rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way.
-    item_chunk_size: whole-catalogue terms over item chunks of this size (module docstring; 0 = whole)."""
+    item_chunk_size: whole-catalogue terms over item chunks of this size (module docstring; 0 = whole).
+    alpha, temperature: traced scalars when learnable; None = hp.alpha, hp.retriever_temperature."""
     seq_output = jax.lax.stop_gradient(seq_output)
     item_table = jax.lax.stop_gradient(item_table)
     h = jax.lax.stop_gradient(h)
     mask = jnp.asarray(mask, seq_output.dtype)
     query = embed(retriever, seq_output)
     pool_ids, ids = ids, ids[:, : hp.top_k]
-    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha)
+    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha, temperature)
     n_real = jnp.maximum(mask.sum(), 1.0)
     if rec_ce is None:
         rec_rows = cross_entropy_rows(seq_output, item_table, target, item_chunk_size)
@@ -347,7 +392,7 @@ def ftragrec_terms(
     objective = {}
     if hp.retriever_objective != "design":
         rows, counted = objective_rows(
-            retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp, item_chunk_size
+            retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp, item_chunk_size, temperature
         )
         counted = mask * counted.astype(mask.dtype)
         term = (rows * counted).sum() / jnp.maximum(counted.sum(), 1.0)
@@ -368,6 +413,8 @@ def ftragrec_terms(
     }
     if hp.learnable_alpha:
         aux["alpha"] = jnp.asarray(alpha, jnp.float32)
+    if hp.learnable_temperature:
+        aux["temperature"] = jnp.asarray(temperature, jnp.float32)
     return total, aux
 
 
@@ -425,6 +472,7 @@ def ftragrec_loss(
         model.alpha(hp),
         rec_ce,
         item_chunk_size,
+        model.temperature(hp),
     )
 
 
@@ -433,7 +481,18 @@ def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, se
     seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
     ids = ids[:, : hp.top_k]
     table = model.encoder.item_table()
-    nb = neighbours(model.retriever, query, seq_output, ids, memory.h, memory.target, table, hp, model.alpha(hp))
+    nb = neighbours(
+        model.retriever,
+        query,
+        seq_output,
+        ids,
+        memory.h,
+        memory.target,
+        table,
+        hp,
+        model.alpha(hp),
+        model.temperature(hp),
+    )
     return seq_output, memory.target[jnp.where(ids >= 0, ids, 0)], table, nb
 
 

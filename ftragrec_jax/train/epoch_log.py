@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 # per-step scalars that are diagnostics, not loss terms (shown apart, or only in metrics.jsonl)
-NOT_TERMS = ("loss", "grad_norm", "fallback_fraction", "short_fraction", "neighbours", "alpha")
+NOT_TERMS = ("loss", "grad_norm", "fallback_fraction", "short_fraction", "neighbours", "alpha", "temperature")
 # loss terms in the order a reader follows the objective (others after them, as recorded)
 TERM_ORDER = ("ce", "sem_nce", "rec_loss", "enhanced_rec_loss", "kl_loss")
 # a fallback share from which FTragrec is mostly its backbone: worth a warning, not an error
@@ -54,6 +54,8 @@ def epoch_line(record: dict, *, epochs: int, valid_metric: str, patience: int, s
             parts.append(f"short {100 * record['short_fraction']:.2f}%")
         if "alpha" in record:
             parts.append(f"alpha {record['alpha']:.3f}")
+        if "temperature" in record:
+            parts.append(f"temperature {record['temperature']:.4f}")
         refresh = record.get("index_refresh_time_s")
         parts.append(f"index refreshed {refresh:.1f}s" if refresh is not None else "index kept")
     if "valid" in record:

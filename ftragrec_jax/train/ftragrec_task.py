@@ -223,14 +223,15 @@ class FTragrecTask(Task):
             )
         if hp.alpha == 0 and not hp.learnable_alpha:
             out.append("alpha=0: the retrieved knowledge is never mixed in, FTragrec scores equal the backbone's")
+        scalars = hp.learnable_alpha or hp.learnable_temperature
         if (
             self.trainable == ()
-            or (self.trainable == ("fusion",) and not hp.learnable_alpha)
-            or (hp.retriever_layers == 0 and not hp.learnable_alpha)
+            or (self.trainable == ("fusion",) and not scalars)
+            or (hp.retriever_layers == 0 and not scalars)
         ):
             out.append(
-                "nothing trains (freeze_retriever or retriever_layers=0, alpha fixed): every epoch scores the "
-                "same model, the run evaluates FTragrec at its initialisation"
+                "nothing trains (freeze_retriever or retriever_layers=0, alpha and temperature fixed): every epoch "
+                "scores the same model, the run evaluates FTragrec at its initialisation"
             )
         return out
 
