@@ -195,15 +195,9 @@ class FTragrec(nnx.Module):
             encoder.config.initializer_range,
             rngs=rngs,
         )
-        learnable = hp.learnable_alpha or hp.learnable_temperature
-        self.fusion = (
-            Fusion(
-                hp.alpha if hp.learnable_alpha else None,
-                hp.retriever_temperature if hp.learnable_temperature else None,
-            )
-            if learnable
-            else None
-        )
+        alpha = hp.alpha if hp.learnable_alpha else None
+        temperature = hp.retriever_temperature if hp.learnable_temperature else None
+        self.fusion = None if alpha is None and temperature is None else Fusion(alpha, temperature)
 
     def alpha(self, hp: FTragrecHParams):
         return hp.alpha if self.fusion is None else self.fusion.alpha(hp.alpha)
