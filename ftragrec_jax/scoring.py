@@ -342,12 +342,16 @@ class LoadedModel:
     scorer: Scorer
 
 
-def load_model_dir(checkpoint, data=None, overrides=(), show_progress=True, shared=None) -> LoadedModel:
+def load_model_dir(
+    checkpoint, data=None, overrides=(), show_progress=True, shared=None, knowledge_base=None
+) -> LoadedModel:
     """A model directory (or builtin:NAME) with its dataset, every check done before the weights load.
 
     Dataset settings come from the directory's model.json; `overrides` ("key=value") may change them and,
     for FTragrec, the INFERENCE_KEYS. shared: (cfg, dataset) of an earlier call whose dataset to reuse; its
-    dataset settings (file, format, k-core, length) must be those this checkpoint resolves to."""
+    dataset settings (file, format, k-core, length) must be those this checkpoint resolves to.
+    knowledge_base: FTragrec, the KB_FIELDS arrays of a base built earlier from this dataset's training split
+    (keys are recomputed with this model's g), so that several settings of one model encode the split once."""
     meta = read_meta(checkpoint)
     stored = {k: v for k, v in (meta.get("dataset") or {}).items() if k in DATASET_KEYS}
     extra = [f"data={data}"] if data is not None else []
@@ -383,6 +387,7 @@ def load_model_dir(checkpoint, data=None, overrides=(), show_progress=True, shar
         source=str(Path(str(checkpoint))),
         dataset=dataset,
         mesh=mesh,
+        knowledge_base=knowledge_base,
         inference=inference,
         faiss_shards=cfg.faiss_shards,
     )

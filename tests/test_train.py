@@ -730,7 +730,7 @@ def test_ftragrec_mostly_fallback_is_warned_once(full_run, data_file, tmp_path):
 
 
 def test_valid_query_split_is_fixed_disjoint_and_sized():
-    from ftragrec_jax.train.ftragrec_task import valid_query_split
+    from ftragrec_jax.data.batches import valid_query_split
 
     fit, held = valid_query_split(101, 0.3)
     assert len(held) == 30 and len(fit) == 71
@@ -746,9 +746,9 @@ def test_ftragrec_fitted_on_valid_queries(full_run, data_file, tmp_path):
     encoder outputs computed in the step: nothing of the base is indexed by them), validation runs on the
     held-out users, test on every user, the base is the training split, and only g changes."""
     from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.batches import valid_query_split
     from ftragrec_jax.data.dataset import dataset_from_config
     from ftragrec_jax.model_dir import load_model
-    from ftragrec_jax.train.ftragrec_task import valid_query_split
     from ftragrec_jax.train.pipeline import make_task
 
     extra = ["--retriever_queries=valid", "--retriever_valid_holdout=0.4"]

@@ -470,6 +470,7 @@ ENTRY_POINTS = [
     "experiments.scaling",
     "experiments.scale",
     "experiments.compare",
+    "experiments.tune",
     "converters.duorec_to_flax",
     "converters.flax_to_duorec",
 ]

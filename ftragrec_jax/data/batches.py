@@ -23,6 +23,15 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.argsort(bits, kind="stable")
 
 
+def valid_query_split(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows g is fitted on, rows kept for validation) of an n-row valid split, sorted: the held-out rows are
+    the first round(holdout * n) of a fixed permutation (the same for every seed and machine), so runs with
+    different seeds are selected on the same users."""
+    order = epoch_permutation(n, seed=0, epoch=0)
+    n_held = int(round(holdout * n))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
 def iterate_batches(
     samples: SequenceSamples, batch_size: int, *, seed: int | None = None, epoch: int = 0, drop_last: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:

@@ -243,6 +243,12 @@ class KnowledgeBase:
     def __len__(self) -> int:
         return len(self.h)
 
+    def train_arrays(self) -> dict:
+        """The stored fields (model_dir.KB_FIELDS) of the training-split base, never the valid extension made
+        before testing: what a model directory saves, and what another scorer of the same base starts from."""
+        n = self.n_train
+        return {"h": self.h[:n], "target": self.target[:n], "user": self.user[:n], "prefix_len": self.prefix_len[:n]}
+
     def _sync(self) -> float:
         """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
         self.memory, placed = None, {}  # the old device copies go before the new ones arrive

@@ -15,7 +15,7 @@ from flax import nnx
 
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
-from ftragrec_jax.data.batches import epoch_permutation
+from ftragrec_jax.data.batches import valid_query_split
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
@@ -45,15 +45,6 @@ def load_pretrained_encoder(path: str, dataset):
             f"(same count, different items) than the dataset"
         )
     return encoder, meta
-
-
-def valid_query_split(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
-    """(rows g is fitted on, rows kept for validation) of an n-row valid split, sorted: the held-out rows are
-    the first round(holdout * n) of a fixed permutation (the same for every seed and machine), so runs with
-    different seeds are selected on the same users."""
-    order = epoch_permutation(n, seed=0, epoch=0)
-    n_held = int(round(holdout * n))
-    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 class FTragrecTask(Task):
@@ -185,13 +176,7 @@ class FTragrecTask(Task):
         self.kb.restore_state(jax.device_get(state))
 
     def knowledge_base_arrays(self) -> dict:
-        n = self.kb.n_train  # the training-split base, never the valid extension made before testing
-        return {
-            "h": self.kb.h[:n],
-            "target": self.kb.target[:n],
-            "user": self.kb.user[:n],
-            "prefix_len": self.kb.prefix_len[:n],
-        }
+        return self.kb.train_arrays()
 
     def baseline_score_fn(self):
         """The frozen DuoRec alone (alpha 0): what fine-tuning has to beat."""
@@ -239,6 +224,9 @@ class FTragrecTask(Task):
         ftr = dataclasses.asdict(self.hp)
         ftr["extend_memory_with_valid"] = self.cfg.extend_memory_with_valid
         ftr["freeze_retriever"] = self.cfg.freeze_retriever  # a record of how g was (not) trained
+        # which validation users g saw: a later selection on validation (experiments.tune) must skip them
+        ftr["retriever_queries"] = self.cfg.retriever_queries
+        ftr["retriever_valid_holdout"] = self.cfg.retriever_valid_holdout
         return {
             "model": "ftragrec",
             "encoder": dataclasses.asdict(self.encoder_cfg),

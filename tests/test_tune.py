@@ -1,0 +1,105 @@
+"""`python -m experiments.tune`: inference settings chosen on the validation users g was not fitted on."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_train import TINY, data_file, ft_args, full_run, train  # noqa: F401  (module fixtures reused here)
+
+GRID = {"retriever_temperature": [0.05, 0.5, 3.0], "alpha": [0.2, 0.6]}
+
+
+@pytest.fixture(scope="module")
+def valid_fitted(full_run, data_file, tmp_path_factory):  # noqa: F811
+    """A tiny FTragrec whose g was fitted on validation queries outside a 0.4 held-out share."""
+    out = tmp_path_factory.mktemp("tune") / "run"
+    extra = ["--epochs=1", "--retriever_queries=valid", "--retriever_valid_holdout=0.4"]
+    assert train(data_file, out, *ft_args(full_run), *extra) == 0
+    return out / "best_model"
+
+
+def _reference_valid(checkpoint, data_file, point, holdout):  # noqa: F811
+    """The point evaluated the plain way: its own scorer, knowledge base encoded again, held-out users."""
+    from ftragrec_jax.data.batches import valid_query_split
+    from ftragrec_jax.evaluation import evaluate_split
+    from ftragrec_jax.scoring import load_model_dir
+
+    m = load_model_dir(checkpoint, str(data_file), [f"{k}={v}" for k, v in point.items()], show_progress=False)
+    _, held = valid_query_split(len(m.dataset.valid), holdout)
+    users = dataclasses.replace(m.dataset, valid=m.dataset.valid.take(held))
+    return evaluate_split(m.scorer, users, "valid", m.cfg, mesh=m.mesh)
+
+
+def test_tune_chooses_on_the_held_out_users_and_tests_only_the_choice(valid_fitted, data_file, tmp_path):  # noqa: F811
+    from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.evaluation import evaluate_model_dir
+    from ftragrec_jax.model_dir import read_meta
+    from ftragrec_jax.tuning import grid_points, save_tuned, tune
+
+    ftr = read_meta(valid_fitted)["ftragrec"]
+    assert ftr["retriever_queries"] == "valid" and ftr["retriever_valid_holdout"] == 0.4  # recorded by training
+    result = tune(valid_fitted, GRID, metric="ndcg@10", data=str(data_file), test=True, show_progress=False)
+    points = grid_points(GRID)
+    assert [p["settings"] for p in result.points] == points  # the product, last key fastest
+    assert points[:2] == [{"retriever_temperature": 0.05, "alpha": 0.2}, {"retriever_temperature": 0.05, "alpha": 0.6}]
+    assert "held-out 0.4 share" in result.users
+    for i in (0, 3, 5):  # the shared knowledge base gives what a scorer of its own gives
+        assert result.points[i]["valid"] == _reference_valid(valid_fitted, data_file, points[i], 0.4)
+    scores = [p["valid"]["ndcg@10"] for p in result.points]
+    assert len(set(scores)) > 1, "the grid should change the validation metric on this data"
+    assert result.best == int(np.argmax(scores))  # the first of the largest
+    assert (
+        result.test
+        == evaluate_model_dir(
+            valid_fitted, str(data_file), [f"{k}={v}" for k, v in result.settings.items()], show_progress=False
+        )["test"]
+    )
+
+    with pytest.raises(ConfigError, match="share of 0.4"):  # users g was fitted on cannot choose
+        tune(valid_fitted, GRID, data=str(data_file), valid_holdout=0.6, show_progress=False)
+    with pytest.raises(ConfigError, match="both fixed with --set and varied"):
+        tune(valid_fitted, GRID, data=str(data_file), overrides=["alpha=0.3"], show_progress=False)
+
+    saved = save_tuned(valid_fitted, tmp_path / "tuned", result)
+    meta = read_meta(saved)
+    assert {k: meta["ftragrec"][k] for k in GRID} == result.settings
+    assert meta["source"]["tuned"]["settings"] == result.settings and meta["source"]["tuned"]["metric"] == "ndcg@10"
+    assert evaluate_model_dir(saved, str(data_file), show_progress=False)["test"] == result.test
+    with pytest.raises(ConfigError, match="exists"):
+        save_tuned(valid_fitted, saved, result)
+
+
+def test_tune_cli_writes_every_point_and_refuses_what_cannot_be_tuned(full_run, data_file, tmp_path, capsys):  # noqa: F811
+    from experiments.tune import main
+
+    out = tmp_path / "run"
+    assert train(data_file, out, *ft_args(full_run), "--epochs=1", "--learnable_alpha=true") == 0
+    model = str(out / "best_model")
+    base = ["--checkpoint", model, "--data", str(data_file), "--no-progress"]
+    js = tmp_path / "tune.json"
+    assert main([*base, "--grid", "retriever_temperature=0.05,0.5", "--valid-holdout", "0.5", "--json", str(js)]) == 0
+    got = json.loads(js.read_text())
+    assert [p["settings"] for p in got["points"]] == [{"retriever_temperature": 0.05}, {"retriever_temperature": 0.5}]
+    assert got["metric"] == "mrr@10" and "test" not in got  # the default valid_metric; test only when asked
+    assert got["best"] in [p["settings"] for p in got["points"]]
+    printed = capsys.readouterr().out
+    assert "| retriever_temperature |" in printed and "chosen on mrr@10" in printed
+
+    refusals = [
+        (["--grid", "alpha=0.1,0.3"], "trained parameter"),  # learnable_alpha: alpha is g's, not a setting
+        (["--grid", "hidden_size=8,16"], "cannot change without retraining"),
+        (["--grid", "top_k=2,2"], "repeated"),
+        (["--grid", "top_k=2", "--grid", "top_k=3"], "given twice"),
+        (["--grid", "top_k=0,2"], "top_k"),  # a bad value, refused before anything is evaluated
+        (["--grid", "top_k=2", "--metric", "ndcg@7"], "ndcg@7"),
+        (["--grid", "top_k=2", "--save", str(out)], "exists"),
+    ]
+    for extra, message in refusals:
+        with pytest.raises(SystemExit):
+            main([*base, *extra])
+        assert message in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit):  # the backbone is not an FTragrec model
+        main(["--checkpoint", str(full_run / "best_model"), "--data", str(data_file), "--grid", "top_k=2"])
+    assert "'duorec'" in capsys.readouterr().err
