@@ -8,7 +8,7 @@
 Every combination of the --grid values is evaluated on validation (full ranking), nothing is retrained. A model
 whose g was fitted on validation queries (retriever_queries=valid) is evaluated on the held-out users only, the
 ones its training selected on; --valid-holdout gives any other model the same users, so that two models are
-tuned on the same users. The best combination by --metric (default: the model's valid_metric, mrr@10) wins,
+tuned on the same users. The best combination by --metric (default: valid_metric, mrr@10 unless --set) wins,
 ties to the earlier one. --test evaluates test for the chosen combination only; --save writes a copy of the
 model directory with the chosen settings stored, which evaluate, compare and recommend then use.
 """
@@ -38,7 +38,11 @@ def parse_args(argv):
         metavar="KEY=V1,V2,...",
         help="an inference setting and the values to try (repeatable: the grid is their product)",
     )
-    p.add_argument("--metric", default=None, help="selection metric, e.g. ndcg@10 (default: the valid_metric)")
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="selection metric <metric>@K with K in topk, e.g. ndcg@10 (default: config key valid_metric)",
+    )
     p.add_argument(
         "--valid-holdout",
         type=float,

@@ -59,7 +59,7 @@ class TuneResult:
 
     def table(self, columns=("hit@10", "ndcg@10", "mrr@10")) -> str:
         """One row per grid point (validation), the chosen one starred; the chosen point's test below."""
-        shown = list(dict.fromkeys([self.metric, *columns]))
+        shown = [m for m in dict.fromkeys([self.metric, *columns]) if m in self.points[0]["valid"]]  # K in topk
         keys = list(self.points[0]["settings"])
         head = "| " + " | ".join(keys) + " | " + " | ".join(f"valid {m}" for m in shown) + " |"
         rows = [head, "|" + "---|" * (len(keys) + len(shown))]
@@ -109,10 +109,6 @@ def _as_overrides(point: dict) -> list[str]:
     return [f"{k}={v}" for k, v in point.items()]
 
 
-def _metric_name(metric: str) -> str:
-    return load_config(None, [f"valid_metric={metric}"]).valid_metric  # the config's own check and spelling
-
-
 def tune(
     checkpoint,
     grid: dict[str, list],
@@ -136,9 +132,10 @@ def tune(
     fixed = {parse_override(o)[0] for o in overrides}
     if fixed & set(grid):
         raise ConfigError(f"config keys {sorted(fixed & set(grid))} are both fixed with --set and varied by the grid")
-    metric = _metric_name(metric) if metric else None
+    overrides = [*overrides, *([f"valid_metric={metric}"] if metric else [])]  # checked with the topk in force
     for point in points:  # every value checked before anything is loaded
-        load_config(None, [*overrides, *_as_overrides(point)])
+        checked = load_config(None, [*overrides, *_as_overrides(point)])
+    metric = checked.valid_metric
 
     ftr = meta.get("ftragrec") or {}
     own = ftr.get("retriever_valid_holdout") if ftr.get("retriever_queries") == "valid" else None
@@ -153,7 +150,6 @@ def tune(
 
     first = load_model_dir(checkpoint, data, [*overrides, *_as_overrides(points[0])], show_progress)
     cfg, dataset = first.cfg, first.dataset
-    metric = metric or cfg.valid_metric
     if holdout is None:
         users, chosen_on = f"all {len(dataset.valid)} validation users", dataset
     else:
@@ -171,10 +167,9 @@ def tune(
     rows = []
     for i, point in enumerate(points):
         model = first if i == 0 else load(point)
-        valid = evaluate_split(model.scorer, chosen_on, "valid", model.cfg, mesh=model.mesh)
-        if metric not in valid:
-            raise ConfigError(f"metric {metric!r}: not among the evaluated metrics {sorted(valid)} (config key topk)")
-        rows.append({"settings": point, "valid": valid})
+        rows.append(
+            {"settings": point, "valid": evaluate_split(model.scorer, chosen_on, "valid", model.cfg, mesh=model.mesh)}
+        )
     best = max(range(len(rows)), key=lambda i: (rows[i]["valid"][metric], -i))
     result = TuneResult(source, metric, users, len(chosen_on.valid), rows, best)
     if test:

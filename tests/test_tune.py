@@ -87,6 +87,12 @@ def test_tune_cli_writes_every_point_and_refuses_what_cannot_be_tuned(full_run, 
     printed = capsys.readouterr().out
     assert "| retriever_temperature |" in printed and "chosen on mrr@10" in printed
 
+    at7 = tmp_path / "tune7.json"  # the metric is checked against the topk in force, not the default one
+    assert main([*base, "--grid", "top_k=2,3", "--set", "topk=[7]", "--metric", "ndcg@7", "--json", str(at7)]) == 0
+    got7 = json.loads(at7.read_text())
+    assert got7["metric"] == "ndcg@7" and set(got7["points"][0]["valid"]) >= {"ndcg@7", "hit@7"}
+    capsys.readouterr()
+
     refusals = [
         (["--grid", "alpha=0.1,0.3"], "trained parameter"),  # learnable_alpha: alpha is g's, not a setting
         (["--grid", "hidden_size=8,16"], "cannot change without retraining"),
