@@ -15,13 +15,31 @@ import numpy as np
 
 from experiments.compare import model_ranks
 from ftragrec_jax.atomic import write_json_atomic
+from ftragrec_jax.metrics import single_target_metrics
 from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
 
 KS = (5, 10, 20, 50)
 
 
-def gains(ranks, k):
-    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+def pooled_tests(base, trained):
+    """Per metric@K: the untrained g's mean, the trained seeds' mean, and the sign test of the per-user mean over
+    the seeds against the untrained g's value. base: ranks [N]; trained: list of ranks [N] (1-based)."""
+    per_user0 = single_target_metrics(base, KS)
+    per_user = [single_target_metrics(r, KS) for r in trained]
+    pooled = {}
+    for i, k in enumerate(KS):
+        for name in ("ndcg", "hit"):
+            g0 = per_user0[name][:, i]
+            gm = np.mean([m[name][:, i] for m in per_user], axis=0)
+            below, above = int((gm < g0 - 1e-12).sum()), int((gm > g0 + 1e-12).sum())
+            pooled[f"{name}@{k}"] = {
+                "untrained": float(g0.mean()),
+                "trained_mean": float(gm.mean()),
+                "untrained_better": below,
+                "trained_better": above,
+                "p_value": sign_test_p(below, above),
+            }
+    return pooled
 
 
 def main():
@@ -48,19 +66,7 @@ def main():
     out["per_seed"] = {
         s: {"hits": paired_hits(base, ranks[s], KS), "ndcg": paired_ndcg(base, ranks[s], KS)} for s in seeds
     }
-    pooled = {}
-    for k in KS:
-        for name, f in (("ndcg", gains), ("hit", lambda r, k: (r <= k).astype(float))):
-            g0 = f(base, k)
-            gm = np.mean([f(ranks[s], k) for s in seeds], axis=0)
-            below, above = int((gm < g0 - 1e-12).sum()), int((gm > g0 + 1e-12).sum())
-            pooled[f"{name}@{k}"] = {
-                "untrained": float(g0.mean()),
-                "trained_mean": float(gm.mean()),
-                "untrained_better": below,
-                "trained_better": above,
-                "p_value": sign_test_p(below, above),
-            }
+    pooled = pooled_tests(base, [ranks[s] for s in seeds])
     out["pooled"] = pooled
     write_json_atomic(a.json, out)
     for key, v in pooled.items():
