@@ -22,6 +22,8 @@ from math import comb
 
 import numpy as np
 
+from ftragrec_jax.metrics import single_target_metrics
+
 
 def sign_test_p(a_only: int, b_only: int) -> float:
     """Exact two-sided p-value of `a_only` vs `b_only` discordant pairs (1.0 when there are none)."""
@@ -48,14 +50,15 @@ def paired_ndcg(ranks_a, ranks_b, ks) -> list[dict]:
     """Per cut-off K: both mean NDCG@K, the users whose NDCG@K is higher under A (`a_better`) or under B
     (`b_better`), and the exact sign-test p-value over them. ranks_* as in paired_hits."""
     a, b = _paired_ranks(ranks_a, ranks_b)
+    ks = [int(k) for k in ks]
+    gains_a, gains_b = single_target_metrics(a, ks)["ndcg"], single_target_metrics(b, ks)["ndcg"]
     rows = []
-    for k in ks:
-        gain_a = np.where(a <= k, 1.0 / np.log2(a + 1.0), 0.0)
-        gain_b = np.where(b <= k, 1.0 / np.log2(b + 1.0), 0.0)
+    for i, k in enumerate(ks):
+        gain_a, gain_b = gains_a[:, i], gains_b[:, i]
         a_better, b_better = int((gain_a > gain_b).sum()), int((gain_b > gain_a).sum())
         rows.append(
             {
-                "k": int(k),
+                "k": k,
                 "ndcg_a": float(gain_a.mean()) if a.size else 0.0,
                 "ndcg_b": float(gain_b.mean()) if b.size else 0.0,
                 "a_better": a_better,
@@ -71,13 +74,15 @@ def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
 
     ranks_*: 1-based target rank per user, same users in the same order (evaluation.sample_ranks)."""
     a, b = _paired_ranks(ranks_a, ranks_b)
+    ks = [int(k) for k in ks]
+    hits_a, hits_b = single_target_metrics(a, ks)["hit"] > 0, single_target_metrics(b, ks)["hit"] > 0
     rows = []
-    for k in ks:
-        hit_a, hit_b = a <= k, b <= k
+    for i, k in enumerate(ks):
+        hit_a, hit_b = hits_a[:, i], hits_b[:, i]
         a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
         rows.append(
             {
-                "k": int(k),
+                "k": k,
                 "hit_a": float(hit_a.mean()) if a.size else 0.0,
                 "hit_b": float(hit_b.mean()) if b.size else 0.0,
                 "a_only": a_only,
