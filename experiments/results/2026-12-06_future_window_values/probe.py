@@ -100,6 +100,14 @@ def ranks(s, table, cos, ids, windows, target, temperature, alpha, decay, chunk=
     return np.concatenate(out)
 
 
+def load_backbone(model):
+    """(encoder, dataset, item table) of a DuoRec model directory, on the dataset its model.json names."""
+    meta, params, _ = load_model(model)
+    encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)
+    assign_params(encoder, params, model)
+    return encoder, dataset_from_config(Config(**meta["dataset"])), jnp.asarray(encoder.item_table())
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -110,11 +118,7 @@ def main():
     p.add_argument("--alpha", type=float, nargs="+", default=[0.2, 0.3, 0.4])
     a = p.parse_args()
     t0 = time.time()
-    meta, params, _ = load_model(a.model)
-    encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)
-    assign_params(encoder, params, a.model)
-    dataset = dataset_from_config(Config(**meta["dataset"]))
-    table = jnp.asarray(encoder.item_table())
+    encoder, dataset, table = load_backbone(a.model)
     keys = untrained_keys(encode_samples(encoder, dataset.train, None))
     windows = future_windows(dataset.train, max(a.m))
     split = {}

@@ -27,19 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from probe import KS, future_windows, ranks, search
+from probe import KS, future_windows, load_backbone, ranks, search
 
 from ftragrec_jax.atomic import write_json_atomic
-from ftragrec_jax.config import Config
 from ftragrec_jax.data.batches import valid_query_split
-from ftragrec_jax.data.dataset import dataset_from_config
 from ftragrec_jax.metrics import single_target_metrics, summarize
-from ftragrec_jax.model_dir import load_model
-from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
 from ftragrec_jax.models.knowledge_base import compute_keys, encode_samples
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
-from ftragrec_jax.trees import assign_params
 
 
 def window_weights(windows, decay):
@@ -73,7 +68,8 @@ def score(g, table, h_tr, windows, s, target, rows, temperature, alpha, decay):
     return ranks(jnp.asarray(s[rows]), table, cos, ids, windows, target[rows], temperature, alpha, decay)
 
 
-def ndcg10(r):
+def summary(r):
+    """Every metric@K of KS, RecBole-rounded, from 1-based ranks."""
     return summarize(single_target_metrics(r, KS), KS, columns=range(len(KS)))
 
 
@@ -99,11 +95,7 @@ def main():
     p.add_argument("--alpha", type=float, nargs="+", default=[0.2, 0.3, 0.4])
     a = p.parse_args()
     t0 = time.time()
-    meta, params, _ = load_model(a.model)
-    encoder = build_encoder(EncoderConfig(**meta["encoder"]), seed=0)
-    assign_params(encoder, params, a.model)
-    dataset = dataset_from_config(Config(**meta["dataset"]))
-    table = jnp.asarray(encoder.item_table())
+    encoder, dataset, table = load_backbone(a.model)
     h_tr = encode_samples(encoder, dataset.train, None)
     windows = future_windows(dataset.train, a.m)
     wts = window_weights(windows, a.decay)
@@ -124,21 +116,22 @@ def main():
         grid = []
         for temperature, alpha in itertools.product(a.temperature, a.alpha):
             r = score(g, table, h_tr, windows, s_va, t_va, held, temperature, alpha, a.decay)
-            grid.append({"temperature": temperature, "alpha": alpha, "held_valid": ndcg10(r)})
+            grid.append({"temperature": temperature, "alpha": alpha, "held_valid": summary(r)})
         best = max(grid, key=lambda x: (x["held_valid"]["ndcg@10"], x["held_valid"]["hit@10"]))
         r = score(g, table, h_tr, windows, s_te, t_te, all_te, best["temperature"], best["alpha"], a.decay)
+        test = summary(r)
         print(
             label,
             best["temperature"],
             best["alpha"],
             best["held_valid"]["ndcg@10"],
             "test",
-            ndcg10(r)["ndcg@10"],
-            ndcg10(r)["hit@10"],
+            test["ndcg@10"],
+            test["hit@10"],
             file=sys.stderr,
             flush=True,
         )
-        return {"grid": grid, "chosen": best, "test": ndcg10(r)}, r
+        return {"grid": grid, "chosen": best, "test": test}, r
 
     g0 = Retriever(h_tr.shape[1], 256, 1, 0.02, rngs=nnx.Rngs(0))
     out = {"model": a.model, "args": vars(a), "untrained": None, "seeds": {}}
@@ -165,7 +158,7 @@ def main():
                     i = np.concatenate([i, i[: 256 - len(i)]])
                 losses.append(float(step(g, opt, q_h[i], h_tr[pool[i]], v[i], counted[i], allowed[i])))
             r = score(g, table, h_tr, windows, s_va, t_va, held, *a.select, a.decay)
-            val = ndcg10(r)["ndcg@10"]
+            val = summary(r)["ndcg@10"]
             log.append(
                 {
                     "epoch": epoch,
