@@ -82,6 +82,8 @@ class Config:
     quality_threshold: float = 0.6  # neighbours with cosine below this are masked out
     alpha: float = 0.15  # share of retrieved knowledge in the enhanced representation
     fusion: str = "representation"  # "representation" (mix vectors, as designed) or "knn_lm" (mix item distributions)
+    knn_value_window: int = 1  # knn_lm: a neighbour votes for its target and its user's next N-1 training targets
+    knn_value_decay: float = 0.5  # knn_value_window > 1: the w-th item of a window weighs decay**w (renormalised)
     learnable_alpha: bool = False  # ablation: train alpha (as a logit) with the retriever
     learnable_temperature: bool = False  # train retriever_temperature (as a log) with the retriever, starting there
     exclude_same_user: bool = False  # ablation: retrieve no sample of the query's user (default: only its later ones)
@@ -146,6 +148,7 @@ class Config:
             "retrieval_chunk_size",
             "faiss_shards",
             "retriever_pool",
+            "knn_value_window",
         ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
@@ -164,6 +167,7 @@ class Config:
             ck.require(key, self._float(key) >= 0.0, "a number >= 0")
         ck.require("alpha", 0.0 <= self._float("alpha") <= 1.0, "a number in [0, 1]")
         ck.require("quality_threshold", -1.0 <= self._float("quality_threshold") <= 1.0, "a cosine in [-1, 1]")
+        ck.require("knn_value_decay", 0.0 < self._float("knn_value_decay") <= 1.0, "a number in (0, 1]")
         ck.choice("model", MODELS)
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
@@ -176,6 +180,9 @@ class Config:
             ck.require(
                 "alpha", 0.0 < self._float("alpha") < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha"
             )
+        ck.require(
+            "knn_value_window", self.knn_value_window == 1 or self.fusion == "knn_lm", "1 unless fusion is knn_lm"
+        )
         ck.require(
             "faiss_index",
             isinstance(self.faiss_index, str) and self.faiss_index.strip() != "",

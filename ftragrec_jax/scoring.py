@@ -60,6 +60,8 @@ INFERENCE_KEYS = (
     "quality_threshold",
     "alpha",
     "fusion",
+    "knn_value_window",
+    "knn_value_decay",
     "exclude_same_user",
     "extend_memory_with_valid",
 )

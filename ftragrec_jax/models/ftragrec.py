@@ -13,7 +13,9 @@ Loss: rec_loss = CE(s·Eᵀ) (constant for g, logged), enhanced_rec_loss = CE(en
   total = rec_loss + enhanced_rec_weight·enhanced_rec_loss + kl_small_weight·kl_loss.
 Ablation options (defaults = the design above):
   fusion="knn_lm": mix distributions instead of vectors, p = (1-a)·softmax(s·Eᵀ) + a·Σ_j P_ret_j·onehot(t_j)
-    (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target).
+    (kNN-LM), scores = log p; enhanced_rec_loss = -log p(target). knn_value_window m > 1: entry j votes for
+    its value window (its target and its user's next m-1 training targets, decay-weighted; `neighbour_values`)
+    instead of onehot(t_j): the frozen backbone never saw which items follow a neighbour's target.
   learnable_alpha: a = sigmoid(fusion.alpha_logit), a trainable scalar starting at `alpha`.
   learnable_temperature: temperature = exp(fusion.log_temperature), a trainable scalar starting at
     retriever_temperature; it learns from the design's terms (the fused loss and the KL), not from a retriever
@@ -83,6 +85,8 @@ class FTragrecHParams:
     faiss_rerank: int = _DEFAULTS.faiss_rerank
     knowledge_base_dtype: str = _DEFAULTS.knowledge_base_dtype
     fusion: str = _DEFAULTS.fusion
+    knn_value_window: int = _DEFAULTS.knn_value_window
+    knn_value_decay: float = _DEFAULTS.knn_value_decay
     learnable_alpha: bool = _DEFAULTS.learnable_alpha
     learnable_temperature: bool = _DEFAULTS.learnable_temperature
     exclude_same_user: bool = (
@@ -102,7 +106,14 @@ class FTragrecHParams:
             return isinstance(v, int) and not isinstance(v, bool)
 
         need("retriever_layers", is_int(self.retriever_layers) and self.retriever_layers >= 0, "an integer >= 0")
-        for key in ("top_k", "retriever_inner_size", "nprobe", "retrieval_chunk_size", "retriever_pool"):
+        for key in (
+            "top_k",
+            "retriever_inner_size",
+            "nprobe",
+            "retrieval_chunk_size",
+            "retriever_pool",
+            "knn_value_window",
+        ):
             need(key, is_int(getattr(self, key)) and getattr(self, key) >= 1, "an integer >= 1")
         for key in ("faiss_overfetch", "faiss_rerank"):
             need(key, is_int(getattr(self, key)) and getattr(self, key) >= 0, "an integer >= 0")
@@ -112,6 +123,8 @@ class FTragrecHParams:
         for key in ("enhanced_rec_weight", "kl_small_weight", "retriever_loss_weight"):
             need(key, getattr(self, key) >= 0, "a number >= 0")
         need("usefulness_temperature", self.usefulness_temperature > 0, "a number > 0")
+        need("knn_value_decay", 0.0 < self.knn_value_decay <= 1.0, "a number in (0, 1]")
+        need("knn_value_window", self.knn_value_window == 1 or self.fusion == "knn_lm", "1 unless fusion is knn_lm")
         need("retriever_objective", self.retriever_objective in OBJECTIVES, f"one of {list(OBJECTIVES)}")
         need("knowledge_base_dtype", self.knowledge_base_dtype in KB_DTYPES, f"one of {list(KB_DTYPES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
@@ -298,14 +311,51 @@ def neighbours(
     }
 
 
-def knn_lm_scores(seq_output, item_table, nb: dict, kb_target_ids):
-    """log((1-a)·softmax(s·Eᵀ) + a·p_knn) over all items, p_knn[t] = Σ_j P_ret_j·[t_j = t] (evaluation).
+def neighbour_values(ids, kb_target, window, kb_user, kb_prefix, q_user, q_prefix, hp: FTragrecHParams):
+    """(items [B, k, m], weights [B, k, m]): what each retrieved entry (ids [B, k], -1 = none) votes for under
+    kNN-LM, and the share of its P_ret each item gets (each entry's weights sum to 1).
+    knn_value_window m = 1: the entry's target, weight 1. m > 1: its value window (Memory.window;
+    knowledge_base.value_windows), the w-th item weighing knn_value_decay**w, renormalised over the items the
+    query may see: an item of the query's own user at or after the query's target (prefix_j + w >= the query's
+    prefix) is that target or its future, and is dropped. Only training queries meet such items (a validation or
+    test query comes after all of its user's training items); q_prefix is the search's (0 with
+    exclude_same_user, whose queries retrieve no entry of their user)."""
+    safe = jnp.where(ids >= 0, ids, 0)
+    m = hp.knn_value_window
+    if m == 1:
+        return kb_target[safe][..., None], jnp.ones((*ids.shape, 1), jnp.float32)
+    if window is None or window.shape[-1] < m:
+        held = 1 if window is None else window.shape[-1]
+        raise ConfigError(
+            f"config key 'knn_value_window': {m}, but the knowledge base holds windows of {held} item(s) "
+            "(build it with knowledge_base.kb_options of the same settings)"
+        )
+    items = window[safe][..., :m]
+    offset = jnp.arange(items.shape[-1], dtype=jnp.int32)
+    same_user = (kb_user[safe] == q_user[:, None])[..., None]
+    before = kb_prefix[safe][..., None] + offset < q_prefix[:, None, None]
+    keep = (items > 0) & (~same_user | before)
+    w = jnp.where(keep, jnp.float32(hp.knn_value_decay) ** offset.astype(jnp.float32), 0.0)
+    return items, w / jnp.maximum(w.sum(-1, keepdims=True), 1e-30)
+
+
+def _knn_mass(nb: dict, weights):
+    """[B, k·m]: P_ret_j · weight of each (entry, window item), 0 for invalid neighbours."""
+    mass = jnp.where(nb["valid"], nb["p_ret"], 0.0)[..., None] * weights
+    return mass.reshape(mass.shape[0], -1)
+
+
+def knn_lm_scores(seq_output, item_table, nb: dict, items, weights):
+    """log((1-a)·softmax(s·Eᵀ) + a·p_knn) over all items, p_knn[t] = Σ_j P_ret_j·Σ_w weight_jw·[items_jw = t]
+    (evaluation; items, weights from `neighbour_values`, [B, k, m]).
 
     Worked example: a = 0.2, neighbours' targets (7, 7, 3) with P_ret (0.5, 0.3, 0.2) give p_knn[7] = 0.8 and
-    p_knn[3] = 0.2; an item no neighbour points to keeps 0.8·softmax, so the backbone still ranks the rest."""
+    p_knn[3] = 0.2; an item no neighbour points to keeps 0.8·softmax, so the backbone still ranks the rest.
+    With value windows (7, 9), (7, 0), (3, 4) and decay 0.5, the first entry gives 7 two thirds of its 0.5 and 9
+    one third; the second has no next item, so 7 keeps all of its 0.3."""
     base = jax.nn.log_softmax(seq_output @ item_table.T, axis=-1)
     rows = jnp.arange(base.shape[0])[:, None]
-    p_knn = jnp.zeros_like(base).at[rows, kb_target_ids].add(jnp.where(nb["valid"], nb["p_ret"], 0.0))
+    p_knn = jnp.zeros_like(base).at[rows, items.reshape(items.shape[0], -1)].add(_knn_mass(nb, weights))
     return _knn_lm_mix(base, p_knn, nb["alpha"])
 
 
@@ -329,12 +379,12 @@ def knn_lm_chunk_scores(state: dict, part, start):
     return _knn_lm_mix(base, p_knn, state["alpha"])
 
 
-def _knn_lm_nll(rec_rows, nb: dict, kb_target_ids, target):
+def _knn_lm_nll(rec_rows, nb: dict, items, weights, target):
     """-log p(target) of the kNN-LM mixture without materialising p_knn (so gradients stay finite);
-    rec_rows [B]: the backbone's CE, -log softmax(s·Eᵀ)[target]."""
+    rec_rows [B]: the backbone's CE, -log softmax(s·Eᵀ)[target]; items, weights [B, k, m] (`neighbour_values`)."""
     p_base = jnp.exp(-rec_rows)
-    hit = (kb_target_ids == target[:, None]) & nb["valid"]
-    p_knn = jnp.where(hit, nb["p_ret"], 0.0).sum(-1)
+    hit = (items == target[:, None, None]) & nb["valid"][..., None]
+    p_knn = jnp.where(hit, nb["p_ret"][..., None] * weights, 0.0).sum((-2, -1))
     a = nb["alpha"][:, 0]
     return -jnp.log((1.0 - a) * p_base + a * p_knn)
 
@@ -353,9 +403,12 @@ def ftragrec_terms(
     rec_ce=None,
     item_chunk_size: int = 0,
     temperature=None,
+    values=None,
 ):
     """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
     them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
+    values: (items, weights) [B, top_k, m] of the fused neighbours under kNN-LM (`neighbour_values`, which
+    needs the queries' users and prefixes); None = each neighbour's target, weight 1.
     rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way.
     item_chunk_size: whole-catalogue terms over item chunks of this size (module docstring; 0 = whole).
     alpha, temperature: traced scalars when learnable; None = hp.alpha, hp.retriever_temperature."""
@@ -373,7 +426,9 @@ def ftragrec_terms(
         rec_rows = jax.lax.stop_gradient(rec_ce)
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
-        nll = _knn_lm_nll(rec_rows, nb, kb_target[jnp.where(ids >= 0, ids, 0)], target)
+        if values is None:
+            values = (kb_target[jnp.where(ids >= 0, ids, 0)][..., None], jnp.ones((*ids.shape, 1), jnp.float32))
+        nll = _knn_lm_nll(rec_rows, nb, *values, target)
     else:
         nll = cross_entropy_rows(nb["enhanced"], item_table, target, item_chunk_size)
     enhanced = (nll * mask).sum() / n_real
@@ -412,6 +467,20 @@ def ftragrec_terms(
     return total, aux
 
 
+def _search_prefix(batch, hp):
+    """The query prefix the exclusion rule uses. The rule forbids same-user entries whose prefix is not shorter
+    than the query's: a query prefix of 0 makes that every same-user entry (all have prefix >= 1), with no change
+    to the search backends (exclude_same_user)."""
+    return jnp.zeros_like(batch["prefix_len"]) if hp.exclude_same_user else batch["prefix_len"]
+
+
+def _values(memory: Memory, ids, batch, hp):
+    """`neighbour_values` of the fused neighbours ids [B, top_k] of a batch's queries."""
+    return neighbour_values(
+        ids, memory.target, memory.window, memory.user, memory.prefix_len, batch["user"], _search_prefix(batch, hp), hp
+    )
+
+
 def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=None, width=None):
     """(seq_output, query, ids [B, width]); width None = hp.search_k (training). A FAISS searcher always
     answers its own top_k (KnowledgeBase built it for search_k), of which the caller keeps what it needs."""
@@ -419,9 +488,7 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
         seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"], mesh=mesh)
     seq_output = jax.lax.stop_gradient(seq_output)
     query = embed(model.retriever, seq_output)
-    # the exclusion rule forbids same-user entries whose prefix is not shorter than the query's: a query prefix
-    # of 0 makes that every same-user entry (all have prefix >= 1), with no change to the search backends
-    q_prefix = jnp.zeros_like(batch["prefix_len"]) if hp.exclude_same_user else batch["prefix_len"]
+    q_prefix = _search_prefix(batch, hp)
     width = hp.search_k if width is None else width
     if hp.retrieval_backend == "faiss" and searcher is not None:
         width = searcher.top_k
@@ -453,6 +520,7 @@ def ftragrec_loss(
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
     seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
+    values = _values(memory, ids[:, : hp.top_k], batch, hp) if hp.fusion == "knn_lm" else None
     return ftragrec_terms(
         model.retriever,
         seq_output,
@@ -467,11 +535,13 @@ def ftragrec_loss(
         rec_ce,
         item_chunk_size,
         model.temperature(hp),
+        values,
     )
 
 
 def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, searcher, mesh):
-    """(seq_output, neighbours' targets [B, k], item table, neighbours dict) of an evaluation batch."""
+    """(seq_output, the neighbours' (items, weights) [B, k, m] (`neighbour_values`), item table, neighbours dict)
+    of an evaluation batch."""
     seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
     ids = ids[:, : hp.top_k]
     table = model.encoder.item_table()
@@ -487,7 +557,7 @@ def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, se
         model.alpha(hp),
         model.temperature(hp),
     )
-    return seq_output, memory.target[jnp.where(ids >= 0, ids, 0)], table, nb
+    return seq_output, _values(memory, ids, batch, hp), table, nb
 
 
 def ftragrec_scores(
@@ -501,9 +571,9 @@ def ftragrec_scores(
 ):
     """Full-sort scores [B, n_items] from the enhanced representation (evaluation); `mesh`: the batch is
     sharded along its data axis (each device encodes its own rows)."""
-    seq_output, nb_target, table, nb = _fused(model, batch, memory, hp, searcher, mesh)
+    seq_output, values, table, nb = _fused(model, batch, memory, hp, searcher, mesh)
     if hp.fusion == "knn_lm":
-        return knn_lm_scores(seq_output, table, nb, nb_target)
+        return knn_lm_scores(seq_output, table, nb, *values)
     return nb["enhanced"] @ table.T
 
 
@@ -521,14 +591,14 @@ def ftragrec_chunk_state(
     nothing [B, n_items]: the enhanced vector [B, H] (representation fusion) or, for kNN-LM, the backbone's
     vector, its logsumexp over the catalogue (in chunks of item_chunk_size) and the neighbours' targets and
     weights."""
-    seq_output, nb_target, table, nb = _fused(model, batch, memory, hp, searcher, mesh)
+    seq_output, (items, weights), table, nb = _fused(model, batch, memory, hp, searcher, mesh)
     if hp.fusion != "knn_lm":
         return nb["enhanced"]
     return {
         "s": seq_output,
         "lse": logsumexp_rows(seq_output, table, item_chunk_size),
-        "target": nb_target,
-        "weight": jnp.where(nb["valid"], nb["p_ret"], 0.0),
+        "target": items.reshape(items.shape[0], -1),
+        "weight": _knn_mass(nb, weights),
         "alpha": nb["alpha"],
     }
 

@@ -1,9 +1,10 @@
 """FTragrec's knowledge base: every training sample encoded once by the frozen encoder, plus its retrieval key.
 
 Per entry: h_j (frozen encoder output, dropout off, float32 [N, H]), target item, user, untruncated prefix
-length, and key_j = g(h_j)/|g(h_j)| with g as of the last refresh. Entry i of a base built from the training
-split IS training sample i, so `memory.h` doubles as the cached `seq_output` of the training samples (the
-encoder is frozen and deterministic).
+length, and key_j = g(h_j)/|g(h_j)| with g as of the last refresh; with knn_value_window m > 1 also its value
+window: its target and the targets of the same user's next m-1 training samples (`value_windows`). Entry i of a
+base built from the training split IS training sample i, so `memory.h` doubles as the cached `seq_output` of the
+training samples (the encoder is frozen and deterministic).
 
 Encoding and key computation run in fixed-size jitted chunks (the last chunk padded) so memory stays bounded
 and one compilation serves every chunk. `refresh_keys` recomputes all keys with the current g and rebuilds the
@@ -135,6 +136,27 @@ def backbone_ce(encoder, h, target, *, chunk_size: int = 4096, item_chunk_size: 
     return _chunked(fn, state, [np.asarray(h), np.asarray(target, np.int32)], chunk_size)
 
 
+def value_windows(target, user, prefix_len, m: int) -> np.ndarray:
+    """int32 [N, m]: row j holds entry j's target, then the targets of the entries of the same user whose
+    prefixes are 1, 2, ..., m-1 longer (the items that followed it), 0 where there is none (item 0 is the padding
+    item of every vocabulary, never a target). Over training entries these are training items only, so a window
+    never holds a validation or test item; which of them a query may see is decided per query (`ftragrec.
+    neighbour_values`: nothing at or past the query's own target)."""
+    target, user, prefix = (np.asarray(a, np.int64) for a in (target, user, prefix_len))
+    n = len(target)
+    out = np.zeros((n, m), np.int32)
+    if n == 0:
+        return out
+    span = int(prefix.max()) + m + 1  # (user, prefix) -> one int64 key, ordered by user, then prefix
+    key = (user - int(user.min())) * span + prefix
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    for w in range(m):
+        at = np.minimum(np.searchsorted(ordered, key + w), n - 1)
+        out[:, w] = np.where(ordered[at] == key + w, target[order[at]], 0)
+    return out
+
+
 def kb_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
     """KnowledgeBase's settings (search backend and index, storage of h) from FTragrec hyperparameters
     (models/ftragrec.FTragrecHParams), read in this one place for training and inference. width: the FAISS
@@ -148,6 +170,7 @@ def kb_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
         faiss_rerank=hp.faiss_rerank,
         faiss_shards=faiss_shards,
         h_dtype=hp.knowledge_base_dtype,
+        value_window=hp.knn_value_window if hp.fusion == "knn_lm" else 1,
     )
 
 
@@ -173,6 +196,7 @@ class KnowledgeBase:
         faiss_shards: int = 1,
         rec_ce=None,
         item_chunk_size: int = 0,
+        value_window: int = 1,
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"config key 'retrieval_backend': expected one of {list(BACKENDS)}, got {backend!r}")
@@ -192,6 +216,8 @@ class KnowledgeBase:
         ):
             raise ConfigError("knowledge base: h, target, user, prefix_len, keys and rec_ce must have the same length")
         self.n_train = n if n_train is None else int(n_train)
+        self.value_window = int(value_window)
+        self.window = self._windows()
         self.item_chunk_size = int(item_chunk_size)  # rec_ce of entries added later, as the first ones
         self.backend = backend
         self.searcher = (
@@ -240,6 +266,19 @@ class KnowledgeBase:
             **options,
         )
 
+    def _windows(self):
+        """Value windows (value_windows) over the training entries; an entry added later (validation, before
+        testing) votes for its own target only: the item after it is a test item. None when m = 1."""
+        if self.value_window < 1:
+            raise ConfigError(f"config key 'knn_value_window': expected an integer >= 1, got {self.value_window}")
+        if self.value_window == 1:
+            return None
+        n = self.n_train
+        out = np.zeros((len(self.target), self.value_window), np.int32)
+        out[:n] = value_windows(self.target[:n], self.user[:n], self.prefix_len[:n], self.value_window)
+        out[n:, 0] = self.target[n:]
+        return out
+
     def __len__(self) -> int:
         return len(self.h)
 
@@ -252,7 +291,7 @@ class KnowledgeBase:
     def _sync(self) -> float:
         """Copy the host arrays to the device and rebuild the index; returns the index build seconds."""
         self.memory, placed = None, {}  # the old device copies go before the new ones arrive
-        for name in ("h", "keys", "target", "user", "prefix_len", "rec_ce"):  # one at a time: a short peak
+        for name in ("h", "keys", "target", "user", "prefix_len", "rec_ce", "window"):  # one at a time: a short peak
             if getattr(self, name) is None:
                 placed[name] = None
                 continue
@@ -299,6 +338,7 @@ class KnowledgeBase:
         if self.rec_ce is not None:
             ce = backbone_ce(encoder, h, arrays["target"], item_chunk_size=self.item_chunk_size)
             self.rec_ce = np.concatenate([self.rec_ce, ce])
+        self.window = self._windows()
         self.index_seconds = self._sync()
         return time.perf_counter() - t0
 

@@ -85,6 +85,9 @@ class Memory(NamedTuple):
     # float32 [N]: the frozen backbone's CE on each entry's own target. A constant of the frozen model, so the
     # cached training step reads it instead of scoring all items a second time; None = compute in the step
     rec_ce: jax.Array | None = None
+    # int32 [N, m]: the entry's value window with knn_value_window m > 1 (knowledge_base.value_windows); None = its
+    # target alone
+    window: jax.Array | None = None
 
     def shard_over(self, mesh: Mesh) -> "Memory":
         """This base placed on `mesh`: keys (with user/prefix_len copies) split along the data axis, the rest
