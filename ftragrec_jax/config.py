@@ -181,9 +181,6 @@ class Config:
                 "alpha", 0.0 < self._float("alpha") < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha"
             )
         ck.require(
-            "knn_value_window", self.knn_value_window == 1 or self.fusion == "knn_lm", "1 unless fusion is knn_lm"
-        )
-        ck.require(
             "faiss_index",
             isinstance(self.faiss_index, str) and self.faiss_index.strip() != "",
             "a FAISS index factory string such as 'Flat'",

@@ -91,3 +91,32 @@ def paired_hits(ranks_a, ranks_b, ks) -> list[dict]:
             }
         )
     return rows
+
+
+def pooled_sign_test(ranks_a, ranks_b_seeds, ks) -> dict:
+    """Model A against model B trained with several seeds, on the same users: per "ndcg@K" and "hit@K", A's
+    mean, the mean over B's seeds, and the sign test of each user's value under A against that user's mean over
+    B's seeds (`a_better` / `b_better`: users whose mean is below / above A's value; equal ones carry no
+    evidence). Pooling over seeds before pairing keeps one user one vote however many seeds B has.
+
+    ranks_a: 1-based ranks [N]; ranks_b_seeds: a list of such rank arrays, one per seed of B."""
+    if not len(ranks_b_seeds):
+        raise ValueError("pooled_sign_test needs at least one rank array for model B")
+    ks = [int(k) for k in ks]
+    a = single_target_metrics(_paired_ranks(ranks_a, ranks_a)[0], ks)
+    per_seed = [single_target_metrics(_paired_ranks(ranks_a, r)[1], ks) for r in ranks_b_seeds]
+    out = {}
+    for i, k in enumerate(ks):
+        for name in ("ndcg", "hit"):
+            value_a = a[name][:, i]
+            mean_b = np.mean([m[name][:, i] for m in per_seed], axis=0)
+            a_better = int((mean_b < value_a - 1e-12).sum())  # 1e-12: float means of equal gains may differ
+            b_better = int((mean_b > value_a + 1e-12).sum())
+            out[f"{name}@{k}"] = {
+                "a": float(value_a.mean()) if value_a.size else 0.0,
+                "b_mean": float(mean_b.mean()) if mean_b.size else 0.0,
+                "a_better": a_better,
+                "b_better": b_better,
+                "p_value": sign_test_p(a_better, b_better),
+            }
+    return out

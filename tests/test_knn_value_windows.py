@@ -177,7 +177,6 @@ def test_chunked_ranks_with_windows_equal_the_whole_catalogue():
 @pytest.mark.parametrize(
     "kw, key",
     [
-        (dict(knn_value_window=3), "knn_value_window"),  # representation fusion has no item distribution to mix
         (dict(fusion="knn_lm", alpha=0.3, knn_value_window=0), "knn_value_window"),
         (dict(fusion="knn_lm", alpha=0.3, knn_value_decay=0.0), "knn_value_decay"),
         (dict(fusion="knn_lm", alpha=0.3, knn_value_decay=1.5), "knn_value_decay"),
@@ -188,3 +187,12 @@ def test_bad_window_settings_rejected_by_config_and_hparams(kw, key):
         FTragrecHParams(**kw)
     with pytest.raises(ConfigError, match=key):
         Config(**kw).validate()
+
+
+def test_window_needs_knn_lm_fusion():
+    """Representation fusion mixes vectors, not item distributions: a window there is refused. The check sits
+    with the model's settings, which see a saved model's fusion and an evaluation's overrides together (a
+    Config of overrides alone does not know the stored fusion)."""
+    with pytest.raises(ConfigError, match="knn_value_window.*1 unless fusion is knn_lm"):
+        FTragrecHParams(knn_value_window=3)
+    Config(knn_value_window=3).validate()

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
+from ftragrec_jax.significance import paired_hits, paired_ndcg, pooled_sign_test, sign_test_p
 
 
 def brute_force_p(a_only: int, b_only: int) -> float:
@@ -78,3 +78,32 @@ def test_paired_hits_rejects_unpaired_or_zero_based_ranks():
         paired_hits([1, 2, 3], [1, 2], (5,))
     with pytest.raises(ValueError, match="1-based"):
         paired_hits([0, 2], [1, 2], (5,))
+
+
+def test_pooled_sign_test_against_a_per_user_loop():
+    rng = np.random.default_rng(2)
+    a = rng.integers(1, 30, size=400)
+    seeds = [np.where(rng.random(400) < 0.4, rng.integers(1, 30, size=400), a) for _ in range(3)]
+    out = pooled_sign_test(a, seeds, (5, 10))
+    assert sorted(out) == ["hit@10", "hit@5", "ndcg@10", "ndcg@5"]
+    for k in (5, 10):
+        for name, gain in (
+            ("ndcg", lambda r, k=k: 1.0 / np.log2(r + 1) if r <= k else 0.0),
+            ("hit", lambda r, k=k: float(r <= k)),
+        ):
+            mean_b = [np.mean([gain(s[u]) for s in seeds]) for u in range(len(a))]
+            a_better = sum(1 for u in range(len(a)) if mean_b[u] < gain(a[u]) - 1e-12)
+            b_better = sum(1 for u in range(len(a)) if mean_b[u] > gain(a[u]) + 1e-12)
+            row = out[f"{name}@{k}"]
+            assert (row["a_better"], row["b_better"]) == (a_better, b_better)
+            assert a_better + b_better > 0
+            assert row["a"] == pytest.approx(np.mean([gain(r) for r in a]))
+            assert row["b_mean"] == pytest.approx(np.mean(mean_b))
+            assert row["p_value"] == sign_test_p(a_better, b_better)
+    # one seed equal to A and one that moves a user: the user counts once, by the mean over the seeds
+    row = pooled_sign_test([1, 4], [[1, 4], [2, 4]], (10,))["ndcg@10"]
+    assert (row["a_better"], row["b_better"]) == (1, 0)
+    with pytest.raises(ValueError, match="at least one"):
+        pooled_sign_test([1, 2], [], (5,))
+    with pytest.raises(ValueError, match="same length"):
+        pooled_sign_test([1, 2], [[1, 2], [1]], (5,))

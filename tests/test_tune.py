@@ -109,3 +109,27 @@ def test_tune_cli_writes_every_point_and_refuses_what_cannot_be_tuned(full_run, 
     with pytest.raises(SystemExit):  # the backbone is not an FTragrec model
         main(["--checkpoint", str(full_run / "best_model"), "--data", str(data_file), "--grid", "top_k=2"])
     assert "'duorec'" in capsys.readouterr().err
+
+
+def test_a_knn_lm_model_trains_with_value_windows_and_tunes_over_them(full_run, data_file, tmp_path):  # noqa: F811
+    """End to end: training with knn_value_window (the step's no-future rule), the window stored with the model,
+    and tune varying it on the trained g; a representation-fusion model refuses a window, naming the key."""
+    from ftragrec_jax.errors import CheckpointError
+    from ftragrec_jax.model_dir import read_meta
+    from ftragrec_jax.scoring import load_model_dir
+    from ftragrec_jax.tuning import tune
+
+    out = tmp_path / "knn"
+    extra = ["--epochs=1", "--fusion=knn_lm", "--alpha=0.3", "--knn_value_window=2", "--quality_threshold=0.0"]
+    assert train(data_file, out, *ft_args(full_run), *extra) == 0
+    model = out / "best_model"
+    assert read_meta(model)["ftragrec"]["knn_value_window"] == 2
+    grid = {"knn_value_window": [1, 3], "knn_value_decay": [0.5, 1.0]}
+    result = tune(model, grid, metric="ndcg@10", data=str(data_file), show_progress=False)
+    valid = [p["valid"]["ndcg@10"] for p in result.points]
+    assert valid[0] == valid[1]  # one-item windows: the decay has nothing to weigh
+    assert len(set(valid[1:])) > 1, "windows and their decay should change the validation metric on this data"
+    rep = tmp_path / "rep"
+    assert train(data_file, rep, *ft_args(full_run), "--epochs=1") == 0
+    with pytest.raises(CheckpointError, match="knn_value_window"):
+        load_model_dir(rep / "best_model", str(data_file), ["knn_value_window=2"], show_progress=False)

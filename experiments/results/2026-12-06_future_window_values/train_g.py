@@ -34,7 +34,7 @@ from ftragrec_jax.data.batches import valid_query_split
 from ftragrec_jax.metrics import single_target_metrics, summarize
 from ftragrec_jax.models.knowledge_base import compute_keys, encode_samples
 from ftragrec_jax.models.retriever import Retriever, embed
-from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
+from ftragrec_jax.significance import paired_hits, paired_ndcg, pooled_sign_test
 
 
 def window_weights(windows, decay):
@@ -175,19 +175,16 @@ def main():
         res["log"] = log
         out["seeds"][seed] = res
         test_ranks[seed] = r
-    per_user0 = single_target_metrics(r0, KS)
     out["paired"] = {}
     for seed, r in test_ranks.items():
         out["paired"][seed] = {"hits": paired_hits(r0, r, KS), "ndcg": paired_ndcg(r0, r, KS)}
-    gm = np.mean([single_target_metrics(r, KS)["ndcg"][:, 1] for r in test_ranks.values()], axis=0)
-    g0v = per_user0["ndcg"][:, 1]
-    below, above = int((gm < g0v - 1e-12).sum()), int((gm > g0v + 1e-12).sum())
+    pooled = pooled_sign_test(r0, list(test_ranks.values()), KS)["ndcg@10"]
     out["pooled_ndcg@10"] = {
-        "untrained": float(g0v.mean()),
-        "trained_mean": float(gm.mean()),
-        "untrained_better": below,
-        "trained_better": above,
-        "p_value": sign_test_p(below, above),
+        "untrained": pooled["a"],
+        "trained_mean": pooled["b_mean"],
+        "untrained_better": pooled["a_better"],
+        "trained_better": pooled["b_better"],
+        "p_value": pooled["p_value"],
     }
     out["seconds"] = round(time.time() - t0)
     write_json_atomic(a.out, out)

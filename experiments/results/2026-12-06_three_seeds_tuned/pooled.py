@@ -15,31 +15,20 @@ import numpy as np
 
 from experiments.compare import model_ranks
 from ftragrec_jax.atomic import write_json_atomic
-from ftragrec_jax.metrics import single_target_metrics
-from ftragrec_jax.significance import paired_hits, paired_ndcg, sign_test_p
+from ftragrec_jax.significance import paired_hits, paired_ndcg, pooled_sign_test
 
 KS = (5, 10, 20, 50)
 
 
 def pooled_tests(base, trained):
     """Per metric@K: the untrained g's mean, the trained seeds' mean, and the sign test of the per-user mean over
-    the seeds against the untrained g's value. base: ranks [N]; trained: list of ranks [N] (1-based)."""
-    per_user0 = single_target_metrics(base, KS)
-    per_user = [single_target_metrics(r, KS) for r in trained]
-    pooled = {}
-    for i, k in enumerate(KS):
-        for name in ("ndcg", "hit"):
-            g0 = per_user0[name][:, i]
-            gm = np.mean([m[name][:, i] for m in per_user], axis=0)
-            below, above = int((gm < g0 - 1e-12).sum()), int((gm > g0 + 1e-12).sum())
-            pooled[f"{name}@{k}"] = {
-                "untrained": float(g0.mean()),
-                "trained_mean": float(gm.mean()),
-                "untrained_better": below,
-                "trained_better": above,
-                "p_value": sign_test_p(below, above),
-            }
-    return pooled
+    the seeds against the untrained g's value (significance.pooled_sign_test, under this file's key names).
+    base: ranks [N]; trained: list of ranks [N] (1-based)."""
+    names = {"a": "untrained", "b_mean": "trained_mean", "a_better": "untrained_better", "b_better": "trained_better"}
+    return {
+        metric: {names.get(k, k): v for k, v in row.items()}
+        for metric, row in pooled_sign_test(base, trained, KS).items()
+    }
 
 
 def main():
