@@ -47,14 +47,13 @@ def test_value_windows_match_lookup_with_gaps_and_shuffled_entries():
 
 def _setup(m=M, **kw):
     hp = FTragrecHParams(
-        retrieval_backend="exact",
+        **{"retrieval_backend": "exact", **kw},
         quality_threshold=0.0,
         top_k=4,
         alpha=0.3,
         fusion="knn_lm",
         knn_value_window=m,
         knn_value_decay=DECAY,
-        **kw,
     )
     samples = make_samples(2, 30, N_ITEMS, MAX_LEN)
     model = build_ftragrec(small_encoder(N_ITEMS, MAX_LEN), hp, seed=1)
@@ -94,7 +93,7 @@ def _naive_mixture(model, hp, kb, batch, clip=True):
 
 def _scores(model, hp, kb, batch):
     gd, params, rest = nnx.split(model, nnx.Param, ...)
-    score = bind(ftragrec_scorer(gd, hp, rest=rest), params, kb.memory)
+    score = bind(ftragrec_scorer(gd, hp, rest=rest, searcher=kb.searcher), params, kb.memory)
     return np.asarray(score(batch["item_seq"], batch["item_seq_len"], batch))
 
 
@@ -103,8 +102,10 @@ def _after_training(batch):
     return {**batch, "prefix_len": np.full_like(batch["prefix_len"], 1000)}
 
 
-def test_window_scores_match_naive_mixture_for_later_queries():
-    hp, samples, model, kb = _setup()
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_window_scores_match_naive_mixture_for_later_queries(backend):
+    """The windows act after the search, so both backends give the naive mixture (its ids: an exact search)."""
+    hp, samples, model, kb = _setup(retrieval_backend=backend)
     batch = _after_training(batch_of(samples, np.arange(20, 60)))
     mix = _naive_mixture(model, hp, kb, batch)
     np.testing.assert_allclose(np.exp(_scores(model, hp, kb, batch)), mix, rtol=2e-5, atol=1e-7)
@@ -114,13 +115,15 @@ def test_window_scores_match_naive_mixture_for_later_queries():
     assert np.abs(one - mix).max() > 1e-3
 
 
-def test_training_loss_matches_naive_mixture_and_drops_the_query_users_future():
-    hp, samples, model, kb = _setup()
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_training_loss_matches_naive_mixture_and_drops_the_query_users_future(backend):
+    hp, samples, model, kb = _setup(retrieval_backend=backend)
     batch = batch_of(samples, np.arange(len(samples["target"])))  # every sample, as training queries
     gd, params, rest = nnx.split(model, nnx.Param, ...)
 
     def enhanced(p, b):
-        return ftragrec_loss(nnx.merge(gd, p, rest), b, kb.memory, hp=hp)[1]["enhanced_rec_loss"]
+        loss = ftragrec_loss(nnx.merge(gd, p, rest), b, kb.memory, hp=hp, searcher=kb.searcher)
+        return loss[1]["enhanced_rec_loss"]
 
     loss, grads = jax.jit(jax.value_and_grad(enhanced))(params, batch)
     rows = np.arange(len(batch["target"]))
