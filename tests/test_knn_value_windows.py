@@ -199,3 +199,16 @@ def test_window_needs_knn_lm_fusion():
     with pytest.raises(ConfigError, match="knn_value_window.*1 unless fusion is knn_lm"):
         FTragrecHParams(knn_value_window=3)
     Config(knn_value_window=3).validate()
+
+
+def test_terms_without_values_refuse_a_window():
+    """ftragrec_terms alone does not know the queries' users and prefixes, so it cannot build windows itself."""
+    from ftragrec_jax.models.ftragrec import ftragrec_terms
+
+    hp, samples, model, kb = _setup()
+    batch = batch_of(samples, np.arange(8))
+    seq = kb.memory.h[batch["index"]]
+    ids = jnp.zeros((8, hp.top_k), jnp.int32)
+    args = (model.retriever, seq, ids, kb.memory.h, kb.memory.target, model.encoder.item_table(), batch["target"])
+    with pytest.raises(ConfigError, match="knn_value_window"):
+        ftragrec_terms(*args, batch["mask"], hp)

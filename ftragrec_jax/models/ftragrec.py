@@ -427,6 +427,10 @@ def ftragrec_terms(
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         if values is None:
+            if hp.knn_value_window > 1:  # the windows need the queries' users and prefixes, which are not here
+                raise ConfigError(
+                    "config key 'knn_value_window': > 1 needs ftragrec_terms(values=neighbour_values(...))"
+                )
             values = (kb_target[jnp.where(ids >= 0, ids, 0)][..., None], jnp.ones((*ids.shape, 1), jnp.float32))
         nll = _knn_lm_nll(rec_rows, nb, *values, target)
     else:
