@@ -3,7 +3,10 @@ at the temperature and alpha stored in its (tuned) model directory, then paired 
 over the seeds (significance.pooled_sign_test), trained against untrained.
 
     python experiments/results/2026-12-06_value_windows_library/pooled_windows.py DATASET M UNTRAINED_DIR \
-        SEED=TRAINED_DIR [SEED=TRAINED_DIR ...] --json pooled_DATASET_mM.json
+        SEED=TRAINED_DIR [SEED=TRAINED_DIR ...] --json pooled_DATASET_mM.json [--data FILE]
+
+--data gives every model one dataset file: models trained on the embedded Beauty copy store "" and those trained on
+../shared's file store its path, and the dataset check compares the stored strings.
 """
 
 import argparse
@@ -22,17 +25,19 @@ def main():
     p.add_argument("untrained")
     p.add_argument("trained", nargs="+", help="SEED=MODEL_DIR")
     p.add_argument("--json", required=True)
+    p.add_argument("--data", help="dataset file for every model (default: the path each model stores)")
     a = p.parse_args()
     over = [f"knn_value_window={a.m}"]
-    shared, base = model_ranks(a.untrained, "test", overrides=over, show_progress=False)
+    shared, base = model_ranks(a.untrained, "test", a.data, overrides=over, show_progress=False)
     ranks = {}
     for item in a.trained:
         seed, path = item.split("=", 1)
-        ranks[seed] = model_ranks(path, "test", overrides=over, show_progress=False, shared=shared)[1]
+        ranks[seed] = model_ranks(path, "test", a.data, overrides=over, show_progress=False, shared=shared)[1]
     out = {
         "dataset": a.dataset,
         "knn_value_window": a.m,
         "users": int(len(base)),
+        "data": a.data,
         "untrained": a.untrained,
         "trained": dict(item.split("=", 1) for item in a.trained),
         "per_seed": {s: {"hits": paired_hits(base, r, KS), "ndcg": paired_ndcg(base, r, KS)} for s, r in ranks.items()},
