@@ -90,7 +90,7 @@ class Config:
     freeze_retriever: bool = False  # ablation: keep g at its initialisation (LN(x)); nothing of g trains
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
-    retriever_objective: str = "design"  # extra training signal for g: "design" (none), "contrastive", "usefulness"
+    retriever_objective: str = "design"  # extra term for g: design (none), contrastive, usefulness, knn_likelihood
     retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
     retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
     usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
@@ -171,7 +171,12 @@ class Config:
         ck.choice("model", MODELS)
         ck.choice("retrieval_backend", BACKENDS)
         ck.choice("fusion", ("representation", "knn_lm"))
-        ck.choice("retriever_objective", ("design", "contrastive", "usefulness"))
+        ck.choice("retriever_objective", ("design", "contrastive", "usefulness", "knn_likelihood"))
+        ck.require(
+            "retriever_objective",
+            self.retriever_objective != "knn_likelihood" or self.fusion == "knn_lm",
+            "knn_likelihood only with fusion knn_lm (it scores the pool's kNN-LM vote)",
+        )
         ck.choice("retriever_queries", ("train", "valid"))
         holdout = self._float("retriever_valid_holdout")
         ck.require("retriever_valid_holdout", 0.0 < holdout < 1.0, "a share in (0, 1)")

@@ -113,11 +113,15 @@ def retriever_objective_term(
     objective,
     retriever_temperature=0.07,
     usefulness_temperature=1.0,
+    pool_values=None,
 ):
     """(term, counted share) of a retriever objective over a search pool [B, P] (-1 = none), from the spec in
     ftragrec_jax/models/ftragrec.py: R = softmax(cos/temperature) over the pool's valid entries;
     "contrastive": -log of R's mass on entries whose target is the row's target (rows with none count nowhere);
-    "usefulness": KL(Q || R), Q = softmax(u/usefulness_temperature), u_j = (E[y] - softmax(s E^T) E) . E[t_j].
+    "usefulness": KL(Q || R), Q = softmax(u/usefulness_temperature), u_j = (E[y] - softmax(s E^T) E) . E[t_j];
+    "knn_likelihood": -log sum_j R_j v_j(y), v_j(y) = the weights of entry j's value items that equal y
+    (pool_values = (items, weights) [B, P, m]; None = each entry's target, weight 1); rows with no vote count
+    nowhere.
     The term is the mean over real rows (mask = 1) it counts. A learned temperature (a tensor) enters detached:
     it trains from the design's terms only."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
@@ -147,6 +151,17 @@ def retriever_objective_term(
         rows = torch.where(valid, each, torch.zeros_like(each)).sum(-1)
         counted = valid.any(dim=-1)
         rows = torch.where(counted, rows, torch.zeros_like(rows))
+    elif objective == "knn_likelihood":
+        if pool_values is None:
+            items, weights = pool_target[..., None], torch.ones(*pool_target.shape, 1, dtype=seq_output.dtype)
+        else:
+            items, weights = (torch.as_tensor(np.asarray(v)) for v in pool_values)
+        vote = torch.where(items.long() == target.long()[:, None, None], weights.to(seq_output.dtype), 0.0).sum(-1)
+        positive = valid & (vote > 0)
+        counted = positive.any(dim=-1)
+        weighted = log_r + torch.log(torch.where(positive, vote, torch.ones_like(vote)))
+        mass = torch.logsumexp(weighted.masked_fill(~positive & counted[:, None], float("-inf")), dim=-1)
+        rows = torch.where(counted, -mass, torch.zeros_like(mass))
     else:
         raise ValueError(f"unknown objective {objective!r}")
     w = mask * counted.to(mask.dtype)

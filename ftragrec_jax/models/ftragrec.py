@@ -32,7 +32,12 @@ Retriever objectives (retriever_objective; "design" = none of them, the default)
   - "usefulness": KL(Q || R) with Q = softmax(u/usefulness_temperature) over the pool,
     u_j = ∇_s log softmax(s·Eᵀ)[y] · E[t_j] = (E[y] − Σ_i softmax(s·Eᵀ)_i E[i]) · E[t_j]: how much moving the
     frozen representation towards entry j's target raises the log-likelihood of the true target, to first
-    order (an LM-supervised retrieval target in the spirit of REPLUG, cheap enough for every step).
+    order (an LM-supervised retrieval target in the spirit of REPLUG, cheap enough for every step);
+  - "knn_likelihood" (fusion knn_lm only): -log Σ_j R_j·v_j(y), the pool's kNN-LM vote for y, with v_j(y) the
+    share of entry j's vote that goes to y (`neighbour_values`: its target, or with knn_value_window > 1 its
+    value window, the query's own user's future dropped). It asks g for the entries the fused kNN-LM would
+    profit from retrieving, including those whose user went on to y, which "contrastive" counts as negatives;
+    with a window of 1 it equals "contrastive" (rows with no vote for y count nowhere).
 CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
 Large catalogues (item_chunk_size > 0 and below n_items): every whole-catalogue term (the CEs, usefulness's
   softmax mean, the kNN-LM log-softmax at evaluation) runs over item chunks, so neither the step nor the
@@ -59,7 +64,7 @@ from ftragrec_jax.models.softmax_ce import cross_entropy_rows, linear_chunk_scor
 KL_EPS = 1e-8
 _DEFAULTS = Config()  # the one home of every default (config.py); the dataclasses below take theirs from it
 FUSIONS = ("representation", "knn_lm")
-OBJECTIVES = ("design", "contrastive", "usefulness")
+OBJECTIVES = ("design", "contrastive", "usefulness", "knn_likelihood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +131,11 @@ class FTragrecHParams:
         need("knn_value_decay", 0.0 < self.knn_value_decay <= 1.0, "a number in (0, 1]")
         need("knn_value_window", self.knn_value_window == 1 or self.fusion == "knn_lm", "1 unless fusion is knn_lm")
         need("retriever_objective", self.retriever_objective in OBJECTIVES, f"one of {list(OBJECTIVES)}")
+        need(
+            "retriever_objective",
+            self.retriever_objective != "knn_likelihood" or self.fusion == "knn_lm",
+            "knn_likelihood only with fusion knn_lm (it scores the pool's kNN-LM vote)",
+        )
         need("knowledge_base_dtype", self.knowledge_base_dtype in KB_DTYPES, f"one of {list(KB_DTYPES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
@@ -254,10 +264,13 @@ def objective_rows(
     hp: FTragrecHParams,
     item_chunk_size=0,
     temperature=None,
+    pool_values=None,
 ):
     """(loss [B], counted [B] bool) of hp.retriever_objective over the search pool pool_ids [B, P] (-1 = none);
     the formulas are in the module docstring. Everything but g is frozen here, a learned temperature included.
-    temperature: the retrieval temperature (traced with learnable_temperature); None = hp.retriever_temperature."""
+    temperature: the retrieval temperature (traced with learnable_temperature); None = hp.retriever_temperature.
+    pool_values: (items, weights) [B, P, m] of the pool's entries (`neighbour_values`), for "knn_likelihood";
+    None = each entry's target, weight 1 (refused with knn_value_window > 1)."""
     temperature = hp.retriever_temperature if temperature is None else jax.lax.stop_gradient(temperature)
     valid = pool_ids >= 0
     safe = jnp.where(valid, pool_ids, 0)
@@ -276,6 +289,14 @@ def objective_rows(
         q = jnp.where(valid, jnp.exp(jnp.where(valid, log_q, 0.0)), 0.0)
         counted = valid.any(-1)
         rows = jnp.where(valid, q * (log_q - (logits - log_z[:, None])), 0.0).sum(-1)
+    elif hp.retriever_objective == "knn_likelihood":
+        if pool_values is None:
+            pool_values = _target_values(pool_ids, kb_target, hp, "objective_rows(pool_values=...)")
+        items, weights = pool_values
+        vote = jnp.where(items == target[:, None, None], weights, 0.0).sum(-1)  # v_j(y) [B, P]
+        positive = valid & (vote > 0)
+        counted = positive.any(-1)
+        rows = log_z - _masked_logsumexp(logits + jnp.log(jnp.where(positive, vote, 1.0)), positive)
     else:
         raise ConfigError(f"config key 'retriever_objective': no pool term for {hp.retriever_objective!r}")
     return jnp.where(counted, rows, 0.0), counted
@@ -337,6 +358,14 @@ def neighbour_values(ids, kb_target, window, kb_user, kb_prefix, q_user, q_prefi
     keep = (items > 0) & (~same_user | before)
     w = jnp.where(keep, jnp.float32(hp.knn_value_decay) ** offset.astype(jnp.float32), 0.0)
     return items, w / jnp.maximum(w.sum(-1, keepdims=True), 1e-30)
+
+
+def _target_values(ids, kb_target, hp: FTragrecHParams, caller: str):
+    """`neighbour_values` with a window of 1 (each entry's target, weight 1), which needs no query data; a
+    window > 1 needs the queries' users and prefixes, so it is refused, naming the call that must pass them."""
+    if hp.knn_value_window > 1:
+        raise ConfigError(f"config key 'knn_value_window': > 1 needs {caller} from neighbour_values(...)")
+    return kb_target[jnp.where(ids >= 0, ids, 0)][..., None], jnp.ones((*ids.shape, 1), jnp.float32)
 
 
 def _knn_mass(nb: dict, weights):
@@ -407,8 +436,9 @@ def ftragrec_terms(
 ):
     """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
     them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
-    values: (items, weights) [B, top_k, m] of the fused neighbours under kNN-LM (`neighbour_values`, which
-    needs the queries' users and prefixes); None = each neighbour's target, weight 1.
+    values: (items, weights) [B, search_k or top_k, m] under kNN-LM (`neighbour_values` of ids, which needs the
+    queries' users and prefixes; the first top_k rows are the fused neighbours', the whole pool's are what
+    "knn_likelihood" scores); None = each entry's target, weight 1.
     rec_ce [B]: the backbone's per-row CE if known (cached, Memory.rec_ce); it has no gradient either way.
     item_chunk_size: whole-catalogue terms over item chunks of this size (module docstring; 0 = whole).
     alpha, temperature: traced scalars when learnable; None = hp.alpha, hp.retriever_temperature."""
@@ -427,12 +457,8 @@ def ftragrec_terms(
     rec = (rec_rows * mask).sum() / n_real
     if hp.fusion == "knn_lm":
         if values is None:
-            if hp.knn_value_window > 1:  # the windows need the queries' users and prefixes, which are not here
-                raise ConfigError(
-                    "config key 'knn_value_window': > 1 needs ftragrec_terms(values=neighbour_values(...))"
-                )
-            values = (kb_target[jnp.where(ids >= 0, ids, 0)][..., None], jnp.ones((*ids.shape, 1), jnp.float32))
-        nll = _knn_lm_nll(rec_rows, nb, *values, target)
+            values = _target_values(pool_ids, kb_target, hp, "ftragrec_terms(values=...)")
+        nll = _knn_lm_nll(rec_rows, nb, *(v[:, : hp.top_k] for v in values), target)
     else:
         nll = cross_entropy_rows(nb["enhanced"], item_table, target, item_chunk_size)
     enhanced = (nll * mask).sum() / n_real
@@ -445,7 +471,18 @@ def ftragrec_terms(
     objective = {}
     if hp.retriever_objective != "design":
         rows, counted = objective_rows(
-            retriever, query, seq_output, pool_ids, h, kb_target, item_table, target, hp, item_chunk_size, temperature
+            retriever,
+            query,
+            seq_output,
+            pool_ids,
+            h,
+            kb_target,
+            item_table,
+            target,
+            hp,
+            item_chunk_size,
+            temperature,
+            values if values is not None and values[0].shape[1] == pool_ids.shape[1] else None,
         )
         counted = mask * counted.astype(mask.dtype)
         term = (rows * counted).sum() / jnp.maximum(counted.sum(), 1.0)
@@ -479,7 +516,7 @@ def _search_prefix(batch, hp):
 
 
 def _values(memory: Memory, ids, batch, hp):
-    """`neighbour_values` of the fused neighbours ids [B, top_k] of a batch's queries."""
+    """`neighbour_values` of retrieved ids [B, w] of a batch's queries."""
     return neighbour_values(
         ids, memory.target, memory.window, memory.user, memory.prefix_len, batch["user"], _search_prefix(batch, hp), hp
     )
@@ -524,7 +561,9 @@ def ftragrec_loss(
     (e.g. memory.h[batch["index"]] for training samples), or None to run the frozen encoder here."""
     seq_output, _, ids = _query_side(model, batch, memory, hp, seq_output, searcher)
     mask = batch.get("mask", jnp.ones(ids.shape[0], seq_output.dtype))
-    values = _values(memory, ids[:, : hp.top_k], batch, hp) if hp.fusion == "knn_lm" else None
+    # the pool's values only when the objective scores them (the fused part reads the first top_k rows)
+    width = ids.shape[1] if hp.retriever_objective == "knn_likelihood" else hp.top_k
+    values = _values(memory, ids[:, :width], batch, hp) if hp.fusion == "knn_lm" else None
     return ftragrec_terms(
         model.retriever,
         seq_output,
