@@ -278,10 +278,20 @@ def objective_rows(
     logits = jnp.einsum("bh,bph->bp", query, keys) / temperature
     log_z = _masked_logsumexp(logits, valid)
     pool_target = kb_target[safe]
-    if hp.retriever_objective == "contrastive":
-        positive = valid & (pool_target == target[:, None])
+    if hp.retriever_objective in ("contrastive", "knn_likelihood"):
+        # v_j(y) [B, P], the share of entry j's vote that goes to y; contrastive: its own target alone, whatever
+        # knn_value_window is (log v_j = 0 on its positives, so its term is log_z - logsumexp over them)
+        if hp.retriever_objective == "contrastive":
+            vote = (pool_target == target[:, None]).astype(logits.dtype)
+        else:
+            if pool_values is None:
+                caller = "objective_rows(pool_values=...), or ftragrec_terms(values=...) of all search_k ids,"
+                pool_values = _target_values(pool_ids, kb_target, hp, caller)
+            items, weights = pool_values
+            vote = jnp.where(items == target[:, None, None], weights, 0.0).sum(-1)
+        positive = valid & (vote > 0)
         counted = positive.any(-1)
-        rows = log_z - _masked_logsumexp(logits, positive)
+        rows = log_z - _masked_logsumexp(logits + jnp.log(jnp.where(positive, vote, 1.0)), positive)
     elif hp.retriever_objective == "usefulness":
         direction = item_table[target] - softmax_mean(seq_output, item_table, item_chunk_size)  # ∇_s log p[target]
         u = jnp.einsum("bh,bph->bp", direction, item_table[pool_target]) / hp.usefulness_temperature
@@ -289,14 +299,6 @@ def objective_rows(
         q = jnp.where(valid, jnp.exp(jnp.where(valid, log_q, 0.0)), 0.0)
         counted = valid.any(-1)
         rows = jnp.where(valid, q * (log_q - (logits - log_z[:, None])), 0.0).sum(-1)
-    elif hp.retriever_objective == "knn_likelihood":
-        if pool_values is None:
-            pool_values = _target_values(pool_ids, kb_target, hp, "objective_rows(pool_values=...)")
-        items, weights = pool_values
-        vote = jnp.where(items == target[:, None, None], weights, 0.0).sum(-1)  # v_j(y) [B, P]
-        positive = valid & (vote > 0)
-        counted = positive.any(-1)
-        rows = log_z - _masked_logsumexp(logits + jnp.log(jnp.where(positive, vote, 1.0)), positive)
     else:
         raise ConfigError(f"config key 'retriever_objective': no pool term for {hp.retriever_objective!r}")
     return jnp.where(counted, rows, 0.0), counted
