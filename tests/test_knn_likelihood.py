@@ -12,7 +12,6 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from converters.mapping import RETRIEVER_TABLE, expand  # noqa: E402
 from converters.reference.torch_ftragrec import retriever_objective_term  # noqa: E402
 from ftragrec_jax.config import Config  # noqa: E402
 from ftragrec_jax.errors import ConfigError  # noqa: E402
@@ -28,6 +27,7 @@ from ftragrec_jax.models.retriever import embed  # noqa: E402
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder  # noqa: E402
 from tests.test_knn_value_windows import _naive_windows  # noqa: E402
 from tests.test_parity_ftragrec import _pair as parity_pair  # noqa: E402
+from tests.test_parity_ftragrec import assert_retriever_grads_match  # noqa: E402
 
 N_ITEMS, MAX_LEN = 60, 8
 
@@ -99,15 +99,7 @@ def test_term_and_retriever_gradients_match_torch(window):
     assert 0 < float(share) < 1 and float(term.detach()) > 0
     assert abs(float(aux["objective_loss"]) - float(term.detach())) <= 1e-5 * max(1.0, float(term.detach()))
     assert abs(float(aux["objective_rows"]) - float(share)) <= 1e-6
-    tgrads = {f"retriever_encoder.{n}": q.grad.numpy() for n, q in tm.retriever_encoder.named_parameters()}
-    jgrads = nnx.to_pure_dict(grads)
-    for tk, path, tr in expand(RETRIEVER_TABLE, hp.retriever_layers):
-        g = jgrads
-        for part in path:
-            g = g[part]
-        g, ref = tr.to_torch(np.asarray(g)), tgrads[tk]
-        assert np.abs(ref).max() > 0, tk
-        assert np.abs(g - ref).max() / np.abs(ref).max() <= 1e-4, tk
+    assert_retriever_grads_match(grads, tm, hp.retriever_layers)
 
 
 def test_worked_example_counts_a_later_window_item():

@@ -11,7 +11,6 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from converters.mapping import RETRIEVER_TABLE, expand  # noqa: E402
 from converters.reference.torch_ftragrec import ftragrec_terms as torch_terms  # noqa: E402
 from converters.reference.torch_ftragrec import retriever_objective_term  # noqa: E402
 from ftragrec_jax.config import Config  # noqa: E402
@@ -27,6 +26,7 @@ from ftragrec_jax.models.knowledge_base import KnowledgeBase  # noqa: E402
 from ftragrec_jax.models.search import FaissSearcher, exact_search  # noqa: E402
 from tests.ftragrec_helpers import batch_of, make_samples, small_encoder  # noqa: E402
 from tests.test_parity_ftragrec import _pair as parity_pair  # noqa: E402
+from tests.test_parity_ftragrec import assert_retriever_grads_match  # noqa: E402
 from tests.test_search import _tie_heavy, naive_top_k  # noqa: E402
 
 N_ITEMS, MAX_LEN = 60, 8
@@ -105,15 +105,7 @@ def test_objective_terms_and_gradients_match_torch(objective, learned_temperatur
     want = {"objective_loss": term, "objective_rows": share, "loss": total, "kl_loss": terms["kl_loss"]}
     for k, v in want.items():
         assert abs(float(aux[k]) - float(v.detach())) <= 1e-5 * max(1.0, abs(float(v.detach()))), k
-    tgrads = {f"retriever_encoder.{n}": p.grad.numpy() for n, p in tm.retriever_encoder.named_parameters()}
-    jgrads = nnx.to_pure_dict(grads)
-    for tk, path, tr in expand(RETRIEVER_TABLE, hp.retriever_layers):
-        g = jgrads
-        for p in path:
-            g = g[p]
-        g, ref = tr.to_torch(np.asarray(g)), tgrads[tk]
-        assert np.abs(ref).max() > 0, tk
-        assert np.abs(g - ref).max() / np.abs(ref).max() <= 1e-4, tk
+    assert_retriever_grads_match(grads, tm, hp.retriever_layers)
     if learned_temperature:
         ref = float(t_log_t.grad)
         assert ref != 0.0
