@@ -66,6 +66,47 @@ def sha256_arrays(labelled: Iterable[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def files_manifest(root: str | os.PathLike) -> dict[str, list]:
+    """{path below root, "/"-separated: [size in bytes, SHA-256]} of every file below root, sorted by path."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): [p.stat().st_size, sha256_file(p)] for p in files}
+
+
+def check_manifest_format(manifest, where: str) -> None:
+    """Raise ValueError naming `where` unless manifest is {str: [int size, str sha256]} (a hand-edited or
+    damaged record must not turn into a confusing error later)."""
+    ok = isinstance(manifest, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, list)
+        and len(v) == 2
+        and isinstance(v[0], int)
+        and not isinstance(v[0], bool)
+        and isinstance(v[1], str)
+        for k, v in manifest.items()
+    )
+    if not ok:
+        raise ValueError(f"{where}: expected an object of path: [size, sha256]")
+
+
+def manifest_mismatch(root: str | os.PathLike, manifest: dict[str, list]) -> str | None:
+    """The first file below root that differs from `manifest` (missing, another size, another SHA-256), as a
+    phrase naming it by its path below root; None when every listed file matches. Files the manifest does not
+    list are not judged. Checked before a reader such as TensorStore opens the files: a damaged file is then
+    refused by name, instead of half-read by background threads that report it again at exit."""
+    root = Path(root)
+    for rel, (size, digest) in manifest.items():
+        path = root / rel
+        if not path.is_file():
+            return f"{rel}: missing"
+        have = path.stat().st_size
+        if have != size:
+            return f"{rel}: {have} bytes, {size} when saved"
+        if sha256_file(path) != digest:
+            return f"{rel}: contents differ from the save (SHA-256 mismatch)"
+    return None
+
+
 # --- directories: staged in a temporary sibling, then swapped into place -----------------------------------
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (renames, new files) durable."""

@@ -6,8 +6,9 @@ A model directory is written whole into a temporary sibling and swapped into pla
 exchange on Linux), so a reader sees either the previous complete model or the new complete one,
 never a mix; a save killed halfway leaves only a hidden temp sibling, removed by the next save.
 Parameters are saved as host numpy arrays: no device or sharding is recorded, so a model written
-on a CPU restores on a GPU machine and back. model.json records a SHA-256 of the parameters, checked on
-load, so files damaged after the save are refused rather than read as other numbers.
+on a CPU restores on a GPU machine and back. model.json records the size and SHA-256 of every parameter
+file (checked before they are opened) and a SHA-256 of the parameters (checked after they are read), so files
+damaged after the save are refused rather than read as other numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftragrec_jax.atomic import fsync_dir, remove_stale_siblings, replace_dir, sha256_arrays, write_json_atomic
+from ftragrec_jax.atomic import (
+    check_manifest_format,
+    files_manifest,
+    fsync_dir,
+    manifest_mismatch,
+    remove_stale_siblings,
+    replace_dir,
+    sha256_arrays,
+    write_json_atomic,
+)
 from ftragrec_jax.data.vocab import Vocab
 from ftragrec_jax.errors import CheckpointError, ConfigError, FtragrecError, short_reason
 from ftragrec_jax.models.encoder import EncoderConfig, build_encoder
@@ -44,6 +54,9 @@ MODELS = (*ENCODER_MODELS, "ftragrec")
 # model.json key: SHA-256 of the parameters. TensorStore notices missing or truncated files, but a bit flip
 # inside array data reads back as a different number; the digest catches that.
 DIGEST_KEY = "params_sha256"
+# model.json key: size and SHA-256 of every file under params/, checked before Orbax opens them, so a damaged
+# file is refused by name instead of being half-read (Orbax's reader threads then also print tracebacks at exit).
+FILES_KEY = "params_files"
 
 
 BUILTIN = "builtin:"  # `builtin:NAME` names a model directory shipped in the package (ftragrec_jax/pretrained/NAME)
@@ -163,6 +176,7 @@ def save_model(path, params, meta: dict, vocab: Vocab | None = None, knowledge_b
     try:
         os.chmod(tmp, 0o755)
         _save_params(tmp / PARAMS_DIR, tree)
+        meta[FILES_KEY] = files_manifest(tmp / PARAMS_DIR)
         if vocab is not None:
             vocab.save(tmp / VOCAB_JSON)
         if knowledge_base is not None:
@@ -248,6 +262,11 @@ def read_meta(path) -> dict:
             raise CheckpointError(f"{src}: {key!r} must be an object or null, got {type(meta[key]).__name__}")
     if not isinstance(meta.get(DIGEST_KEY), (str, type(None))):
         raise CheckpointError(f"{src}: {DIGEST_KEY!r} must be a string")
+    if meta.get(FILES_KEY) is not None:
+        try:
+            check_manifest_format(meta[FILES_KEY], f"{src}: {FILES_KEY!r}")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     return meta
 
 
@@ -259,6 +278,12 @@ def load_model(path) -> tuple[dict, dict, Vocab | None]:
     params_dir = path / PARAMS_DIR
     if not params_dir.is_dir():
         raise CheckpointError(f"{params_dir}: missing: {path} is not a complete model directory")
+    manifest = meta.get(FILES_KEY)  # absent in directories written before it existed
+    problem = manifest_mismatch(params_dir, manifest) if manifest is not None else None
+    if problem is not None:
+        raise CheckpointError(
+            f"{params_dir}: cannot restore parameters ({problem}): the files were damaged after the save"
+        )
     ckptr = _checkpointer()
     try:
         tree = ckptr.restore(params_dir)

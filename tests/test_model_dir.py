@@ -182,14 +182,22 @@ def test_sigkill_mid_save_leaves_a_complete_model(tmp_path, delay):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
+@pytest.mark.parametrize("listed", [True, False])
 @pytest.mark.parametrize("how", ["bitflip", "truncate", "delete"])
-def test_damaged_params_are_refused_never_half_read(tmp_path, how):
-    """TensorStore refuses missing or truncated files itself; a bit flip inside array data reads back as another
-    number, which the params_sha256 in model.json catches. Messages are one short line."""
+def test_damaged_params_are_refused_never_half_read(tmp_path, how, listed):
+    """model.json lists every params file (size, SHA-256): a damaged one is refused by name before Orbax opens
+    it. Without the listing (directories written before it existed) TensorStore refuses missing or truncated
+    files itself, and a bit flip inside array data, which reads back as another number, is caught by the
+    params_sha256. Messages are one short line."""
     big = dataclasses.replace(CFG, n_items=4000, hidden_size=16, inner_size=16)  # chunks stored out of line
     _, params, meta = _model(cfg=big)
     path = save_model(tmp_path / "m", params, meta)
-    assert len(json.loads((path / "model.json").read_text())[model_dir.DIGEST_KEY]) == 64
+    stored = json.loads((path / "model.json").read_text())
+    assert len(stored[model_dir.DIGEST_KEY]) == 64
+    assert stored[model_dir.FILES_KEY] == atomic.files_manifest(path / "params")
+    if not listed:
+        del stored[model_dir.FILES_KEY]
+        (path / "model.json").write_text(json.dumps(stored))
     files = sorted(
         (p for p in (path / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
         key=lambda p: p.stat().st_size,
@@ -207,8 +215,21 @@ def test_damaged_params_are_refused_never_half_read(tmp_path, how):
     msg = str(e.value)
     assert msg.startswith(f"{path / 'params'}: ") and "\n" not in msg and len(msg) < 500
     assert "tensorstore_spec" not in msg
-    if how == "bitflip":
+    named = f"({files[-1].relative_to(path / 'params').as_posix()}: "
+    assert (named in msg) == listed
+    if how == "bitflip" and not listed:
         assert "checksum mismatch" in msg
+
+
+def test_a_bad_file_listing_in_model_json_is_refused_naming_the_key(tmp_path):
+    _, params, meta = _model()
+    path = save_model(tmp_path / "m", params, meta)
+    stored = json.loads((path / "model.json").read_text())
+    for bad in ([], {"a": [1]}, {"a": [True, "x"]}, {"a": ["1", "x"]}):
+        stored[model_dir.FILES_KEY] = bad
+        (path / "model.json").write_text(json.dumps(stored))
+        with pytest.raises(CheckpointError, match=rf"model.json: '{model_dir.FILES_KEY}': expected an object"):
+            load_model(path)
 
 
 def test_digest_ignores_key_types_and_older_dirs_without_it_load(tmp_path):
@@ -225,3 +246,20 @@ def test_digest_ignores_key_types_and_older_dirs_without_it_load(tmp_path):
     (path / "model.json").write_text(json.dumps(stored))
     _, got, _ = load_model(path)
     assert model_dir.params_digest(got) == model_dir.params_digest(params)
+
+
+def test_files_manifest_names_the_first_file_that_differs(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"\x00\x01\x02")
+    (tmp_path / "b.txt").write_text("hello")
+    listing = atomic.files_manifest(tmp_path)
+    assert list(listing) == ["a/x.bin", "b.txt"] and listing["b.txt"][0] == 5
+    assert atomic.manifest_mismatch(tmp_path, listing) is None
+    (tmp_path / "c.txt").write_text("not listed")  # files the listing does not name are not judged
+    assert atomic.manifest_mismatch(tmp_path, listing) is None
+    (tmp_path / "b.txt").write_text("hellO")  # same size, other bytes
+    assert atomic.manifest_mismatch(tmp_path, listing) == "b.txt: contents differ from the save (SHA-256 mismatch)"
+    (tmp_path / "a" / "x.bin").write_bytes(b"\x00")
+    assert atomic.manifest_mismatch(tmp_path, listing) == "a/x.bin: 1 bytes, 3 when saved"
+    (tmp_path / "a" / "x.bin").unlink()
+    assert atomic.manifest_mismatch(tmp_path, listing) == "a/x.bin: missing"

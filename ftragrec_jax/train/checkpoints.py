@@ -9,21 +9,34 @@ are `fold_in(seed key, global step)`.
 Orbax writes each step into a temporary folder and renames it when complete, so a process killed
 mid-write leaves a temporary folder that is ignored (and removed on the next start), never a half checkpoint.
 The loop record also holds a SHA-256 of the arrays, checked on restore, so a checkpoint damaged after its
-commit (a truncated, missing or bit-flipped file) is refused with a one-line error, never half-read.
+commit (a truncated, missing or bit-flipped file) is refused with a one-line error, never half-read. Process 0
+then lists the size and SHA-256 of every file of the committed step in FILES_JSON inside it; restore checks
+those before Orbax opens anything, so a damaged file is refused by name (Orbax's reader threads, left
+half-way, would also print tracebacks at exit). A step without that file (killed between the commit and the
+listing) is restored on the checksum alone.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from ftragrec_jax.atomic import sha256_arrays
+from ftragrec_jax.atomic import (
+    check_manifest_format,
+    files_manifest,
+    manifest_mismatch,
+    sha256_arrays,
+    write_json_atomic,
+)
 from ftragrec_jax.errors import CheckpointError, short_reason
 
 DIGEST_KEY = "arrays_sha256"  # in the loop record: checksum of the arrays item of the same checkpoint
+FILES_JSON = "files.json"  # in a step folder, beside its items: {path: [size, sha256]} of the items' files
+ITEMS = ("arrays", "loop")
 
 
 def _ocp():
@@ -42,7 +55,7 @@ class TrainCheckpoints:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("arrays", "loop"))
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest(self) -> int | None:
         """Completed epochs of the newest complete checkpoint, or None."""
@@ -58,10 +71,22 @@ class TrainCheckpoints:
             force=True,
         )
         self._mgr.wait_until_finished()
+        if jax.process_index() == 0:
+            step = self.directory / str(epochs_done)
+            listing = {}
+            for item in ITEMS:
+                listing.update({f"{item}/{k}": v for k, v in files_manifest(step / item).items()})
+            write_json_atomic(step / FILES_JSON, listing)
 
     def restore(self, epochs_done: int, like: dict) -> tuple[dict, dict]:
         """(arrays shaped and placed like `like`, loop record) of a checkpoint."""
         ocp = _ocp()
+        problem = self._files_problem(epochs_done)
+        if problem is not None:
+            raise CheckpointError(
+                f"{self.directory / str(epochs_done)}: cannot restore the training state ({problem}); "
+                f"delete that folder to fall back to an older checkpoint"
+            )
         try:
             out = self._mgr.restore(
                 epochs_done, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(like), loop=ocp.args.JsonRestore())
@@ -81,6 +106,19 @@ class TrainCheckpoints:
                 f"delete that folder to fall back to an older checkpoint"
             )
         return out["arrays"], loop
+
+    def _files_problem(self, epochs_done: int) -> str | None:
+        """What is wrong with the files of a step against its FILES_JSON, or None (also when it has none)."""
+        step = self.directory / str(epochs_done)
+        listing_path = step / FILES_JSON
+        if not listing_path.is_file():
+            return None
+        try:
+            listing = json.loads(listing_path.read_text(encoding="utf-8"))
+            check_manifest_format(listing, str(listing_path))
+        except (OSError, ValueError) as e:  # ValueError: bad JSON, bad UTF-8 or a bad listing
+            return f"{listing_path}: unreadable file listing ({type(e).__name__}: {short_reason(e)})"
+        return manifest_mismatch(step, listing)
 
     def close(self) -> None:
         self._mgr.close()
