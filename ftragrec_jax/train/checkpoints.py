@@ -72,7 +72,7 @@ class TrainCheckpoints:
         )
         self._mgr.wait_until_finished()
         if jax.process_index() == 0:
-            step = self.directory / str(epochs_done)
+            step = self._step_dir(epochs_done)
             listing = {}
             for item in ITEMS:
                 listing.update({f"{item}/{k}": v for k, v in files_manifest(step / item).items()})
@@ -83,33 +83,35 @@ class TrainCheckpoints:
         ocp = _ocp()
         problem = self._files_problem(epochs_done)
         if problem is not None:
-            raise CheckpointError(
-                f"{self.directory / str(epochs_done)}: cannot restore the training state ({problem}); "
-                f"delete that folder to fall back to an older checkpoint"
-            )
+            raise self._refusal(epochs_done, problem)
         try:
             out = self._mgr.restore(
                 epochs_done, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(like), loop=ocp.args.JsonRestore())
             )
         except Exception as e:  # Orbax raises many types for a damaged or mismatched checkpoint
-            raise CheckpointError(
-                f"{self.directory / str(epochs_done)}: cannot restore the training state "
-                f"({type(e).__name__}: {short_reason(e)}); "
-                f"delete that folder to fall back to an older checkpoint"
-            ) from None
+            raise self._refusal(epochs_done, f"{type(e).__name__}: {short_reason(e)}") from None
         loop = dict(out["loop"])
         stored = loop.pop(DIGEST_KEY, None)  # absent in checkpoints written before it existed
         if stored is not None and stored != arrays_digest(out["arrays"]):
-            raise CheckpointError(
-                f"{self.directory / str(epochs_done)}: cannot restore the training state (the arrays read back "
-                f"differ from the ones saved: checksum mismatch, the files were damaged after the save); "
-                f"delete that folder to fall back to an older checkpoint"
+            raise self._refusal(
+                epochs_done,
+                "the arrays read back differ from the ones saved: checksum mismatch, the files were damaged after "
+                "the save",
             )
         return out["arrays"], loop
 
+    def _step_dir(self, epochs_done: int) -> Path:
+        return self.directory / str(epochs_done)  # Orbax names a step's folder by the step number
+
+    def _refusal(self, epochs_done: int, reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"{self._step_dir(epochs_done)}: cannot restore the training state ({reason}); "
+            f"delete that folder to fall back to an older checkpoint"
+        )
+
     def _files_problem(self, epochs_done: int) -> str | None:
         """What is wrong with the files of a step against its FILES_JSON, or None (also when it has none)."""
-        step = self.directory / str(epochs_done)
+        step = self._step_dir(epochs_done)
         listing_path = step / FILES_JSON
         if not listing_path.is_file():
             return None
