@@ -52,6 +52,7 @@ class Config:
     model: str = "duorec"  # "duorec" (pretraining) or "ftragrec" (retrieval fine-tuning on a frozen DuoRec)
     lmd_sem: float = 0.1  # DuoRec us_x: weight of the same-target contrastive term; 0 = plain SASRec CE
     tau: float = 1.0  # DuoRec: InfoNCE temperature (dot similarity)
+    pretrain_holdout_last: int = 0  # DuoRec: each user's last N training samples are not trained on (queries for g)
 
     # --- training -----------------------------------------------------------------------------
     seed: int = 2020  # one seed fixes init, data order, dropout and same-target sampling (RecBole default)
@@ -94,7 +95,7 @@ class Config:
     retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
     retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
     usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
-    retriever_queries: str = "train"  # queries g is fitted on: "train" (the design) or "valid" (out of sample)
+    retriever_queries: str = "train"  # queries g is fitted on: "train" (the design), "valid" or "held_out" (see docs)
     retriever_valid_holdout: float = 0.5  # queries valid: share of validation users kept for selection, untrained
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
@@ -152,6 +153,7 @@ class Config:
         ):
             ck.require(key, self._int(key) >= 1, "an integer >= 1")
         ck.require("pretrain_epochs", self._int("pretrain_epochs") >= 0, "an integer >= 0")
+        ck.require("pretrain_holdout_last", self._int("pretrain_holdout_last") >= 0, "an integer >= 0")
         ck.require("item_chunk_size", self._int("item_chunk_size") >= 0, "an integer >= 0 (0 = whole catalogue)")
         ck.require("retriever_layers", self._int("retriever_layers") >= 0, "an integer >= 0 (0 = no retriever)")
         ck.require("faiss_overfetch", self._int("faiss_overfetch") >= 0, "an integer >= 0")
@@ -177,7 +179,7 @@ class Config:
             self.retriever_objective != "knn_likelihood" or self.fusion == "knn_lm",
             "knn_likelihood only with fusion knn_lm (it scores the pool's kNN-LM vote)",
         )
-        ck.choice("retriever_queries", ("train", "valid"))
+        ck.choice("retriever_queries", ("train", "valid", "held_out"))
         holdout = self._float("retriever_valid_holdout")
         ck.require("retriever_valid_holdout", 0.0 < holdout < 1.0, "a share in (0, 1)")
         ck.choice("knowledge_base_dtype", ("float32", "float16"))

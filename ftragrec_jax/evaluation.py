@@ -358,16 +358,30 @@ def protocol_info(dataset, cfg: Config) -> dict:
             "valid_samples": len(dataset.valid),
             "test_samples": len(dataset.test),
         },
-        **(
-            {
-                "retriever_queries": "valid: g was fitted on train_samples validation queries (one per user); the "
-                f"valid figures are the other {len(dataset.valid)} validation users (retriever_valid_holdout "
-                f"{cfg.retriever_valid_holdout}); the knowledge base is the training split; test is every user"
-            }
-            if cfg.model == "ftragrec" and cfg.retriever_queries == "valid"
-            else {}
-        ),
+        **_fitted_on(dataset, cfg),
     }
+
+
+def _fitted_on(dataset, cfg: Config) -> dict:
+    """What train_samples are when they are not the whole training split."""
+    if cfg.model == "ftragrec" and cfg.retriever_queries == "valid":
+        return {
+            "retriever_queries": "valid: g was fitted on train_samples validation queries (one per user); the "
+            f"valid figures are the other {len(dataset.valid)} validation users (retriever_valid_holdout "
+            f"{cfg.retriever_valid_holdout}); the knowledge base is the training split; test is every user"
+        }
+    if cfg.model == "ftragrec" and cfg.retriever_queries == "held_out":
+        return {
+            "retriever_queries": "held_out: g was fitted on train_samples training samples that the frozen "
+            "backbone was pretrained without (each user's last pretrain_holdout_last, in the backbone's "
+            "model.json); the knowledge base is the whole training split; valid and test are every user"
+        }
+    if cfg.model == "duorec" and cfg.pretrain_holdout_last:
+        return {
+            "pretrain_holdout_last": f"{cfg.pretrain_holdout_last}: train_samples excludes each user's last "
+            f"{cfg.pretrain_holdout_last} training samples, kept out of sample for a retriever"
+        }
+    return {}
 
 
 def metrics_table(results: dict) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ftragrec_jax.errors import ConfigError
 from tests.conftest import ROOT
 
 TINY = [
@@ -739,6 +740,110 @@ def test_valid_query_split_is_fixed_disjoint_and_sized():
     again = valid_query_split(101, 0.3)
     assert np.array_equal(again[0], fit) and np.array_equal(again[1], held)  # no seed: one split for every run
     assert not np.array_equal(held, np.arange(30))  # a permutation, not the first users
+
+
+def test_last_per_user_matches_a_per_user_sort():
+    from ftragrec_jax.data.batches import last_per_user
+
+    rng = np.random.default_rng(0)
+    user = rng.integers(1, 9, size=200)
+    prefix = rng.permutation(200) + 1  # unique within each user, rows in random order
+    for n in (0, 1, 2, 5, 50):
+        got = last_per_user(user, prefix, n)
+        want = np.zeros(200, bool)
+        for u in np.unique(user):
+            rows = np.flatnonzero(user == u)
+            want[rows[np.argsort(-prefix[rows])[:n]]] = True
+        assert np.array_equal(got, want), n
+    assert last_per_user(np.array([], np.int32), np.array([], np.int32), 2).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def holdout_run(data_file, tmp_path_factory) -> Path:
+    """A DuoRec backbone pretrained without each user's last 2 training samples."""
+    out = tmp_path_factory.mktemp("holdout") / "run"
+    assert train(data_file, out, "--epochs=2", "--pretrain_holdout_last=2") == 0
+    return out
+
+
+def test_duorec_pretrained_without_held_out_samples(holdout_run, data_file, monkeypatch):
+    """pretrain_holdout_last=2: the loop trains on the training split minus each user's last 2 samples, the
+    same-target positives come from that reduced split too, validation and test are untouched, and model.json
+    records the count for FTragrec."""
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.batches import last_per_user
+    from ftragrec_jax.data.dataset import dataset_from_config
+    from ftragrec_jax.model_dir import read_meta
+    from ftragrec_jax.train import duorec_task
+    from ftragrec_jax.train.pipeline import make_task
+
+    seen = []
+    real = duorec_task.make_same_target_sampler
+    monkeypatch.setattr(duorec_task, "make_same_target_sampler", lambda tr, n: seen.append(tr) or real(tr, n))
+    cfg = load_config(None, [*TINY, f"data={data_file}", "pretrain_holdout_last=2"])
+    dataset = dataset_from_config(cfg)
+    task = make_task(cfg, dataset)
+    loop = task.loop_dataset(dataset)
+    held = last_per_user(dataset.train.user, dataset.train.prefix_len, 2)
+    assert 0 < held.sum() < len(held)
+    assert np.array_equal(loop.train.target, dataset.train.target[~held])
+    assert np.array_equal(loop.train.item_seq, dataset.train.item_seq[~held])
+    assert seen == [loop.train]  # positives drawn only from what is trained on
+    assert loop.valid is dataset.valid and loop.test is dataset.test
+
+    assert read_meta(holdout_run / "best_model")["source"]["pretrain_holdout_last"] == 2
+    protocol = json.loads((holdout_run / "results.json").read_text())["protocol"]
+    assert protocol["dataset"]["train_samples"] == int((~held).sum())
+    assert protocol["pretrain_holdout_last"].startswith("2:")
+
+    with pytest.raises(ConfigError, match="pretrain_holdout_last.*nothing is left"):
+        make_task(load_config(None, [*TINY, f"data={data_file}", "pretrain_holdout_last=50"]), dataset)
+
+
+def test_ftragrec_fitted_on_held_out_queries(holdout_run, full_run, data_file, tmp_path):
+    """retriever_queries=held_out: g is fitted on the training samples its backbone never trained on (read from
+    the backbone's model.json), run through the frozen encoder in the step; the base is the whole training
+    split, validation and test every user; only g changes. A backbone without held-out samples, or a config
+    count that disagrees with the backbone's, is refused by name."""
+    from ftragrec_jax.config import load_config
+    from ftragrec_jax.data.batches import last_per_user
+    from ftragrec_jax.data.dataset import dataset_from_config
+    from ftragrec_jax.model_dir import load_model
+    from ftragrec_jax.train.pipeline import make_task
+    from ftragrec_jax.trees import flatten
+
+    extra = [*FT, f"--pretrained={holdout_run / 'best_model'}", "--retriever_queries=held_out"]
+    cfg = load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in extra)])
+    dataset = dataset_from_config(cfg)
+    task = make_task(cfg, dataset)
+    loop = task.loop_dataset(dataset)
+    held = last_per_user(dataset.train.user, dataset.train.prefix_len, 2)
+    assert task.holdout_last == 2
+    assert np.array_equal(loop.train.target, dataset.train.target[held])
+    assert np.array_equal(loop.train.prefix_len, dataset.train.prefix_len[held])
+    assert loop.valid is dataset.valid and loop.test is dataset.test
+    assert task.cached is False and len(task.kb) == len(dataset.train)
+
+    out = tmp_path / "run"
+    assert train(data_file, out, "--epochs=2", *extra) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["dataset"]["train_samples"] == int(held.sum())
+    assert results["protocol"]["retriever_queries"].startswith("held_out:")
+    _, backbone, _ = load_model(holdout_run / "best_model")
+    meta, tuned, _ = load_model(out / "latest_model")
+    assert meta["source"]["pretrain_holdout_last"] == 2
+    for path, value in flatten(backbone).items():  # the frozen backbone is bit-identical
+        np.testing.assert_array_equal(flatten(tuned["encoder"])[path], value)
+    init = flatten(task.export_params(task.init()[0])["retriever"])
+    now = flatten(tuned["retriever"])
+    assert any(not np.allclose(now[k], init[k]) for k in init)  # g trained on the held-out queries
+
+    no_holdout = [*FT, f"--pretrained={full_run / 'best_model'}", "--retriever_queries=held_out"]
+    with pytest.raises(ConfigError, match="retriever_queries.*held_out needs a backbone"):
+        make_task(load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in no_holdout)]), dataset)
+    mismatch = [*extra, "--pretrain_holdout_last=3"]
+    with pytest.raises(ConfigError, match="pretrain_holdout_last.*pretrained with 2"):
+        make_task(load_config(None, [*TINY, f"data={data_file}", *(a.lstrip("-") for a in mismatch)]), dataset)
 
 
 def test_ftragrec_fitted_on_valid_queries(full_run, data_file, tmp_path):

@@ -32,6 +32,21 @@ def valid_query_split(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
+def last_per_user(user: np.ndarray, prefix_len: np.ndarray, n: int) -> np.ndarray:
+    """bool [N]: True on each user's last n samples (the largest prefix_len), in any row order. A user with at
+    most n samples has all of them marked."""
+    user, prefix = np.asarray(user, np.int64), np.asarray(prefix_len, np.int64)
+    out = np.zeros(len(user), bool)
+    if n <= 0 or not len(user):
+        return out
+    order = np.lexsort((-prefix, user))  # by user, latest sample first
+    u = user[order]
+    first = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])  # each user's first row in `order`
+    rank = np.arange(len(u)) - np.repeat(first, np.diff(np.r_[first, len(u)]))
+    out[order] = rank < n
+    return out
+
+
 def iterate_batches(
     samples: SequenceSamples, batch_size: int, *, seed: int | None = None, epoch: int = 0, drop_last: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:

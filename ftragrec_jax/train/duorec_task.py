@@ -9,12 +9,28 @@ from flax import nnx
 
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
+from ftragrec_jax.data.batches import last_per_user
+from ftragrec_jax.errors import ConfigError
 from ftragrec_jax.models.duorec import make_same_target_sampler
 from ftragrec_jax.models.encoder import build_encoder
 from ftragrec_jax.optim import adam
 from ftragrec_jax.train.steps import make_duorec_step
 from ftragrec_jax.train.task import Task
 from ftragrec_jax.trees import assign_params
+
+
+def pretraining_samples(train, holdout_last: int):
+    """`train` without each user's last `holdout_last` samples (all of it for 0): the samples the backbone
+    never sees as targets stay out of sample for it, so a retriever can be fitted on them."""
+    if not holdout_last:
+        return train
+    held = last_per_user(train.user, train.prefix_len, holdout_last)
+    if held.all():
+        raise ConfigError(
+            f"config key 'pretrain_holdout_last': {holdout_last} holds out all {len(train)} training samples "
+            f"(every user has at most {holdout_last}); nothing is left to pretrain on"
+        )
+    return train.take(~held)
 
 
 class DuoRecTask(Task):
@@ -28,8 +44,9 @@ class DuoRecTask(Task):
         self.tx = adam(cfg.learning_rate, cfg.weight_decay)
         encoder = build_encoder(self.encoder_cfg, seed=cfg.seed)
         self.graphdef, self._init_params, self.rest = nnx.split(encoder, nnx.Param, ...)
+        self.train = pretraining_samples(dataset.train, cfg.pretrain_holdout_last)
         # the training sequences live on the device once; the step gathers same-target positives from them
-        self._sampler = make_same_target_sampler(dataset.train, dataset.n_items) if cfg.lmd_sem > 0 else None
+        self._sampler = make_same_target_sampler(self.train, dataset.n_items) if cfg.lmd_sem > 0 else None
         self.mesh = parallel.make_mesh(cfg.mesh)  # the trainer's mesh: train and eval batches are sharded on it
         self._step = make_duorec_step(
             self.merge, self.tx, lmd_sem=cfg.lmd_sem, tau=cfg.tau, mesh=self.mesh, item_chunk_size=cfg.item_chunk_size
@@ -57,13 +74,24 @@ class DuoRecTask(Task):
             self.merge(params).item_table(),
         )
 
+    def loop_dataset(self, dataset):
+        """pretrain_holdout_last=N: the training split without each user's last N samples (neither targets nor
+        same-target positives); validation and test unchanged."""
+        if self.train is dataset.train:
+            return dataset
+        return dataclasses.replace(dataset, train=self.train)
+
     def model_meta(self) -> dict:
         return {
             "model": "duorec",
             "encoder": dataclasses.asdict(self.encoder_cfg),
             "dataset": self.dataset_settings,
             "ftragrec": None,
-            "source": {"objective": {"lmd_sem": self.cfg.lmd_sem, "tau": self.cfg.tau}},
+            "source": {
+                "objective": {"lmd_sem": self.cfg.lmd_sem, "tau": self.cfg.tau},
+                # FTragrec with retriever_queries=held_out fits g on exactly these samples
+                "pretrain_holdout_last": self.cfg.pretrain_holdout_last,
+            },
         }
 
     def export_params(self, params) -> dict:

@@ -15,7 +15,7 @@ from flax import nnx
 
 from ftragrec_jax import parallel, scoring
 from ftragrec_jax.config import Config
-from ftragrec_jax.data.batches import valid_query_split
+from ftragrec_jax.data.batches import last_per_user, valid_query_split
 from ftragrec_jax.errors import CheckpointError, ConfigError
 from ftragrec_jax.model_dir import BUILTIN, check_vocab_compat, encoder_from_model_dir
 from ftragrec_jax.models.ftragrec import FTragrecHParams, build_ftragrec, validate_setup
@@ -47,6 +47,27 @@ def load_pretrained_encoder(path: str, dataset):
     return encoder, meta
 
 
+def backbone_holdout(cfg: Config, meta: dict) -> int:
+    """How many of each user's last training samples the frozen backbone was pretrained without (its
+    model.json's source.pretrain_holdout_last; 0 when absent, as in converted or older models). A nonzero
+    pretrain_holdout_last in the config must agree with it, and retriever_queries=held_out needs it >= 1."""
+    n = (meta.get("source") or {}).get("pretrain_holdout_last", 0)
+    where = f"config key 'pretrained': {cfg.pretrained}"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"{where}: model.json source.pretrain_holdout_last is {n!r}, expected an integer >= 0")
+    if cfg.pretrain_holdout_last and cfg.pretrain_holdout_last != n:
+        raise ConfigError(
+            f"config key 'pretrain_holdout_last': {cfg.pretrain_holdout_last}, but {cfg.pretrained} was pretrained "
+            f"with {n} (model.json source.pretrain_holdout_last); leave it 0 with a given backbone"
+        )
+    if cfg.retriever_queries == "held_out" and n == 0:
+        raise ConfigError(
+            f"config key 'retriever_queries': held_out needs a backbone pretrained with pretrain_holdout_last >= 1, "
+            f"but {cfg.pretrained} was trained on every training sample"
+        )
+    return n
+
+
 class FTragrecTask(Task):
     model = "ftragrec"
     batch_fields = ("item_seq", "item_seq_len", "target", "user", "prefix_len", "mask", "index")
@@ -57,6 +78,7 @@ class FTragrecTask(Task):
         self.mesh = parallel.make_mesh(cfg.mesh)
         self._placed = None  # kb.memory once placed on the mesh: placed once per refresh, not per call
         encoder, self.pretrained_meta = load_pretrained_encoder(cfg.pretrained, dataset)
+        self.holdout_last = backbone_holdout(cfg, self.pretrained_meta)
         validate_setup(
             self.hp,
             n_base=len(dataset.train),
@@ -185,9 +207,15 @@ class FTragrecTask(Task):
     def loop_dataset(self, dataset):
         """retriever_queries=valid: g is fitted on queries that are out of sample for the frozen backbone and
         the base (the validation samples of a fixed share of users), validated on the other validation users,
-        and tested on every user; the base stays the training split. Otherwise the dataset itself."""
+        and tested on every user; the base stays the training split. retriever_queries=held_out: g is fitted on
+        the training samples the backbone was pretrained without (each user's last pretrain_holdout_last), out
+        of sample for the backbone but in the base (the search never returns a query's own or later samples);
+        validation and test are every user. Otherwise the dataset itself."""
         if self.cfg.retriever_queries == "train":
             return dataset
+        if self.cfg.retriever_queries == "held_out":
+            held = last_per_user(dataset.train.user, dataset.train.prefix_len, self.holdout_last)
+            return dataclasses.replace(dataset, train=dataset.train.take(held))
         fit, held = valid_query_split(len(dataset.valid), self.cfg.retriever_valid_holdout)
         if not len(fit) or not len(held):
             raise ConfigError(
@@ -235,7 +263,8 @@ class FTragrecTask(Task):
             "source": {
                 "pretrained": self.cfg.pretrained
                 if self.cfg.pretrained.startswith(BUILTIN)
-                else str(Path(self.cfg.pretrained).absolute())
+                else str(Path(self.cfg.pretrained).absolute()),
+                "pretrain_holdout_last": self.holdout_last,  # the backbone's
             },
         }
 

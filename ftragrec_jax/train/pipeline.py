@@ -60,12 +60,20 @@ def train_stage(cfg: Config, dataset=None) -> dict:
         task = make_task(cfg, dataset)
         loop_dataset = task.loop_dataset(dataset)
         if loop_dataset is not dataset:
+            why = (
+                f"pretrain_holdout_last={cfg.pretrain_holdout_last}"
+                if cfg.model == "duorec"
+                else f"retriever_queries={cfg.retriever_queries}"
+            )
             log.info(
-                "retriever_queries=valid: g is fitted on %d validation users' queries; validation and early "
-                "stopping use the other %d; test: all %d users",
+                "%s: the loop trains on %d samples, validates on %d, tests on %d (the dataset's %d / %d / %d)",
+                why,
                 len(loop_dataset.train),
                 len(loop_dataset.valid),
                 len(loop_dataset.test),
+                len(dataset.train),
+                len(dataset.valid),
+                len(dataset.test),
             )
         return Trainer(cfg, task, loop_dataset, run_dir, log).fit()
     except FtragrecError as e:
