@@ -95,7 +95,7 @@ class Config:
     retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
     retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
     usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
-    retriever_queries: str = "train"  # queries g is fitted on: "train" (the design), "valid" or "held_out" (see docs)
+    retriever_queries: str = "train"  # queries g is fitted on: "train" (design), "valid" or "held_out" (docs/model.md)
     retriever_valid_holdout: float = 0.5  # queries valid: share of validation users kept for selection, untrained
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
     extend_memory_with_valid: bool = False  # add validation samples to the knowledge base before testing
