@@ -92,9 +92,10 @@ class Config:
     enhanced_rec_weight: float = 0.5  # weight of CE on the enhanced scores
     kl_small_weight: float = 0.03  # weight of KL(retrieval || recommendation) over neighbours
     retriever_objective: str = "design"  # extra term for g: design (none), contrastive, usefulness, knn_likelihood
-    retriever_pool: int = 200  # with an objective: entries searched per query for it (the first top_k are fused)
+    retriever_pool: int = 200  # with an objective or value_rerank: entries searched per query (the cosine pool)
     retriever_loss_weight: float = 1.0  # weight of the objective's term in the total loss
     usefulness_temperature: float = 1.0  # objective "usefulness": softmax temperature of its target distribution
+    value_rerank: bool = False  # fuse the best of the cosine pool by cosine + (W s)·E[target], W trained from 0
     retriever_queries: str = "train"  # queries g is fitted on: "train" (design), "valid" or "held_out" (docs/model.md)
     retriever_valid_holdout: float = 0.5  # queries valid: share of validation users kept for selection, untrained
     retriever_update_interval: int = 10  # recompute all keys and rebuild the index every N epochs
@@ -216,6 +217,7 @@ class Config:
             "learnable_temperature",
             "exclude_same_user",
             "freeze_retriever",
+            "value_rerank",
         ):
             ck.require(key, isinstance(getattr(self, key), bool), "true or false")
         return self

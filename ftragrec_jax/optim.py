@@ -14,7 +14,7 @@ import optax
 
 from ftragrec_jax.trees import key_names
 
-TRAINABLE = ("retriever", "fusion")  # top-level modules of FTragrec whose parameters are fine-tuned
+TRAINABLE = ("retriever", "reranker", "fusion")  # top-level modules of FTragrec whose parameters are fine-tuned
 TRAIN, FROZEN = "train", "frozen"
 
 

@@ -64,9 +64,10 @@ INFERENCE_KEYS = (
     "knn_value_decay",
     "exclude_same_user",
     "extend_memory_with_valid",
+    "retriever_pool",  # with value_rerank: the cosine pool the reranker orders (no effect without it)
 )
 # shape or meaning of parameters
-TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha", "learnable_temperature")
+TRAINED_KEYS = ("retriever_layers", "retriever_inner_size", "learnable_alpha", "learnable_temperature", "value_rerank")
 # inference keys that a model trained with the learnable flag holds as a parameter instead
 LEARNED_BY = {"alpha": "learnable_alpha", "retriever_temperature": "learnable_temperature"}
 

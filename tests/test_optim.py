@@ -81,7 +81,7 @@ def test_freeze_retriever_keeps_g_at_its_initialisation(learnable):
     flags = {learnable: True} if learnable else {}
     hp = FTragrecHParams(retrieval_backend="exact", quality_threshold=0.0, top_k=3, **flags)
     trainable = trainable_modules(freeze_retriever=True)
-    assert trainable == ("fusion",) and trainable_modules() == ("retriever", "fusion")
+    assert trainable == ("reranker", "fusion") and trainable_modules() == ("retriever", "reranker", "fusion")
     samples = make_samples(1, 30, 50, 8)
     model = _model(hp)
     kb = KnowledgeBase.build(model.encoder, model.retriever, samples, backend="exact", top_k=hp.top_k)

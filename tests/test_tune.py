@@ -133,3 +133,41 @@ def test_a_knn_lm_model_trains_with_value_windows_and_tunes_over_them(full_run, 
     assert train(data_file, rep, *ft_args(full_run), "--epochs=1") == 0
     with pytest.raises(CheckpointError, match="knn_value_window"):
         load_model_dir(rep / "best_model", str(data_file), ["knn_value_window=2"], show_progress=False)
+
+
+def test_a_value_rerank_model_trains_saves_evaluates_and_tunes_its_pool(full_run, data_file, tmp_path):  # noqa: F811
+    """End to end with g frozen: W trains from zero, the model directory evaluates to the run's own numbers,
+    retriever_pool is an inference setting (tune varies it) and value_rerank itself cannot be overridden."""
+    from experiments.evaluate import main as evaluate_main
+    from ftragrec_jax.errors import ConfigError
+    from ftragrec_jax.model_dir import load_model, read_meta
+    from ftragrec_jax.scoring import load_model_dir
+    from ftragrec_jax.tuning import tune
+
+    out = tmp_path / "vr"
+    extra = [
+        "--epochs=2",
+        "--fusion=knn_lm",
+        "--alpha=0.3",
+        "--quality_threshold=0.0",
+        "--value_rerank=true",
+        "--freeze_retriever=true",
+        "--retriever_objective=knn_likelihood",
+        "--retriever_pool=12",
+        "--learning_rate=0.05",
+    ]
+    assert train(data_file, out, *ft_args(full_run), *extra) == 0
+    model = out / "best_model"
+    meta = read_meta(model)["ftragrec"]
+    assert meta["value_rerank"] is True and meta["retriever_pool"] == 12
+    _, params, _ = load_model(model)
+    assert np.abs(np.asarray(params["reranker"]["kernel"])).max() > 0
+    got = tmp_path / "eval.json"
+    argv = ["--checkpoint", str(model), "--data", str(data_file), "--json", str(got), "--no-progress"]
+    assert evaluate_main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert json.loads(got.read_text())["test"] == res["test"]
+    result = tune(model, {"retriever_pool": [5, 12]}, metric="ndcg@10", data=str(data_file), show_progress=False)
+    assert len(result.points) == 2
+    with pytest.raises(ConfigError, match="value_rerank"):
+        load_model_dir(model, str(data_file), ["value_rerank=false"], show_progress=False)

@@ -63,9 +63,11 @@ def ftragrec_terms(
     quality_threshold=0.6,
     enhanced_rec_weight=0.5,
     kl_small_weight=0.03,
+    value_kernel=None,
 ):
     """(total, terms) given retrieved ids [B, k] (-1 = none). seq_output, h and item_table are frozen.
-    retriever_temperature may be a tensor that requires grad (a learned temperature)."""
+    retriever_temperature may be a tensor that requires grad (a learned temperature). value_kernel: value_rerank's
+    W [H, H] (a tensor that may require grad): P_ret = softmax((cos_j + (s W)·E[t_j])/temperature)."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
     mask = mask.to(seq_output.dtype)
     q = retriever.embed(seq_output)
@@ -74,9 +76,10 @@ def ftragrec_terms(
     keys = retriever.embed(h[safe])
     cos = torch.einsum("bh,bkh->bk", q, keys)
     valid = valid & (cos >= quality_threshold)
-    p_ret = _masked_softmax(cos / retriever_temperature, valid)
-    has = valid.any(dim=-1)
     target_emb = item_table[kb_target[safe].long()]
+    score = cos if value_kernel is None else cos + torch.einsum("bh,bkh->bk", seq_output @ value_kernel, target_emb)
+    p_ret = _masked_softmax(score / retriever_temperature, valid)
+    has = valid.any(dim=-1)
     knowledge = torch.einsum("bk,bkh->bh", p_ret, target_emb)
     a = torch.where(has, torch.tensor(alpha, dtype=seq_output.dtype), torch.tensor(0.0, dtype=seq_output.dtype))
     a = a[:, None]
@@ -114,6 +117,7 @@ def retriever_objective_term(
     retriever_temperature=0.07,
     usefulness_temperature=1.0,
     pool_values=None,
+    value_kernel=None,
 ):
     """(term, counted share) of a retriever objective over a search pool [B, P] (-1 = none), from the spec in
     ftragrec_jax/models/ftragrec.py: R = softmax(cos/temperature) over the pool's valid entries;
@@ -121,7 +125,7 @@ def retriever_objective_term(
     "usefulness": KL(Q || R), Q = softmax(u/usefulness_temperature), u_j = (E[y] - softmax(s E^T) E) . E[t_j];
     "knn_likelihood": -log sum_j R_j v_j(y), v_j(y) = the weights of entry j's value items that equal y
     (pool_values = (items, weights) [B, P, m]; None = each entry's target, weight 1); rows with no vote count
-    nowhere.
+    nowhere. value_kernel: value_rerank's W, adding (s W)·E[t_j] to each cosine before the temperature.
     The term is the mean over real rows (mask = 1) it counts. A learned temperature (a tensor) enters detached:
     it trains from the design's terms only."""
     seq_output, h, item_table = seq_output.detach(), h.detach(), item_table.detach()
@@ -132,7 +136,10 @@ def retriever_objective_term(
     safe = pool_ids.clamp(min=0).long()
     q = retriever.embed(seq_output)
     keys = retriever.embed(h[safe])
-    logits = torch.einsum("bh,bph->bp", q, keys) / retriever_temperature
+    score = torch.einsum("bh,bph->bp", q, keys)
+    if value_kernel is not None:
+        score = score + torch.einsum("bh,bph->bp", seq_output @ value_kernel, item_table[kb_target[safe].long()])
+    logits = score / retriever_temperature
     # rows with nothing valid (or no positive) keep finite values there, so no NaN reaches a gradient
     some = valid.any(dim=-1, keepdim=True)
     log_r = torch.log_softmax(logits.masked_fill(~valid & some, float("-inf")), dim=-1)

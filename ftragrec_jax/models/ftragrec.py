@@ -38,6 +38,12 @@ Retriever objectives (retriever_objective; "design" = none of them, the default)
     value window, the query's own user's future dropped). It asks g for the entries the fused kNN-LM would
     profit from retrieving, including those whose user went on to y, which "contrastive" counts as negatives;
     with a window of 1 it equals "contrastive" (rows with no vote for y count nowhere).
+Value-aware reranking (value_rerank, models/value_rerank.py): the retrieval score of entry j is
+  cos_j + (W s)·E[t_j] instead of cos_j, wherever the design uses cos_j/temperature (P_ret and every pool
+  term's R); the search returns P = max(top_k, retriever_pool) entries by cosine, at training and at
+  evaluation, and the fused neighbours are the pool's top_k by the full score (ties to the smaller id).
+  W = 0 at initialisation: the untrained model retrieves and scores as the design does. The quality threshold
+  still reads cos_j.
 CE and KL are means over real rows (batch["mask"] = 1); padded rows count nowhere.
 Large catalogues (item_chunk_size > 0 and below n_items): every whole-catalogue term (the CEs, usefulness's
   softmax mean, the kNN-LM log-softmax at evaluation) runs over item chunks, so neither the step nor the
@@ -60,6 +66,7 @@ from ftragrec_jax.models.knowledge_base import KB_DTYPES
 from ftragrec_jax.models.retriever import Retriever, embed
 from ftragrec_jax.models.search import BACKENDS, FaissSearcher, Memory, check_faiss_factory, retrieve
 from ftragrec_jax.models.softmax_ce import cross_entropy_rows, linear_chunk_scores, logsumexp_rows, softmax_mean
+from ftragrec_jax.models.value_rerank import ValueReranker, order_pool
 
 KL_EPS = 1e-8
 _DEFAULTS = Config()  # the one home of every default (config.py); the dataclasses below take theirs from it
@@ -101,6 +108,7 @@ class FTragrecHParams:
     retriever_pool: int = _DEFAULTS.retriever_pool
     retriever_loss_weight: float = _DEFAULTS.retriever_loss_weight
     usefulness_temperature: float = _DEFAULTS.usefulness_temperature
+    value_rerank: bool = _DEFAULTS.value_rerank
 
     def __post_init__(self):
         def need(key, ok, expected):
@@ -139,16 +147,22 @@ class FTragrecHParams:
         need("knowledge_base_dtype", self.knowledge_base_dtype in KB_DTYPES, f"one of {list(KB_DTYPES)}")
         need("retrieval_backend", self.retrieval_backend in BACKENDS, f"one of {list(BACKENDS)}")
         need("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
-        for key in ("learnable_alpha", "learnable_temperature", "exclude_same_user"):
+        for key in ("learnable_alpha", "learnable_temperature", "exclude_same_user", "value_rerank"):
             need(key, isinstance(getattr(self, key), bool), "true or false")
         if self.fusion == "knn_lm" or self.learnable_alpha:  # log(1-a) / logit(a) must be finite
             need("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1) with fusion knn_lm or learnable_alpha")
 
     @property
     def search_k(self) -> int:
-        """Entries searched per training query: top_k, or the objective's wider pool (its first top_k are the
-        fused neighbours)."""
-        return self.top_k if self.retriever_objective == "design" else max(self.top_k, self.retriever_pool)
+        """Entries searched per training query: top_k, or the wider pool of an objective or of value_rerank
+        (without value_rerank its first top_k are the fused neighbours)."""
+        wide = self.retriever_objective != "design" or self.value_rerank
+        return max(self.top_k, self.retriever_pool) if wide else self.top_k
+
+    @property
+    def eval_search_k(self) -> int:
+        """Entries searched per evaluation query: top_k, or with value_rerank the pool it reranks."""
+        return self.search_k if self.value_rerank else self.top_k
 
     @classmethod
     def from_config(cls, source) -> "FTragrecHParams":
@@ -205,9 +219,9 @@ class Fusion(nnx.Module):
 
 
 class FTragrec(nnx.Module):
-    """Parameter tree: encoder.* (frozen DuoRec), retriever.* (g) and, with learnable_alpha or
-    learnable_temperature, fusion.alpha_logit / fusion.log_temperature; only retriever.* and fusion.* train
-    (optim.TRAINABLE)."""
+    """Parameter tree: encoder.* (frozen DuoRec), retriever.* (g), with value_rerank reranker.kernel (W) and,
+    with learnable_alpha or learnable_temperature, fusion.alpha_logit / fusion.log_temperature; only
+    retriever.*, reranker.* and fusion.* train (optim.TRAINABLE)."""
 
     def __init__(self, encoder, hp: FTragrecHParams, *, rngs: nnx.Rngs):
         self.encoder = encoder
@@ -221,6 +235,7 @@ class FTragrec(nnx.Module):
         alpha = hp.alpha if hp.learnable_alpha else None
         temperature = hp.retriever_temperature if hp.learnable_temperature else None
         self.fusion = None if alpha is None and temperature is None else Fusion(alpha, temperature)
+        self.reranker = ValueReranker(encoder.config.hidden_size) if hp.value_rerank else None
 
     def alpha(self, hp: FTragrecHParams):
         return hp.alpha if self.fusion is None else self.fusion.alpha(hp.alpha)
@@ -265,9 +280,11 @@ def objective_rows(
     item_chunk_size=0,
     temperature=None,
     pool_values=None,
+    reranker=None,
 ):
     """(loss [B], counted [B] bool) of hp.retriever_objective over the search pool pool_ids [B, P] (-1 = none);
-    the formulas are in the module docstring. Everything but g is frozen here, a learned temperature included.
+    the formulas are in the module docstring. Everything but g (and W) is frozen here, a learned temperature
+    included. reranker: value_rerank's W (models/value_rerank.py), whose u_j joins the pool's cosines; None = none.
     temperature: the retrieval temperature (traced with learnable_temperature); None = hp.retriever_temperature.
     pool_values: (items, weights) [B, P, m] of the pool's entries (`neighbour_values`), for "knn_likelihood";
     None = each entry's target, weight 1 (refused with knn_value_window > 1)."""
@@ -275,9 +292,12 @@ def objective_rows(
     valid = pool_ids >= 0
     safe = jnp.where(valid, pool_ids, 0)
     keys = embed(retriever, h[safe].astype(query.dtype))  # [B, P, H]: the pool's keys from the current g
-    logits = jnp.einsum("bh,bph->bp", query, keys) / temperature
-    log_z = _masked_logsumexp(logits, valid)
     pool_target = kb_target[safe]
+    score = jnp.einsum("bh,bph->bp", query, keys)
+    if reranker is not None:
+        score = score + reranker(seq_output, item_table[pool_target])
+    logits = score / temperature
+    log_z = _masked_logsumexp(logits, valid)
     if hp.retriever_objective in ("contrastive", "knn_likelihood"):
         # v_j(y) [B, P], the share of entry j's vote that goes to y; contrastive: its own target alone, whatever
         # knn_value_window is (log v_j = 0 on its positives, so its term is log_z - logsumexp over them)
@@ -305,20 +325,32 @@ def objective_rows(
 
 
 def neighbours(
-    retriever, query, seq_output, ids, h, target, item_table, hp: FTragrecHParams, alpha=None, temperature=None
+    retriever,
+    query,
+    seq_output,
+    ids,
+    h,
+    target,
+    item_table,
+    hp: FTragrecHParams,
+    alpha=None,
+    temperature=None,
+    reranker=None,
 ) -> dict:
     """Attention over retrieved ids and fusion (everything after the search). ids int [B, k], -1 = none.
     alpha: the mixing ratio (a traced scalar with learnable_alpha); None = hp.alpha. temperature: the retrieval
-    temperature (traced with learnable_temperature); None = hp.retriever_temperature."""
+    temperature (traced with learnable_temperature); None = hp.retriever_temperature. reranker: value_rerank's
+    W; P_ret = softmax((cos + u)/temperature) with it, softmax(cos/temperature) without."""
     temperature = hp.retriever_temperature if temperature is None else temperature
     valid = ids >= 0
     safe = jnp.where(valid, ids, 0)
     keys = embed(retriever, h[safe].astype(query.dtype))  # [B, k, H], fresh keys from the current g
     cos = jnp.einsum("bh,bkh->bk", query, keys)
     valid = valid & (cos >= hp.quality_threshold)
-    p_ret = _masked_softmax(cos / temperature, valid)
-    has = valid.any(axis=-1)
     target_emb = item_table[target[safe]]  # [B, k, H]
+    score = cos if reranker is None else cos + reranker(seq_output, target_emb)
+    p_ret = _masked_softmax(score / temperature, valid)
+    has = valid.any(axis=-1)
     knowledge = jnp.einsum("bk,bkh->bh", p_ret, target_emb)
     a = jnp.where(has, hp.alpha if alpha is None else alpha, 0.0)[:, None].astype(seq_output.dtype)
     enhanced = (1.0 - a) * seq_output + a * knowledge
@@ -435,9 +467,11 @@ def ftragrec_terms(
     item_chunk_size: int = 0,
     temperature=None,
     values=None,
+    reranker=None,
 ):
     """(total, aux) given retrieved ids [B, hp.search_k] (the first top_k are fused; with an objective, all of
     them are its pool): the part of the loss shared with the PyTorch reference's parity tests.
+    reranker: value_rerank's W, None without it; the ids must then be the pool in `order_pool` order (_query_side).
     values: (items, weights) [B, search_k or top_k, m] under kNN-LM (`neighbour_values` of ids, which needs the
     queries' users and prefixes; the first top_k rows are the fused neighbours', the whole pool's are what
     "knn_likelihood" scores); None = each entry's target, weight 1.
@@ -450,7 +484,7 @@ def ftragrec_terms(
     mask = jnp.asarray(mask, seq_output.dtype)
     query = embed(retriever, seq_output)
     pool_ids, ids = ids, ids[:, : hp.top_k]
-    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha, temperature)
+    nb = neighbours(retriever, query, seq_output, ids, h, kb_target, item_table, hp, alpha, temperature, reranker)
     n_real = jnp.maximum(mask.sum(), 1.0)
     if rec_ce is None:
         rec_rows = cross_entropy_rows(seq_output, item_table, target, item_chunk_size)
@@ -485,6 +519,7 @@ def ftragrec_terms(
             item_chunk_size,
             temperature,
             values if values is not None and values[0].shape[1] == pool_ids.shape[1] else None,
+            reranker,
         )
         counted = mask * counted.astype(mask.dtype)
         term = (rows * counted).sum() / jnp.maximum(counted.sum(), 1.0)
@@ -525,14 +560,15 @@ def _values(memory: Memory, ids, batch, hp):
 
 
 def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=None, width=None):
-    """(seq_output, query, ids [B, width]); width None = hp.search_k (training). A FAISS searcher always
-    answers its own top_k (KnowledgeBase built it for search_k), of which the caller keeps what it needs."""
+    """(seq_output, query, ids [B, >= width]); width None = hp.search_k (training). A FAISS searcher always
+    answers its own top_k (KnowledgeBase built it for search_k), of which the caller keeps what it needs. With
+    value_rerank the first `width` ids, the pool, come back in `order_pool` order (the fused top_k first)."""
     if seq_output is None:  # uncached: the frozen encoder, dropout off (length-bucketed: same outputs, faster)
         seq_output = encode_bucketed(model.encoder, batch["item_seq"], batch["item_seq_len"], mesh=mesh)
     seq_output = jax.lax.stop_gradient(seq_output)
     query = embed(model.retriever, seq_output)
     q_prefix = _search_prefix(batch, hp)
-    width = hp.search_k if width is None else width
+    width = want = hp.search_k if width is None else width
     if hp.retrieval_backend == "faiss" and searcher is not None:
         width = searcher.top_k
     ids = retrieve(
@@ -545,7 +581,22 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
         chunk_size=hp.retrieval_chunk_size,
         searcher=searcher,
     )
+    if model.reranker is not None:
+        if ids.shape[1] < want:
+            raise ConfigError(
+                f"config key 'retriever_pool': value_rerank reranks {want} entries, the FAISS searcher answers "
+                f"{ids.shape[1]} (build the knowledge base with kb_options(hp))"
+            )
+        ids = _rerank_pool(model, seq_output, query, ids[:, :want], memory)
     return seq_output, query, ids
+
+
+def _rerank_pool(model, seq_output, query, ids, memory: Memory):
+    """The pool ids [B, P] in `order_pool` order of cos + u under the current g and W."""
+    safe = jnp.where(ids >= 0, ids, 0)
+    cos = jnp.einsum("bh,bph->bp", query, embed(model.retriever, memory.h[safe].astype(query.dtype)))
+    u = model.reranker(seq_output, model.encoder.item_table()[memory.target[safe]])
+    return order_pool(cos + u, ids)
 
 
 def ftragrec_loss(
@@ -581,13 +632,14 @@ def ftragrec_loss(
         item_chunk_size,
         model.temperature(hp),
         values,
+        model.reranker,
     )
 
 
 def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, searcher, mesh):
     """(seq_output, the neighbours' (items, weights) [B, k, m] (`neighbour_values`), item table, neighbours dict)
     of an evaluation batch."""
-    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.top_k)
+    seq_output, query, ids = _query_side(model, batch, memory, hp, None, searcher, mesh, width=hp.eval_search_k)
     ids = ids[:, : hp.top_k]
     table = model.encoder.item_table()
     nb = neighbours(
@@ -601,6 +653,7 @@ def _fused(model: FTragrec, batch: dict, memory: Memory, hp: FTragrecHParams, se
         hp,
         model.alpha(hp),
         model.temperature(hp),
+        model.reranker,
     )
     return seq_output, _values(memory, ids, batch, hp), table, nb
 

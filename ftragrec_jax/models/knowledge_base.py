@@ -160,12 +160,13 @@ def value_windows(target, user, prefix_len, m: int) -> np.ndarray:
 def kb_options(hp, *, faiss_shards: int = 1, width: int | None = None) -> dict:
     """KnowledgeBase's settings (search backend and index, storage of h) from FTragrec hyperparameters
     (models/ftragrec.FTragrecHParams), read in this one place for training and inference. width: the FAISS
-    searcher's top_k, hp.top_k unless given (training passes hp.search_k, the retriever objective's pool)."""
+    searcher's top_k, hp.eval_search_k unless given (top_k, or value_rerank's pool; training passes hp.search_k,
+    the retriever objective's pool)."""
     return dict(
         backend=hp.retrieval_backend,
         faiss_index=hp.faiss_index,
         nprobe=hp.nprobe,
-        top_k=hp.top_k if width is None else width,
+        top_k=hp.eval_search_k if width is None else width,
         faiss_overfetch=hp.faiss_overfetch,
         faiss_rerank=hp.faiss_rerank,
         faiss_shards=faiss_shards,

@@ -237,13 +237,11 @@ class FTragrecTask(Task):
         if hp.alpha == 0 and not hp.learnable_alpha:
             out.append("alpha=0: the retrieved knowledge is never mixed in, FTragrec scores equal the backbone's")
         scalars = hp.learnable_alpha or hp.learnable_temperature
-        if (
-            self.trainable == ()
-            or (self.trainable == ("fusion",) and not scalars)
-            or (hp.retriever_layers == 0 and not scalars)
-        ):
+        g_fixed = "retriever" not in self.trainable or hp.retriever_layers == 0
+        if g_fixed and not scalars and not hp.value_rerank:
             out.append(
-                "nothing trains (freeze_retriever or retriever_layers=0, alpha and temperature fixed): every epoch "
+                "nothing trains (freeze_retriever or retriever_layers=0, no value_rerank, alpha and temperature "
+                "fixed): every epoch "
                 "scores the same model, the run evaluates FTragrec at its initialisation"
             )
         return out

@@ -57,6 +57,7 @@ FTRAGREC_ONLY = (
     "retriever_pool",
     "retriever_loss_weight",
     "usefulness_temperature",
+    "value_rerank",
     "retriever_update_interval",
     "extend_memory_with_valid",
     "cache_seq_output",
