@@ -291,12 +291,8 @@ def objective_rows(
     temperature = hp.retriever_temperature if temperature is None else jax.lax.stop_gradient(temperature)
     valid = pool_ids >= 0
     safe = jnp.where(valid, pool_ids, 0)
-    keys = embed(retriever, h[safe].astype(query.dtype))  # [B, P, H]: the pool's keys from the current g
     pool_target = kb_target[safe]
-    score = jnp.einsum("bh,bph->bp", query, keys)
-    if reranker is not None:
-        score = score + reranker(seq_output, item_table[pool_target])
-    logits = score / temperature
+    logits = pool_scores(retriever, reranker, query, seq_output, pool_ids, h, kb_target, item_table) / temperature
     log_z = _masked_logsumexp(logits, valid)
     if hp.retriever_objective in ("contrastive", "knn_likelihood"):
         # v_j(y) [B, P], the share of entry j's vote that goes to y; contrastive: its own target alone, whatever
@@ -322,6 +318,17 @@ def objective_rows(
     else:
         raise ConfigError(f"config key 'retriever_objective': no pool term for {hp.retriever_objective!r}")
     return jnp.where(counted, rows, 0.0), counted
+
+
+def pool_scores(retriever, reranker, query, seq_output, ids, h, kb_target, item_table):
+    """[B, P]: the retrieval score of entries ids [B, P] (-1 rows hold entry 0's score): the cosine of the query
+    with keys recomputed from h by the current g, plus value_rerank's u_j when reranker is given (None = none)."""
+    safe = jnp.where(ids >= 0, ids, 0)
+    keys = embed(retriever, h[safe].astype(query.dtype))  # [B, P, H]: the pool's keys from the current g
+    score = jnp.einsum("bh,bph->bp", query, keys)
+    if reranker is not None:
+        score = score + reranker(seq_output, item_table[kb_target[safe]])
+    return score
 
 
 def neighbours(
@@ -593,10 +600,9 @@ def _query_side(model, batch, memory: Memory, hp, seq_output, searcher, mesh=Non
 
 def _rerank_pool(model, seq_output, query, ids, memory: Memory):
     """The pool ids [B, P] in `order_pool` order of cos + u under the current g and W."""
-    safe = jnp.where(ids >= 0, ids, 0)
-    cos = jnp.einsum("bh,bph->bp", query, embed(model.retriever, memory.h[safe].astype(query.dtype)))
-    u = model.reranker(seq_output, model.encoder.item_table()[memory.target[safe]])
-    return order_pool(cos + u, ids)
+    table = model.encoder.item_table()
+    score = pool_scores(model.retriever, model.reranker, query, seq_output, ids, memory.h, memory.target, table)
+    return order_pool(score, ids)
 
 
 def ftragrec_loss(
